@@ -1,0 +1,227 @@
+//! `prpod plugin check | call | export`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{EXIT_FINDINGS, EXIT_OK};
+use crate::config::{Config, LimitOverrides};
+use crate::model::{AppSpec, Manifest, PrContext, ReleaseStatus, Severity};
+use crate::plugins::{Plugin, PluginHost, PluginRef, World, reference};
+use crate::report::Reporter;
+
+/// Plugin subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Say which worlds a component implements, or why it is not usable.
+    Check {
+        /// Plugin reference: a path, `path#sha256:<hex>` or `builtin:<name>`.
+        reference: String,
+    },
+    /// Call one world's hooks with inputs from JSON files.
+    #[command(subcommand)]
+    Call(CallCommand),
+    /// Write a builtin plugin out as a component file.
+    Export {
+        /// `builtin:<name>`.
+        reference: String,
+        /// File to write.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+/// Limit overrides on the command line (beat `prpod.toml`).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Memory limit per call, MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Deadline per call, ms.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Output limit per call, MiB.
+    #[arg(long)]
+    output_mib: Option<u64>,
+}
+
+/// `prpod plugin call <world>`.
+#[derive(Debug, Subcommand)]
+pub enum CallCommand {
+    /// compute-tags and release; prints `{"primary", "extra", "cache_from", "cache_to", "release"}`.
+    TagPolicy {
+        /// Plugin reference.
+        reference: String,
+        /// PR context JSON file.
+        #[arg(long)]
+        context: PathBuf,
+        /// Image repository (registry host and path, no tag).
+        #[arg(long)]
+        image: String,
+        /// Limit overrides.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// generate; writes the chart into --out (which must be new or empty).
+    ChartGenerator {
+        /// Plugin reference.
+        reference: String,
+        /// PR context JSON file.
+        #[arg(long)]
+        context: PathBuf,
+        /// App spec JSON file.
+        #[arg(long)]
+        app: PathBuf,
+        /// Directory to write the chart to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Limit overrides.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// check-manifests (with --manifests) or check-release (with --status); prints findings and
+    /// exits 1 when any is an error.
+    Verifier {
+        /// Plugin reference.
+        reference: String,
+        /// PR context JSON file.
+        #[arg(long)]
+        context: PathBuf,
+        /// Rendered manifests (multi-document YAML, e.g. `helm template` output).
+        #[arg(long, conflicts_with = "status", required_unless_present = "status")]
+        manifests: Option<PathBuf>,
+        /// Release status JSON file.
+        #[arg(long)]
+        status: Option<PathBuf>,
+        /// Limit overrides.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// Runs a plugin subcommand.
+pub fn run(cmd: PluginCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
+    match cmd {
+        PluginCommand::Check { reference } => check(&reference, reporter),
+        PluginCommand::Export { reference, out } => export(&reference, &out, reporter),
+        PluginCommand::Call(call) => run_call(call, config, reporter),
+    }
+}
+
+fn check(reference: &str, reporter: &Reporter) -> anyhow::Result<u8> {
+    let plugin = PluginHost::new()?.load(&PluginRef::parse(reference)?)?;
+    let worlds = plugin.worlds();
+    let missing: serde_json::Map<String, serde_json::Value> = World::ALL
+        .into_iter()
+        .filter_map(|w| plugin.world_error(w).map(|why| (w.name().to_string(), why.into())))
+        .collect();
+    if worlds.is_empty() {
+        let why: Vec<String> = missing.iter().map(|(w, why)| format!("{w}: {}", why.as_str().unwrap_or(""))).collect();
+        bail!(
+            "plugin {} implements none of the prpod:plugin worlds (tag-policy, chart-generator, verifier): {}",
+            plugin.name(),
+            why.join("; ")
+        );
+    }
+    reporter.result(&json!({
+        "plugin": plugin.name(),
+        "sha256": plugin.sha256(),
+        "worlds": worlds,
+        "not_implemented": missing,
+    }))?;
+    Ok(EXIT_OK)
+}
+
+fn export(reference: &str, out: &Path, reporter: &Reporter) -> anyhow::Result<u8> {
+    let PluginRef::Builtin(name) = PluginRef::parse(reference)? else {
+        bail!("`{reference}` is not a builtin; export takes builtin:<name> (it copies no other files)");
+    };
+    let (bytes, sha256) = PluginRef::Builtin(name.clone()).read()?;
+    debug_assert!(reference::builtin(&name).is_some());
+    std::fs::write(out, &bytes).with_context(|| format!("failed to write {}", out.display()))?;
+    reporter.result(&json!({
+        "plugin": format!("builtin:{name}"),
+        "path": out,
+        "sha256": sha256,
+        "reference": format!("{}#sha256:{sha256}", out.display()),
+    }))?;
+    Ok(EXIT_OK)
+}
+
+fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> anyhow::Result<Plugin> {
+    let overrides =
+        LimitOverrides { memory_mib: limits.memory_mib, deadline_ms: limits.deadline_ms, output_mib: limits.output_mib };
+    let plugin = PluginHost::new()?.load(&PluginRef::parse(reference)?)?;
+    Ok(plugin.with_limits(overrides.apply(config.limits_for(world))))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {what} {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!("failed to parse {what} {} (the README's \"JSON inputs\" section shows its fields)", path.display())
+    })
+}
+
+fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
+    match call {
+        CallCommand::TagPolicy { reference, context, image, limits } => {
+            let ctx: PrContext = read_json(&context, "PR context")?;
+            let plugin = load(&reference, World::TagPolicy, config, &limits)?;
+            let tags = plugin.compute_tags(&ctx, &image)?;
+            let release = plugin.release(&ctx)?;
+            reporter.result(&json!({
+                "primary": tags.primary,
+                "extra": tags.extra,
+                "cache_from": tags.cache_from,
+                "cache_to": tags.cache_to,
+                "release": release,
+            }))?;
+            Ok(EXIT_OK)
+        }
+        CallCommand::ChartGenerator { reference, context, app, out, limits } => {
+            let ctx: PrContext = read_json(&context, "PR context")?;
+            let app: AppSpec = read_json(&app, "app spec")?;
+            if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                bail!("refusing to write the chart into {}: it is not an empty directory; pick a new one", out.display());
+            }
+            let plugin = load(&reference, World::ChartGenerator, config, &limits)?;
+            let files = plugin.generate(&ctx, &app)?;
+            for f in &files {
+                let path = out.join(&f.path);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+                }
+                std::fs::write(&path, &f.content).with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            reporter.result(&json!({
+                "out": out,
+                "files": files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            }))?;
+            Ok(EXIT_OK)
+        }
+        CallCommand::Verifier { reference, context, manifests, status, limits } => {
+            let ctx: PrContext = read_json(&context, "PR context")?;
+            let plugin = load(&reference, World::Verifier, config, &limits)?;
+            let (hook, findings) = match (manifests, status) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("failed to read manifests {}", path.display()))?;
+                    let manifests = Manifest::parse_all(&text)
+                        .with_context(|| format!("failed to parse manifests {}", path.display()))?;
+                    ("check-manifests", plugin.check_manifests(&ctx, &manifests)?)
+                }
+                (None, Some(path)) => {
+                    let status: ReleaseStatus = read_json(&path, "release status")?;
+                    ("check-release", plugin.check_release(&ctx, &status)?)
+                }
+                (None, None) => bail!("give --manifests FILE.yaml or --status STATUS.json"),
+            };
+            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+            reporter.result(&json!({ "hook": hook, "errors": errors, "findings": findings }))?;
+            Ok(if errors > 0 { EXIT_FINDINGS } else { EXIT_OK })
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! prpod: a running preview for every pull request.
+//!
+//! A run is a straight line of typed values ([`model`]); the decisions teams want to own (tags,
+//! charts, checks) are WebAssembly component plugins behind the WIT package `prpod:plugin`,
+//! run by [`plugins`].
+
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod plugins;
+pub mod report;

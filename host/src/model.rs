@@ -1,0 +1,364 @@
+//! The values that flow through a prpod run.
+//!
+//! These mirror the records of the WIT package `prpod:plugin` (`wit/types.wit`) field for field,
+//! and their serde form (snake_case keys) is the JSON that `prpod plugin call` reads and prints.
+//! Keeping one vocabulary for code, WIT and JSON is deliberate: a plugin author reading a JSON
+//! report sees the same names their plugin receives.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened to the pull request that started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The pull request was opened.
+    Opened,
+    /// New commits were pushed to the pull request's branch.
+    Synchronize,
+    /// A closed pull request was reopened.
+    Reopened,
+    /// The pull request was closed or merged.
+    Closed,
+    /// A person or CI job ran prpod by hand.
+    #[default]
+    Manual,
+}
+
+/// The pull request (or branch) a run is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrContext {
+    /// Clone URL of the repository, without credentials.
+    pub repository_url: String,
+    /// `owner/name` slug.
+    pub repository: String,
+    /// Pull request number, when the run is for a pull request.
+    #[serde(default)]
+    pub number: Option<u64>,
+    /// Head branch being previewed.
+    pub branch: String,
+    /// Branch the pull request targets.
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    /// Full commit SHA of the head commit.
+    pub sha: String,
+    /// Event that started the run (default `manual`).
+    #[serde(default)]
+    pub event: Event,
+    /// Labels on the pull request.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Login of the author.
+    #[serde(default)]
+    pub author: String,
+    /// Draft pull request.
+    #[serde(default)]
+    pub draft: bool,
+    /// Head branch lives in a fork.
+    #[serde(default)]
+    pub fork: bool,
+    /// What this run deploys, once known (absent for tag-policy).
+    #[serde(default)]
+    pub target: Option<DeployTarget>,
+}
+
+/// A reference to a container image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// Repository including the registry host.
+    pub repository: String,
+    /// Tag, if any.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Digest (`sha256:...`), if known.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// The tags a tag-policy assigns to one build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagSet {
+    /// The tag deployments use.
+    pub primary: String,
+    /// Further tags pushed for the same image.
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Cache tags to import build cache from, in order.
+    #[serde(default)]
+    pub cache_from: Vec<String>,
+    /// Cache tag to export build cache to.
+    #[serde(default)]
+    pub cache_to: Option<String>,
+}
+
+/// Where a pull request's Helm release lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseTarget {
+    /// Helm release name (DNS-1123, at most 53 characters).
+    pub name: String,
+    /// Namespace (DNS-1123, at most 63 characters).
+    pub namespace: String,
+}
+
+/// What a run deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployTarget {
+    /// Registry host (and port) images must come from.
+    pub registry: String,
+    /// The image built for this run.
+    pub image: ImageRef,
+    /// The tags tag-policy chose.
+    pub tags: TagSet,
+    /// The release tag-policy chose.
+    pub release: ReleaseTarget,
+}
+
+/// One TCP port a container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Port name.
+    pub name: String,
+    /// Port number inside the container.
+    pub container_port: u16,
+}
+
+/// One non-secret environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Variable value.
+    pub value: String,
+}
+
+/// Kubernetes resource quantities for a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU request.
+    #[serde(default)]
+    pub cpu_request: Option<String>,
+    /// Memory request.
+    #[serde(default)]
+    pub memory_request: Option<String>,
+    /// CPU limit.
+    #[serde(default)]
+    pub cpu_limit: Option<String>,
+    /// Memory limit.
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The application a chart is generated for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Application name.
+    pub name: String,
+    /// Image to run.
+    pub image: ImageRef,
+    /// Ports; the first is the one probes and the Service use.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Non-secret environment variables.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Replicas (default 1).
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Resource requests and limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Health check path.
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// Ingress host, if an Ingress is wanted.
+    #[serde(default)]
+    pub ingress_host: Option<String>,
+}
+
+/// One file of a generated chart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChartFile {
+    /// Path relative to the chart root, `/`-separated.
+    pub path: String,
+    /// File contents.
+    pub content: Vec<u8>,
+}
+
+/// One rendered Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, when set.
+    pub namespace: Option<String>,
+    /// The object's full YAML text.
+    pub text: String,
+}
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Information only.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// A rule was broken: stops the run.
+    Error,
+}
+
+/// One result of a verifier rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// How serious it is.
+    pub severity: Severity,
+    /// Stable rule identifier.
+    pub rule: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The object concerned (`Kind/name`).
+    pub object: Option<String>,
+}
+
+/// One status condition of a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Condition type, e.g. `Available`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The state of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStatus {
+    /// Container name.
+    pub name: String,
+    /// Passes its readiness probe.
+    #[serde(default)]
+    pub ready: bool,
+    /// Restart count.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Why the container is waiting.
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
+    /// Details of the wait.
+    #[serde(default)]
+    pub waiting_message: Option<String>,
+}
+
+/// The state of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodStatus {
+    /// Pod name.
+    pub name: String,
+    /// Pod phase.
+    pub phase: String,
+    /// Its containers.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// The rollout state of one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadStatus {
+    /// Workload kind.
+    pub kind: String,
+    /// Workload name.
+    pub name: String,
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas ready.
+    #[serde(default)]
+    pub ready: u32,
+    /// Replicas available.
+    #[serde(default)]
+    pub available: u32,
+    /// Status conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The workload's pods.
+    #[serde(default)]
+    pub pods: Vec<PodStatus>,
+}
+
+/// A recent Warning event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarningEvent {
+    /// The object the event is about (`Kind/name`).
+    pub object: String,
+    /// Reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// Times seen.
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+/// What a release looks like after deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseStatus {
+    /// The release.
+    pub release: ReleaseTarget,
+    /// Its workloads.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadStatus>,
+    /// Recent Warning events in its namespace.
+    #[serde(default)]
+    pub warnings: Vec<WarningEvent>,
+}
+
+impl Manifest {
+    /// Splits multi-document YAML (such as `helm template` output) into manifests, skipping
+    /// empty documents. Each object's text is re-serialized from what was parsed.
+    pub fn parse_all(text: &str) -> Result<Vec<Manifest>, serde_yaml::Error> {
+        let mut out = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_yaml::Value::deserialize(doc)?;
+            if value.is_null() {
+                continue;
+            }
+            let field = |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            let meta = value.get("metadata").cloned().unwrap_or_default();
+            out.push(Manifest {
+                api_version: field(&value, "apiVersion").unwrap_or_default(),
+                kind: field(&value, "kind").unwrap_or_default(),
+                name: field(&meta, "name").unwrap_or_default(),
+                namespace: field(&meta, "namespace"),
+                text: serde_yaml::to_string(&value)?,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,318 @@
+//! What one plugin call runs inside: a fresh store whose WASI context grants nothing, with a
+//! memory limiter, a shared output budget, and stdout/stderr routed to `tracing` under the
+//! plugin's name.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::logging;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Per-call resource limits of a plugin.
+///
+/// Defaults: 64 MiB of linear memory, a 2 s wall-clock deadline, 16 MiB of output (stdout,
+/// stderr, log messages and the returned value together). Override them per plugin in
+/// `prpod.toml` (`[plugins.<world>.limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Maximum linear memory per call, in MiB (default 64).
+    pub memory_mib: u64,
+    /// Wall-clock deadline per call, in milliseconds (default 2000).
+    pub deadline_ms: u64,
+    /// Maximum output per call, in MiB (default 16).
+    pub output_mib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_mib: 64, deadline_ms: 2000, output_mib: 16 }
+    }
+}
+
+impl Limits {
+    /// The memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib * MIB
+    }
+    /// The deadline as a duration.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+    /// The output limit in bytes.
+    pub fn output_bytes(&self) -> u64 {
+        self.output_mib * MIB
+    }
+}
+
+/// Which limit ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// The call asked for more linear memory than allowed.
+    Memory(u64),
+    /// The call ran past its wall-clock deadline.
+    Deadline(Duration),
+    /// The call wrote more output than allowed.
+    Output(u64),
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitKind::Memory(b) => write!(f, "memory limit of {} MiB", b / MIB),
+            LimitKind::Deadline(d) => write!(f, "deadline of {} ms", d.as_millis()),
+            LimitKind::Output(b) => write!(f, "output limit of {} MiB", b / MIB),
+        }
+    }
+}
+
+impl LimitKind {
+    /// The `prpod.toml` key that raises this limit.
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            LimitKind::Memory(_) => "memory_mib",
+            LimitKind::Deadline(_) => "deadline_ms",
+            LimitKind::Output(_) => "output_mib",
+        }
+    }
+}
+
+/// Output accounting shared by the store and its stdio streams (which WASI owns separately).
+#[derive(Debug)]
+pub(crate) struct OutputBudget {
+    used: AtomicU64,
+    limit: u64,
+    exceeded: AtomicBool,
+    /// The last bytes the plugin wrote to stderr: a Rust guest's panic message lands there,
+    /// and it belongs in the error we report for the trap that follows.
+    stderr_tail: Mutex<Vec<u8>>,
+}
+
+const STDERR_TAIL: usize = 2048;
+
+impl OutputBudget {
+    fn new(limit: u64) -> Self {
+        OutputBudget {
+            used: AtomicU64::new(0),
+            limit,
+            exceeded: AtomicBool::new(false),
+            stderr_tail: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Charges `n` bytes; false (and the budget marked exceeded) when that passes the limit.
+    pub(crate) fn charge(&self, n: u64) -> bool {
+        let used = self.used.fetch_add(n, Ordering::Relaxed) + n;
+        if used > self.limit {
+            self.exceeded.store(true, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    pub(crate) fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&tail).trim().to_string()
+    }
+}
+
+/// The data of one call's store.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    plugin: Arc<str>,
+    memory_limit: u64,
+    pub(crate) output: Arc<OutputBudget>,
+    /// Set by the limiter when the plugin asked for more memory than allowed.
+    pub(crate) memory_exceeded: bool,
+}
+
+impl StoreState {
+    /// A deny-by-default context: no preopened directories, no environment, no arguments, no
+    /// network (sockets exist but every address is refused and name lookup is off), stdin
+    /// closed, stdout and stderr captured.
+    pub(crate) fn new(plugin: Arc<str>, limits: &Limits) -> Self {
+        let output = Arc::new(OutputBudget::new(limits.output_bytes()));
+        let wasi = WasiCtx::builder()
+            .stdout(CapturedStdio { plugin: plugin.clone(), stream: "stdout", budget: output.clone() })
+            .stderr(CapturedStdio { plugin: plugin.clone(), stream: "stderr", budget: output.clone() })
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            plugin,
+            memory_limit: limits.memory_bytes(),
+            output,
+            memory_exceeded: false,
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Raised inside the guest when a limit is hit, so the call unwinds at once.
+#[derive(Debug)]
+pub(crate) struct LimitTrap(pub(crate) &'static str);
+
+impl fmt::Display for LimitTrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} limit exceeded", self.0)
+    }
+}
+
+impl std::error::Error for LimitTrap {}
+
+impl wasmtime::ResourceLimiter for StoreState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_limit {
+            self.memory_exceeded = true;
+            // Trapping (rather than failing the grow) stops the call here instead of leaving a
+            // guest allocator to abort somewhere less clear.
+            return Err(wasmtime::Error::new(LimitTrap("memory")));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables hold function references; a plugin with a million of them is broken.
+        Ok(desired <= 100_000)
+    }
+}
+
+impl logging::Host for StoreState {
+    fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        if !self.output.charge(message.len() as u64) {
+            return Err(wasmtime::Error::new(LimitTrap("output")));
+        }
+        let plugin = &*self.plugin;
+        match level {
+            logging::Level::Trace => tracing::trace!(target: "prpod::plugin", plugin, "{message}"),
+            logging::Level::Debug => tracing::debug!(target: "prpod::plugin", plugin, "{message}"),
+            logging::Level::Info => tracing::info!(target: "prpod::plugin", plugin, "{message}"),
+            logging::Level::Warn => tracing::warn!(target: "prpod::plugin", plugin, "{message}"),
+            logging::Level::Error => tracing::error!(target: "prpod::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// The plugin's stdout or stderr: counted against the output budget and forwarded line by line
+/// to `tracing` at debug level (stdout) or warn level (stderr).
+struct CapturedStdio {
+    plugin: Arc<str>,
+    stream: &'static str,
+    budget: Arc<OutputBudget>,
+}
+
+impl IsTerminal for CapturedStdio {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStdio {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(CapturedStream {
+            plugin: self.plugin.clone(),
+            stream: self.stream,
+            budget: self.budget.clone(),
+            line: Vec::new(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only WASIp3 asks for this, and prpod links WASIp2 alone: nothing can write here.
+        Box::new(tokio::io::sink())
+    }
+}
+
+struct CapturedStream {
+    plugin: Arc<str>,
+    stream: &'static str,
+    budget: Arc<OutputBudget>,
+    line: Vec<u8>,
+}
+
+/// A line longer than this is logged in pieces, so a plugin printing without newlines cannot
+/// make the host buffer without bound.
+const MAX_LINE: usize = 4096;
+
+impl CapturedStream {
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end();
+        let plugin = &*self.plugin;
+        if self.stream == "stderr" {
+            tracing::warn!(target: "prpod::plugin", plugin, stream = "stderr", "{text}");
+        } else {
+            tracing::debug!(target: "prpod::plugin", plugin, stream = "stdout", "{text}");
+        }
+        self.line.clear();
+    }
+}
+
+impl OutputStream for CapturedStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        if !self.budget.charge(bytes.len() as u64) {
+            return Err(StreamError::Trap(wasmtime::Error::new(LimitTrap("output"))));
+        }
+        if self.stream == "stderr"
+            && let Ok(mut tail) = self.budget.stderr_tail.lock()
+        {
+            tail.extend_from_slice(&bytes);
+            let excess = tail.len().saturating_sub(STDERR_TAIL);
+            tail.drain(..excess);
+        }
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            self.line.extend_from_slice(chunk);
+            if chunk.ends_with(b"\n") || self.line.len() >= MAX_LINE {
+                self.emit();
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedStream {
+    async fn ready(&mut self) {}
+}
+
+impl Drop for CapturedStream {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
