@@ -52,7 +52,7 @@ fn eat_memory() -> Result<TagSet, String> {
     const BLOCK: usize = 16 << 20;
     let mut blocks: Vec<Vec<u8>> = Vec::new();
     // 4 GiB is the whole 32-bit address space: allocation fails (and traps) before this ends.
-    for _ in 0..(4usize << 30) / BLOCK {
+    for _ in 0..(4u64 << 30) / BLOCK as u64 {
         let mut b: Vec<u8> = Vec::with_capacity(BLOCK);
         for _ in (0..BLOCK).step_by(4096) {
             b.push(1);
