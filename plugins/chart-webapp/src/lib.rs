@@ -18,11 +18,26 @@ mod values;
 
 /// `(path in the chart, contents)` of the embedded template files, copied as they are.
 pub const TEMPLATE_FILES: &[(&str, &str)] = &[
-    ("templates/_helpers.tpl", include_str!("../../../charts/webapp/templates/_helpers.tpl")),
-    ("templates/deployment.yaml", include_str!("../../../charts/webapp/templates/deployment.yaml")),
-    ("templates/service.yaml", include_str!("../../../charts/webapp/templates/service.yaml")),
-    ("templates/ingress.yaml", include_str!("../../../charts/webapp/templates/ingress.yaml")),
-    ("templates/NOTES.txt", include_str!("../../../charts/webapp/templates/NOTES.txt")),
+    (
+        "templates/_helpers.tpl",
+        include_str!("../../../charts/webapp/templates/_helpers.tpl"),
+    ),
+    (
+        "templates/deployment.yaml",
+        include_str!("../../../charts/webapp/templates/deployment.yaml"),
+    ),
+    (
+        "templates/service.yaml",
+        include_str!("../../../charts/webapp/templates/service.yaml"),
+    ),
+    (
+        "templates/ingress.yaml",
+        include_str!("../../../charts/webapp/templates/ingress.yaml"),
+    ),
+    (
+        "templates/NOTES.txt",
+        include_str!("../../../charts/webapp/templates/NOTES.txt"),
+    ),
 ];
 
 /// The embedded `charts/webapp/Chart.yaml`, whose `name`, `description` and `appVersion` lines
@@ -113,7 +128,10 @@ impl Guest for ChartWebapp {
                 Level::Debug,
                 &format!("generated chart {:?} with {} files", app.name, files.len()),
             ),
-            Err(e) => log(Level::Debug, &format!("chart for {:?} rejected: {e}", app.name)),
+            Err(e) => log(
+                Level::Debug,
+                &format!("chart for {:?} rejected: {e}", app.name),
+            ),
         }
         result
     }

@@ -13,7 +13,8 @@ pub fn is_dns1035_label(s: &str, max: usize) -> bool {
     !b.is_empty()
         && b.len() <= max
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[b.len() - 1] != b'-'
 }
 
@@ -23,7 +24,8 @@ pub fn is_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 15
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -35,7 +37,8 @@ pub fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && !b[0].is_ascii_digit()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
 }
 
 /// A Kubernetes resource quantity in the common forms: `250m`, `0.5`, `128Mi`, `1G`, `1e3`.
@@ -66,7 +69,8 @@ pub fn is_host(s: &str) -> bool {
             let b = l.as_bytes();
             !b.is_empty()
                 && b.len() <= 63
-                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
                 && b[0] != b'-'
                 && b[b.len() - 1] != b'-'
         })
@@ -77,13 +81,18 @@ fn is_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn is_digest(d: &str) -> bool {
     match d.split_once(':') {
-        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
-        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+        Some(("sha256", hex)) => {
+            hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        }
+        Some(("sha512", hex)) => {
+            hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        }
         _ => false,
     }
 }
@@ -99,11 +108,15 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
         ));
     }
     if image.repository.is_empty() {
-        return Err("the app's image has no repository: set image.repository in the app spec \
+        return Err(
+            "the app's image has no repository: set image.repository in the app spec \
                     (registry host and path, e.g. \"registry.example.com/acme/web\")"
-            .into());
+                .into(),
+        );
     }
-    if image.repository.contains(|c: char| c.is_whitespace() || c == '@' || c.is_ascii_uppercase())
+    if image
+        .repository
+        .contains(|c: char| c.is_whitespace() || c == '@' || c.is_ascii_uppercase())
         || image.repository.ends_with(':')
         || image.repository.ends_with('/')
     {
@@ -113,20 +126,20 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
             image.repository
         ));
     }
-    if let Some(tag) = &image.tag {
-        if !is_tag(tag) {
-            return Err(format!(
-                "image tag {tag:?} is not valid: a tag matches [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"
-            ));
-        }
+    if let Some(tag) = &image.tag
+        && !is_tag(tag)
+    {
+        return Err(format!(
+            "image tag {tag:?} is not valid: a tag matches [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"
+        ));
     }
-    if let Some(d) = &image.digest {
-        if !is_digest(d) {
-            return Err(format!(
-                "image digest {d:?} is not valid: expected \"sha256:\" followed by 64 lowercase \
+    if let Some(d) = &image.digest
+        && !is_digest(d)
+    {
+        return Err(format!(
+            "image digest {d:?} is not valid: expected \"sha256:\" followed by 64 lowercase \
                  hex digits"
-            ));
-        }
+        ));
     }
     if image.tag.is_none() && image.digest.is_none() {
         return Err(format!(
@@ -151,12 +164,21 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
             ));
         }
         if p.container_port == 0 {
-            return Err(format!("port {:?} has container port 0: use 1 to 65535", p.name));
+            return Err(format!(
+                "port {:?} has container port 0: use 1 to 65535",
+                p.name
+            ));
         }
         if let Some(q) = app.ports[..i].iter().find(|q| q.name == p.name) {
-            return Err(format!("port name {:?} is used twice: give each port its own name", q.name));
+            return Err(format!(
+                "port name {:?} is used twice: give each port its own name",
+                q.name
+            ));
         }
-        if let Some(q) = app.ports[..i].iter().find(|q| q.container_port == p.container_port) {
+        if let Some(q) = app.ports[..i]
+            .iter()
+            .find(|q| q.container_port == p.container_port)
+        {
             return Err(format!(
                 "container port {} is listed twice (ports {:?} and {:?}): list each port once",
                 p.container_port, q.name, p.name
@@ -191,30 +213,30 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
         ("cpu-limit", &r.cpu_limit),
         ("memory-limit", &r.memory_limit),
     ] {
-        if let Some(q) = q {
-            if !is_quantity(q) {
-                return Err(format!(
-                    "resources.{what} = {q:?} is not a Kubernetes quantity: use e.g. \"250m\" \
+        if let Some(q) = q
+            && !is_quantity(q)
+        {
+            return Err(format!(
+                "resources.{what} = {q:?} is not a Kubernetes quantity: use e.g. \"250m\" \
                      for cpu or \"128Mi\" for memory"
-                ));
-            }
+            ));
         }
     }
-    if let Some(path) = &app.health_path {
-        if !path.starts_with('/') || path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "health path {path:?} is not valid: give an absolute HTTP path without spaces, \
+    if let Some(path) = &app.health_path
+        && (!path.starts_with('/') || path.contains(|c: char| c.is_whitespace() || c.is_control()))
+    {
+        return Err(format!(
+            "health path {path:?} is not valid: give an absolute HTTP path without spaces, \
                  e.g. \"/healthz\", or leave it out for TCP probes"
-            ));
-        }
+        ));
     }
-    if let Some(host) = &app.ingress_host {
-        if !is_host(host) {
-            return Err(format!(
-                "ingress host {host:?} is not a valid host name: use lowercase DNS labels \
+    if let Some(host) = &app.ingress_host
+        && !is_host(host)
+    {
+        return Err(format!(
+            "ingress host {host:?} is not a valid host name: use lowercase DNS labels \
                  separated by '.', e.g. \"pr-42.preview.example.com\", or leave it out for no Ingress"
-            ));
-        }
+        ));
     }
     Ok(())
 }

@@ -38,7 +38,10 @@ impl Guest for TagDefault {
         let (name, namespace) = tag_scheme::release(ctx.number, &ctx.branch)?;
         log(
             Level::Debug,
-            &format!("release for branch {:?}: {name} in namespace {namespace}", ctx.branch),
+            &format!(
+                "release for branch {:?}: {name} in namespace {namespace}",
+                ctx.branch
+            ),
         );
         Ok(ReleaseTarget { name, namespace })
     }

@@ -104,7 +104,7 @@ fn fit(prefix: &str, body: &str, original: &str, max: usize) -> String {
     }
     let suffix = hash_suffix(original);
     let keep = max.saturating_sub(prefix.len() + 1 + suffix.len());
-    let cut = body[..keep.min(body.len())].trim_end_matches(|c| matches!(c, '-' | '.' | '_'));
+    let cut = body[..keep.min(body.len())].trim_end_matches(['-', '.', '_']);
     if cut.is_empty() {
         format!("{prefix}{suffix}")
     } else {
@@ -131,7 +131,8 @@ pub fn is_dns1123_label(name: &str, max: usize) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= max
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -168,7 +169,10 @@ pub fn compute_tags(
         None => branch_pr.clone(),
     };
     let mut extra = Vec::with_capacity(2);
-    for t in [branch_pr, format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())])] {
+    for t in [
+        branch_pr,
+        format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())]),
+    ] {
         if t != primary && !extra.contains(&t) {
             extra.push(t);
         }
@@ -252,10 +256,19 @@ mod tests {
 
     #[test]
     fn base_defaults_to_main_and_dedupes() {
-        assert_eq!(tags(Some(1), "x", None).cache_from, vec!["cache-x", "cache-main"]);
-        assert_eq!(tags(Some(1), "x", Some("")).cache_from, vec!["cache-x", "cache-main"]);
+        assert_eq!(
+            tags(Some(1), "x", None).cache_from,
+            vec!["cache-x", "cache-main"]
+        );
+        assert_eq!(
+            tags(Some(1), "x", Some("")).cache_from,
+            vec!["cache-x", "cache-main"]
+        );
         assert_eq!(tags(Some(1), "main", None).cache_from, vec!["cache-main"]);
-        assert_eq!(tags(Some(1), "Main", Some("main")).cache_from, vec!["cache-main"]);
+        assert_eq!(
+            tags(Some(1), "Main", Some("main")).cache_from,
+            vec!["cache-main"]
+        );
     }
 
     #[test]
@@ -278,14 +291,19 @@ mod tests {
         assert_eq!(sanitize("a//b___c...d").unwrap(), "a-b___c...d");
         assert_eq!(sanitize("--a  b--").unwrap(), "a-b");
         assert_eq!(sanitize("_.x._").unwrap(), "x");
-        assert_eq!(sanitize("dependabot/npm_and_yarn/lodash-4.17.21").unwrap(),
-            "dependabot-npm_and_yarn-lodash-4.17.21");
+        assert_eq!(
+            sanitize("dependabot/npm_and_yarn/lodash-4.17.21").unwrap(),
+            "dependabot-npm_and_yarn-lodash-4.17.21"
+        );
         assert_eq!(sanitize("v1.2").unwrap(), "v1.2");
     }
 
     #[test]
     fn sanitize_unicode() {
-        assert_eq!(sanitize("feature/über-straße").unwrap(), "feature-ber-stra-e");
+        assert_eq!(
+            sanitize("feature/über-straße").unwrap(),
+            "feature-ber-stra-e"
+        );
         assert_eq!(sanitize("ÄBC").unwrap(), "bc");
         assert_eq!(sanitize("修正/バグ-1").unwrap(), "1");
         assert_eq!(sanitize("emoji-🚀-launch").unwrap(), "emoji-launch");
@@ -300,19 +318,31 @@ mod tests {
             assert!(release(None, b).is_err());
         }
         // With a number the release does not need the branch.
-        assert_eq!(release(Some(3), "🚀").unwrap(), ("pr-3".into(), "pr-3".into()));
+        assert_eq!(
+            release(Some(3), "🚀").unwrap(),
+            ("pr-3".into(), "pr-3".into())
+        );
         let e = compute_tags(Some(1), "ok", Some("///"), SHA).unwrap_err();
         assert!(e.starts_with("base branch \"///\""), "{e}");
     }
 
     #[test]
     fn release_names() {
-        assert_eq!(release(Some(42), "whatever").unwrap(), ("pr-42".into(), "pr-42".into()));
+        assert_eq!(
+            release(Some(42), "whatever").unwrap(),
+            ("pr-42".into(), "pr-42".into())
+        );
         assert_eq!(
             release(None, "Feature/My_Branch.v2").unwrap(),
-            ("pr-feature-my-branch-v2".into(), "pr-feature-my-branch-v2".into())
+            (
+                "pr-feature-my-branch-v2".into(),
+                "pr-feature-my-branch-v2".into()
+            )
         );
-        assert_eq!(release(Some(u64::MAX), "x").unwrap().0, format!("pr-{}", u64::MAX));
+        assert_eq!(
+            release(Some(u64::MAX), "x").unwrap().0,
+            format!("pr-{}", u64::MAX)
+        );
     }
 
     #[test]
@@ -322,7 +352,10 @@ mod tests {
         assert_eq!(t.primary.len(), MAX_TAG_LEN);
         assert!(t.primary.ends_with(&format!("-{}", hash_suffix(&branch))));
         assert!(t.primary.starts_with("pr-feature-aaaa"));
-        for tag in std::iter::once(&t.primary).chain(&t.extra).chain(&t.cache_from) {
+        for tag in std::iter::once(&t.primary)
+            .chain(&t.extra)
+            .chain(&t.cache_from)
+        {
             assert!(is_valid_tag(tag), "{tag}");
         }
         let (name, ns) = release(None, &branch).unwrap();
@@ -338,7 +371,10 @@ mod tests {
         let a = format!("{prefix}-one");
         let b = format!("{prefix}-two");
         assert_ne!(tags(None, &a, None).primary, tags(None, &b, None).primary);
-        assert_ne!(tags(Some(1), &a, None).cache_to, tags(Some(1), &b, None).cache_to);
+        assert_ne!(
+            tags(Some(1), &a, None).cache_to,
+            tags(Some(1), &b, None).cache_to
+        );
         assert_ne!(release(None, &a).unwrap().0, release(None, &b).unwrap().0);
         // Also for names only the release has to shorten.
         let p = "feature-".repeat(6);
@@ -355,7 +391,10 @@ mod tests {
         let (name, _) = release(None, &branch).unwrap();
         assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
         assert!(!name.contains("--"), "{name}");
-        assert_eq!(name, format!("pr-{}-{}", "b".repeat(40), hash_suffix(&branch)));
+        assert_eq!(
+            name,
+            format!("pr-{}-{}", "b".repeat(40), hash_suffix(&branch))
+        );
     }
 
     #[test]
@@ -371,7 +410,10 @@ mod tests {
         let b = "e".repeat(50);
         assert_eq!(release(None, &b).unwrap().0, format!("pr-{b}"));
         let b = "e".repeat(51);
-        assert_eq!(release(None, &b).unwrap().0, format!("pr-{}-{}", "e".repeat(41), hash_suffix(&b)));
+        assert_eq!(
+            release(None, &b).unwrap().0,
+            format!("pr-{}-{}", "e".repeat(41), hash_suffix(&b))
+        );
     }
 
     #[test]

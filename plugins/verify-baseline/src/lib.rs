@@ -37,7 +37,11 @@ impl Guest for VerifyBaseline {
         let findings = manifests::check(&ctx, &manifests);
         log(
             Level::Debug,
-            &format!("checked {} manifests: {} findings", manifests.len(), findings.len()),
+            &format!(
+                "checked {} manifests: {} findings",
+                manifests.len(),
+                findings.len()
+            ),
         );
         Ok(findings)
     }

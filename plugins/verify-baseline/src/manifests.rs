@@ -26,7 +26,11 @@ fn error(rule: &str, object: &str, message: String) -> Finding {
 pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "Pod" => Some(&["spec"]),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
         | "Job" => Some(&["spec", "template", "spec"]),
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template", "spec"]),
         _ => None,
@@ -57,7 +61,11 @@ pub fn parse_image(image: &str) -> Image<'_> {
             tag: Some(&rest[last_slash + i + 1..]),
             digest,
         },
-        None => Image { name: rest, tag: None, digest },
+        None => Image {
+            name: rest,
+            tag: None,
+            digest,
+        },
     }
 }
 
@@ -89,9 +97,13 @@ pub fn check_one(target: Option<&DeployTarget>, m: &Manifest, out: &mut Vec<Find
             continue;
         }
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or(&m.kind);
-        let name = get(&value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or(&m.name);
+        let name = get(&value, &["metadata", "name"])
+            .and_then(Value::as_str)
+            .unwrap_or(&m.name);
         let object = format!("{kind}/{name}");
-        let Some(path) = pod_spec_path(kind) else { continue };
+        let Some(path) = pod_spec_path(kind) else {
+            continue;
+        };
         let Some(pod) = get(&value, path) else {
             continue;
         };
@@ -110,7 +122,9 @@ pub fn check_pod(target: Option<&DeployTarget>, object: &str, pod: &Value, out: 
             out.push(error(
                 "host-network",
                 object,
-                format!("{object} uses the {rule} ({field}: true); remove {field} from the pod spec"),
+                format!(
+                    "{object} uses the {rule} ({field}: true); remove {field} from the pod spec"
+                ),
             ));
         }
     }
@@ -132,7 +146,9 @@ pub fn check_pod(target: Option<&DeployTarget>, object: &str, pod: &Value, out: 
     }
     let pod_non_root = is_true(get(pod, &["securityContext", "runAsNonRoot"]));
     for list in ["initContainers", "containers"] {
-        let Some(containers) = pod.get(list).and_then(Value::as_sequence) else { continue };
+        let Some(containers) = pod.get(list).and_then(Value::as_sequence) else {
+            continue;
+        };
         for c in containers {
             check_container(target, object, list, c, pod_non_root, out);
         }
@@ -290,7 +306,10 @@ mod tests {
                 cache_from: vec![],
                 cache_to: None,
             },
-            release: ReleaseTarget { name: "pr-42".into(), namespace: "pr-42".into() },
+            release: ReleaseTarget {
+                name: "pr-42".into(),
+                namespace: "pr-42".into(),
+            },
         }
     }
 
@@ -348,20 +367,59 @@ spec:
         let f = check(&ctx(Some(target())), &[manifest("Deployment", "web", GOOD)]);
         assert!(f.is_empty(), "{f:?}");
         // A Service or ConfigMap has no pods.
-        let f = check(&ctx(Some(target())), &[manifest("Service", "web", "kind: Service\nmetadata: {name: web}\nspec: {}\n")]);
+        let f = check(
+            &ctx(Some(target())),
+            &[manifest(
+                "Service",
+                "web",
+                "kind: Service\nmetadata: {name: web}\nspec: {}\n",
+            )],
+        );
         assert!(f.is_empty());
     }
 
     #[test]
     fn parse_images() {
-        assert_eq!(parse_image("a/b"), Image { name: "a/b", tag: None, digest: None });
-        assert_eq!(parse_image("h:5000/a/b"), Image { name: "h:5000/a/b", tag: None, digest: None });
-        assert_eq!(parse_image("h:5000/a/b:t"), Image { name: "h:5000/a/b", tag: Some("t"), digest: None });
+        assert_eq!(
+            parse_image("a/b"),
+            Image {
+                name: "a/b",
+                tag: None,
+                digest: None
+            }
+        );
+        assert_eq!(
+            parse_image("h:5000/a/b"),
+            Image {
+                name: "h:5000/a/b",
+                tag: None,
+                digest: None
+            }
+        );
+        assert_eq!(
+            parse_image("h:5000/a/b:t"),
+            Image {
+                name: "h:5000/a/b",
+                tag: Some("t"),
+                digest: None
+            }
+        );
         assert_eq!(
             parse_image("h/a:t@sha256:00"),
-            Image { name: "h/a", tag: Some("t"), digest: Some("sha256:00") }
+            Image {
+                name: "h/a",
+                tag: Some("t"),
+                digest: Some("sha256:00")
+            }
         );
-        assert_eq!(parse_image("nginx@sha256:00"), Image { name: "nginx", tag: None, digest: Some("sha256:00") });
+        assert_eq!(
+            parse_image("nginx@sha256:00"),
+            Image {
+                name: "nginx",
+                tag: None,
+                digest: Some("sha256:00")
+            }
+        );
     }
 
     #[test]
@@ -403,10 +461,25 @@ spec:
         assert_eq!(r.iter().filter(|r| **r == "host-network").count(), 3);
         assert!(f.iter().all(|f| f.object.as_deref() == Some("Pod/bad")));
         assert!(f.iter().all(|f| f.severity == Severity::Error));
-        let res = f.iter().find(|f| f.rule == "resources" && f.message.contains("\"app\"")).unwrap();
-        assert!(res.message.contains("requests.memory, limits.cpu, limits.memory"), "{}", res.message);
-        let untagged = f.iter().find(|f| f.rule == "image-pinned" && f.message.contains("busybox")).unwrap();
-        assert!(untagged.message.contains("without a tag"), "{}", untagged.message);
+        let res = f
+            .iter()
+            .find(|f| f.rule == "resources" && f.message.contains("\"app\""))
+            .unwrap();
+        assert!(
+            res.message
+                .contains("requests.memory, limits.cpu, limits.memory"),
+            "{}",
+            res.message
+        );
+        let untagged = f
+            .iter()
+            .find(|f| f.rule == "image-pinned" && f.message.contains("busybox"))
+            .unwrap();
+        assert!(
+            untagged.message.contains("without a tag"),
+            "{}",
+            untagged.message
+        );
     }
 
     #[test]
@@ -415,7 +488,10 @@ spec:
             "pr-42@sha256:abababababababababababababababababababababababababababababababab",
             "pr-41",
         );
-        let f = check(&ctx(Some(target())), &[manifest("Deployment", "web", &text)]);
+        let f = check(
+            &ctx(Some(target())),
+            &[manifest("Deployment", "web", &text)],
+        );
         assert_eq!(rules(&f), ["image-pinned"]);
         assert!(f[0].message.contains("\"pr-41\""));
         assert_eq!(f[0].object.as_deref(), Some("Deployment/web"));
@@ -425,16 +501,31 @@ spec:
         );
         assert!(check(&ctx(Some(target())), &[manifest("Deployment", "web", &ok)]).is_empty());
         // Without a target: only latest/untagged are checked, and no registry rule.
-        let other = GOOD.replace("127.0.0.1:5443/acme/web:pr-42@sha256:", "quay.io/x/y:v1@sha256:");
+        let other = GOOD.replace(
+            "127.0.0.1:5443/acme/web:pr-42@sha256:",
+            "quay.io/x/y:v1@sha256:",
+        );
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &text)]).is_empty());
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &other)]).is_empty());
-        assert_eq!(rules(&check(&ctx(Some(target())), &[manifest("Deployment", "web", &other)])), ["image-registry"]);
+        assert_eq!(
+            rules(&check(
+                &ctx(Some(target())),
+                &[manifest("Deployment", "web", &other)]
+            )),
+            ["image-registry"]
+        );
     }
 
     #[test]
     fn registry_prefix_must_be_whole_host() {
         let text = GOOD.replace("127.0.0.1:5443/", "127.0.0.1:54430/");
-        assert_eq!(rules(&check(&ctx(Some(target())), &[manifest("Deployment", "web", &text)])), ["image-registry"]);
+        assert_eq!(
+            rules(&check(
+                &ctx(Some(target())),
+                &[manifest("Deployment", "web", &text)]
+            )),
+            ["image-registry"]
+        );
     }
 
     #[test]
@@ -443,10 +534,16 @@ spec:
             "          resources:\n",
             "          securityContext: {runAsNonRoot: false}\n          resources:\n",
         );
-        assert_eq!(rules(&check(&ctx(None), &[manifest("Deployment", "web", &text)])), ["run-as-non-root"]);
+        assert_eq!(
+            rules(&check(&ctx(None), &[manifest("Deployment", "web", &text)])),
+            ["run-as-non-root"]
+        );
         let text = GOOD
             .replace("        runAsNonRoot: true\n", "        runAsUser: 1000\n")
-            .replace("          resources:\n", "          securityContext: {runAsNonRoot: true}\n          resources:\n");
+            .replace(
+                "          resources:\n",
+                "          securityContext: {runAsNonRoot: true}\n          resources:\n",
+            );
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &text)]).is_empty());
     }
 
@@ -466,8 +563,13 @@ spec:
 "#;
         let f = check(&ctx(None), &[manifest("CronJob", "nightly", cron)]);
         assert!(rules(&f).contains(&"image-pinned"));
-        assert!(f.iter().all(|f| f.object.as_deref() == Some("CronJob/nightly")));
-        let sts = GOOD.replace("kind: Deployment", "kind: StatefulSet").replace("runAsNonRoot: true", "runAsNonRoot: false");
+        assert!(
+            f.iter()
+                .all(|f| f.object.as_deref() == Some("CronJob/nightly"))
+        );
+        let sts = GOOD
+            .replace("kind: Deployment", "kind: StatefulSet")
+            .replace("runAsNonRoot: true", "runAsNonRoot: false");
         let f = check(&ctx(None), &[manifest("StatefulSet", "web", &sts)]);
         assert_eq!(rules(&f), ["run-as-non-root"]);
         assert_eq!(f[0].object.as_deref(), Some("StatefulSet/web"));

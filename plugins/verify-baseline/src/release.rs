@@ -4,7 +4,8 @@ use crate::prpod::plugin::types::Severity;
 use crate::{Finding, ReleaseStatus};
 
 /// Container waiting reasons that mean the rollout will not finish by itself.
-pub const FATAL_WAITING_REASONS: &[&str] = &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull"];
+pub const FATAL_WAITING_REASONS: &[&str] =
+    &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull"];
 
 /// Runs every release rule.
 pub fn check(status: &ReleaseStatus) -> Vec<Finding> {
@@ -49,12 +50,17 @@ pub fn check(status: &ReleaseStatus) -> Vec<Finding> {
         }
         for pod in &w.pods {
             for c in &pod.containers {
-                let Some(reason) = c.waiting_reason.as_deref() else { continue };
+                let Some(reason) = c.waiting_reason.as_deref() else {
+                    continue;
+                };
                 if !FATAL_WAITING_REASONS.contains(&reason) {
                     continue;
                 }
                 let hint = if reason == "CrashLoopBackOff" {
-                    format!("read its logs with `kubectl -n {ns} logs {} -c {} --previous` and fix the crash", pod.name, c.name)
+                    format!(
+                        "read its logs with `kubectl -n {ns} logs {} -c {} --previous` and fix the crash",
+                        pod.name, c.name
+                    )
                 } else {
                     "check that the image reference is right, that the image was pushed and that the \
                      cluster can pull from the registry"
@@ -102,7 +108,10 @@ mod tests {
 
     fn status(available: u32, waiting: Option<&str>) -> ReleaseStatus {
         ReleaseStatus {
-            release: ReleaseTarget { name: "pr-42".into(), namespace: "pr-42".into() },
+            release: ReleaseTarget {
+                name: "pr-42".into(),
+                namespace: "pr-42".into(),
+            },
             workloads: vec![WorkloadStatus {
                 kind: "Deployment".into(),
                 name: "web".into(),
@@ -110,8 +119,18 @@ mod tests {
                 ready: available,
                 available,
                 conditions: vec![
-                    Condition { type_: "Available".into(), status: "False".into(), reason: Some("MinimumReplicasUnavailable".into()), message: None },
-                    Condition { type_: "Progressing".into(), status: "True".into(), reason: None, message: None },
+                    Condition {
+                        type_: "Available".into(),
+                        status: "False".into(),
+                        reason: Some("MinimumReplicasUnavailable".into()),
+                        message: None,
+                    },
+                    Condition {
+                        type_: "Progressing".into(),
+                        status: "True".into(),
+                        reason: None,
+                        message: None,
+                    },
                 ],
                 pods: vec![PodStatus {
                     name: "web-abc".into(),
@@ -143,8 +162,16 @@ mod tests {
         assert_eq!(f[0].rule, "rollout-available");
         assert_eq!(f[0].severity, Severity::Error);
         assert_eq!(f[0].object.as_deref(), Some("Deployment/web"));
-        assert!(f[0].message.contains("1 of 2 desired replicas available"), "{}", f[0].message);
-        assert!(f[0].message.contains("MinimumReplicasUnavailable"), "{}", f[0].message);
+        assert!(
+            f[0].message.contains("1 of 2 desired replicas available"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[0].message.contains("MinimumReplicasUnavailable"),
+            "{}",
+            f[0].message
+        );
     }
 
     #[test]
