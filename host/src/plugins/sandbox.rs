@@ -219,7 +219,7 @@ impl logging::Host for StoreState {
 }
 
 /// The plugin's stdout or stderr: counted against the output budget and forwarded line by line
-/// to `tracing` at debug level (stdout) or warn level (stderr).
+/// to `tracing` at debug level (stdout) or info level (stderr).
 struct CapturedStdio {
     plugin: Arc<str>,
     stream: &'static str,
@@ -267,8 +267,9 @@ impl CapturedStream {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         let plugin = &*self.plugin;
+        // Info, not warn: a crash's stderr is already quoted in the error the caller gets.
         if self.stream == "stderr" {
-            tracing::warn!(target: "prpod::plugin", plugin, stream = "stderr", "{text}");
+            tracing::info!(target: "prpod::plugin", plugin, stream = "stderr", "{text}");
         } else {
             tracing::debug!(target: "prpod::plugin", plugin, stream = "stdout", "{text}");
         }

@@ -1,0 +1,231 @@
+//! `prpod plugin ...` as a process: JSON on stdout, exit codes, errors that name the input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::context;
+
+fn prpod(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(args)
+        .env("PRPOD_CACHE_DIR", cache)
+        .env_remove("PRPOD_CONFIG")
+        .current_dir(cache)
+        .output()
+        .expect("failed to run prpod")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write_context(dir: &Path) -> String {
+    let p = dir.join("ctx.json");
+    std::fs::write(&p, serde_json::to_vec(&context(Some(42), "feature/login")).unwrap()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn call_tag_policy_prints_tags_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context(dir.path());
+    let out = prpod(
+        dir.path(),
+        &["plugin", "call", "tag-policy", "builtin:tag-default", "--context", &ctx, "--image", "127.0.0.1:5443/acme/web"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["primary"], "pr-42");
+    assert_eq!(v["extra"][0], "pr-feature-login");
+    assert_eq!(v["cache_from"][1], "cache-main");
+    assert_eq!(v["cache_to"], "cache-feature-login");
+    assert_eq!(v["release"]["name"], "pr-42");
+    assert_eq!(v["release"]["namespace"], "pr-42");
+}
+
+#[test]
+fn compiled_plugins_are_cached_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_entries = |d: &Path| {
+        std::fs::read_dir(d.join("components"))
+            .map(|r| r.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cache_entries(dir.path()), 0);
+    let first = prpod(dir.path(), &["plugin", "check", "builtin:tag-default"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(cache_entries(dir.path()), 1);
+    let second = Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(["plugin", "check", "builtin:tag-default"])
+        .env("PRPOD_CACHE_DIR", dir.path())
+        .env("PRPOD_LOG", "prpod=debug")
+        .output()
+        .unwrap();
+    assert!(second.status.success());
+    assert!(stderr(&second).contains("loaded compiled plugin from cache"), "{}", stderr(&second));
+    assert_eq!(cache_entries(dir.path()), 1);
+}
+
+#[test]
+fn check_names_worlds_and_refuses_core_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prpod(dir.path(), &["plugin", "check", "builtin:verify-baseline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["worlds"], serde_json::json!(["verifier"]));
+    assert!(v["not_implemented"]["tag-policy"].is_string());
+
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = prpod(dir.path(), &["plugin", "check", core.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a component"), "{}", stderr(&out));
+}
+
+#[test]
+fn export_writes_a_pinnable_builtin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tags.wasm");
+    let out = prpod(dir.path(), &["plugin", "export", "builtin:tag-default", "-o", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(std::fs::read(&file).unwrap(), prpod::plugins::reference::builtin("tag-default").unwrap());
+    let pinned = v["reference"].as_str().unwrap();
+    let out = prpod(dir.path(), &["plugin", "check", pinned]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = prpod(dir.path(), &["plugin", "export", "builtin:nope", "-o", "x.wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("builtin:tag-default"), "lists the builtins: {}", stderr(&out));
+}
+
+#[test]
+fn verifier_exit_code_follows_error_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context(dir.path());
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      \
+         hostNetwork: true\n      containers:\n      - name: web\n        image: nginx:latest\n        \
+         securityContext: {privileged: true}\n",
+    )
+    .unwrap();
+    let out = prpod(
+        dir.path(),
+        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--manifests", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    let rules: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    for rule in ["privileged", "host-network", "resources", "run-as-non-root", "image-pinned"] {
+        assert!(rules.contains(&rule), "missing {rule} in {rules:?}");
+    }
+    assert_eq!(v["hook"], "check-manifests");
+
+    let status = dir.path().join("status.json");
+    std::fs::write(
+        &status,
+        r#"{"release": {"name": "pr-42", "namespace": "pr-42"},
+            "workloads": [{"kind": "Deployment", "name": "web", "desired": 1, "ready": 0, "available": 0,
+              "pods": [{"name": "web-abc", "phase": "Pending",
+                "containers": [{"name": "web", "waiting_reason": "ImagePullBackOff", "waiting_message": "not found"}]}]}]}"#,
+    )
+    .unwrap();
+    let out = prpod(
+        dir.path(),
+        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--status", status.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("web-abc") && text.contains("ImagePullBackOff"), "{text}");
+
+    let healthy = dir.path().join("ok.json");
+    std::fs::write(
+        &healthy,
+        r#"{"release": {"name": "pr-42", "namespace": "pr-42"},
+            "workloads": [{"kind": "Deployment", "name": "web", "desired": 1, "ready": 1, "available": 1}]}"#,
+    )
+    .unwrap();
+    let out = prpod(
+        dir.path(),
+        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--status", healthy.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_inputs_name_the_file_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx.json");
+    std::fs::write(&ctx, r#"{"repository": "acme/web", "branhc": "x"}"#).unwrap();
+    let out = prpod(
+        dir.path(),
+        &["plugin", "call", "tag-policy", "builtin:tag-default", "--context", ctx.to_str().unwrap(), "--image", "r/a"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("ctx.json") && err.contains("branhc"), "{err}");
+
+    let cfg = dir.path().join("prpod.toml");
+    std::fs::write(&cfg, "[plugins.tag-policy.limits]\ndeadline_ms = 0\n").unwrap();
+    let out = prpod(dir.path(), &["plugin", "check", "builtin:tag-default"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("plugins.tag-policy.limits.deadline_ms"), "{}", stderr(&out));
+}
+
+#[test]
+fn plugin_failure_exits_3_with_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = context(Some(1), "loop");
+    ctx.labels.clear();
+    let p = dir.path().join("ctx.json");
+    std::fs::write(&p, serde_json::to_vec(&ctx).unwrap()).unwrap();
+    let hostile = crate::plugin_file("test-hostile");
+    let out = prpod(
+        dir.path(),
+        &[
+            "--output", "json", "plugin", "call", "tag-policy", hostile.to_str().unwrap(), "--context",
+            p.to_str().unwrap(), "--image", "r/a", "--deadline-ms", "200",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert!(v["error"].as_str().unwrap().contains("deadline of 200 ms"), "{v}");
+}
+
+#[test]
+fn chart_generator_refuses_a_non_empty_out_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context(dir.path());
+    let app = dir.path().join("app.json");
+    std::fs::write(&app, r#"{"name": "web", "image": {"repository": "127.0.0.1:5443/acme/web", "tag": "pr-42"}, "ports": [{"name": "http", "container_port": 8080}]}"#).unwrap();
+    let out_dir = dir.path().join("chart");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(out_dir.join("keep.txt"), "mine").unwrap();
+    let args = |out: &str| {
+        vec![
+            "plugin".to_string(), "call".into(), "chart-generator".into(), "builtin:chart-webapp".into(),
+            "--context".into(), ctx.clone(), "--app".into(), app.to_str().unwrap().into(), "--out".into(), out.into(),
+        ]
+    };
+    let a = args(out_dir.to_str().unwrap());
+    let out = prpod(dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(out_dir.join("keep.txt")).unwrap(), "mine");
+
+    let fresh = dir.path().join("fresh");
+    let a = args(fresh.to_str().unwrap());
+    let out = prpod(dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fresh.join("Chart.yaml").is_file());
+    assert!(fresh.join("templates/deployment.yaml").is_file());
+}

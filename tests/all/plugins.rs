@@ -1,0 +1,227 @@
+//! The plugin runtime: default plugins through the host, and hostile plugins stopped by the
+//! sandbox with errors that name the limit, after which the same plugin works again.
+
+use std::time::{Duration, Instant};
+
+use prpod::model::{PrContext, TagSet};
+use prpod::plugins::{LimitKind, Limits, Plugin, PluginError, PluginHost, PluginRef, World};
+
+use crate::{context, plugin_file};
+
+fn load(r: &str) -> Plugin {
+    PluginHost::new().unwrap().load(&PluginRef::parse(r).unwrap()).unwrap()
+}
+
+fn hostile() -> Plugin {
+    load(plugin_file("test-hostile").to_str().unwrap())
+}
+
+fn hostile_ctx(mode: &str, labels: &[String]) -> PrContext {
+    let mut ctx = context(Some(7), mode);
+    ctx.labels = labels.to_vec();
+    ctx
+}
+
+/// After any failure the same plugin must still work: a fresh store per call.
+fn assert_healthy(plugin: &Plugin) {
+    let tags = plugin.compute_tags(&context(Some(7), "feature/x"), "r.example/app").expect("normal call after a failure");
+    assert_eq!(tags.primary, "pr-7");
+}
+
+#[test]
+fn builtin_tag_default_gives_the_seed_scheme() {
+    let p = load("builtin:tag-default");
+    assert_eq!(p.worlds(), vec![World::TagPolicy]);
+    let ctx = context(Some(42), "Feature/Login_Page");
+    let tags = p.compute_tags(&ctx, "127.0.0.1:5443/acme/web").unwrap();
+    assert_eq!(
+        tags,
+        TagSet {
+            primary: "pr-42".into(),
+            extra: vec!["pr-feature-login_page".into(), "sha-0123456789ab".into()],
+            cache_from: vec!["cache-feature-login_page".into(), "cache-main".into()],
+            cache_to: Some("cache-feature-login_page".into()),
+        }
+    );
+    let release = p.release(&ctx).unwrap();
+    assert_eq!((release.name.as_str(), release.namespace.as_str()), ("pr-42", "pr-42"));
+
+    let no_pr = p.compute_tags(&context(None, "fix/bug"), "r/app").unwrap();
+    assert_eq!(no_pr.primary, "pr-fix-bug");
+}
+
+#[test]
+fn builtin_worlds_are_what_they_say() {
+    assert_eq!(load("builtin:chart-webapp").worlds(), vec![World::ChartGenerator]);
+    assert_eq!(load("builtin:verify-baseline").worlds(), vec![World::Verifier]);
+    let e = load("builtin:tag-default").check_manifests(&context(Some(1), "b"), &[]).unwrap_err();
+    assert!(matches!(e, PluginError::WrongWorld { world: World::Verifier, .. }), "{e}");
+}
+
+#[test]
+fn infinite_loop_is_stopped_at_the_deadline() {
+    let p = hostile().with_limits(Limits { deadline_ms: 300, ..Limits::default() });
+    let start = Instant::now();
+    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), hook: "compute-tags", .. }),
+        "{e}"
+    );
+    assert!(took < Duration::from_millis(300) + Duration::from_secs(1), "stopped after {took:?}");
+    assert!(took >= Duration::from_millis(290), "stopped too early: {took:?}");
+    assert!(e.to_string().contains("deadline of 300 ms"), "{e}");
+    assert!(e.to_string().contains("test_hostile.wasm"), "{e}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn default_deadline_is_two_seconds() {
+    let p = hostile();
+    let start = Instant::now();
+    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").unwrap_err();
+    let took = start.elapsed();
+    assert!(e.to_string().contains("deadline of 2000 ms"), "{e}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn memory_growth_is_stopped_at_the_limit() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("memory", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::Limit { limit: LimitKind::Memory(_), .. }), "{e}");
+    assert!(e.to_string().contains("memory limit of 64 MiB"), "{e}");
+    assert!(e.to_string().contains("memory_mib"), "the fix is named: {e}");
+    assert_healthy(&p);
+
+    let small = hostile().with_limits(Limits { memory_mib: 4, ..Limits::default() });
+    let e = small.compute_tags(&hostile_ctx("memory", &[]), "r/app").unwrap_err();
+    assert!(e.to_string().contains("memory limit of 4 MiB"), "{e}");
+}
+
+#[test]
+fn filesystem_is_not_reachable() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("read-file", &[]), "r/app").unwrap_err();
+    let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
+    assert!(message.starts_with("read-file:"), "{message}");
+    assert!(!message.contains("root:"), "{message}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn network_is_not_reachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("socket", &[format!("port={port}")]), "r/app").unwrap_err();
+    let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
+    assert!(message.starts_with("socket:"), "{message}");
+    assert!(listener.accept().is_err(), "the plugin reached a host socket");
+    assert_healthy(&p);
+}
+
+#[test]
+fn environment_is_empty() {
+    // The test process has PATH (and HOME) set; the plugin must see neither.
+    assert!(std::env::var_os("PATH").is_some());
+    let p = hostile();
+    for var in ["PATH", "HOME"] {
+        let e = p.compute_tags(&hostile_ctx("env", &[format!("env={var}")]), "r/app").unwrap_err();
+        let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
+        assert!(message.starts_with("env:"), "{message}");
+    }
+    assert_healthy(&p);
+}
+
+#[test]
+fn printing_100_mb_hits_the_output_limit() {
+    let p = hostile();
+    let start = Instant::now();
+    let e = p.compute_tags(&hostile_ctx("print", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::Limit { limit: LimitKind::Output(_), .. }), "{e}");
+    assert!(e.to_string().contains("output limit of 16 MiB"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert_healthy(&p);
+}
+
+#[test]
+fn log_flood_hits_the_output_limit() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("log-flood", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::Limit { limit: LimitKind::Output(_), .. }), "{e}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn trap_is_an_error_not_a_crash() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("trap", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::Trap { hook: "compute-tags", .. }), "{e}");
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn panic_message_reaches_the_error() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("panic", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::Trap { .. }), "{e}");
+    assert!(e.to_string().contains("hostile panic"), "{e}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn invalid_tag_is_rejected_with_the_value() {
+    let p = hostile();
+    let e = p.compute_tags(&hostile_ctx("bad-tag", &[]), "r/app").unwrap_err();
+    assert!(matches!(e, PluginError::InvalidOutput { what: "tag", .. }), "{e}");
+    assert!(e.to_string().contains("\"not a valid tag!\""), "{e}");
+    assert_healthy(&p);
+}
+
+#[test]
+fn invalid_release_name_is_rejected_with_the_value() {
+    let p = hostile();
+    let e = p.release(&hostile_ctx("bad-release", &[])).unwrap_err();
+    assert!(matches!(e, PluginError::InvalidOutput { what: "release name", .. }), "{e}");
+    assert!(e.to_string().contains("Bad_Release"), "{e}");
+}
+
+#[test]
+fn core_module_and_garbage_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    // The smallest valid core module: magic + version 1, layer 0.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let host = PluginHost::new().unwrap();
+    let e = host.load(&PluginRef::parse(core.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::NotAComponent { .. }), "{e}");
+    assert!(e.to_string().contains("core WebAssembly module, not a component"), "{e}");
+
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"#!/bin/sh\necho hi\n").unwrap();
+    let e = host.load(&PluginRef::parse(junk.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("not WebAssembly"), "{e}");
+
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(plugin_file("test-hostile")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = host.load(&PluginRef::parse(truncated.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::NotAComponent { .. }), "{e}");
+}
+
+#[test]
+fn pinned_reference_is_checked() {
+    let path = plugin_file("test-hostile");
+    let host = PluginHost::new().unwrap();
+    let e = host
+        .load(&PluginRef::parse(&format!("{}#sha256:{}", path.display(), "ab".repeat(32))).unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(e, PluginError::DigestMismatch { .. }), "{e}");
+    let good = host.load(&PluginRef::parse(path.to_str().unwrap()).unwrap()).unwrap();
+    let pinned = format!("{}#sha256:{}", path.display(), good.sha256());
+    assert!(host.load(&PluginRef::parse(&pinned).unwrap()).is_ok());
+}
