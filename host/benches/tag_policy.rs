@@ -86,7 +86,10 @@ fn process_cold_vs_warm() {
     println!();
     println!("process: prpod plugin call tag-policy builtin:tag-default");
     println!("  first run, empty cache (compile):  median {:>8.1} ms  (5 runs)", cold.as_secs_f64() * 1e3);
-    println!("  later runs, warm cache:            median {:>8.1} ms  (20 runs; target <= 50 ms)", warm.as_secs_f64() * 1e3);
+    println!(
+        "  later runs, warm cache:            median {:>8.1} ms  (20 runs; target <= 50 ms)",
+        warm.as_secs_f64() * 1e3
+    );
     println!("  cold / warm:                       {:>8.1}x", cold.as_secs_f64() / warm.as_secs_f64());
 }
 

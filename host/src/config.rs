@@ -38,7 +38,9 @@ impl LimitOverrides {
         }
     }
 
-    fn check(&self, at: &str) -> Result<(), String> {
+    /// Checks every value is in range; `name` turns a key into how the user wrote it (a TOML
+    /// path, or a command-line flag), so the error points at the right place.
+    pub fn check(&self, name: impl Fn(&str) -> String) -> Result<(), String> {
         let ranges = [
             ("memory_mib", self.memory_mib, 4096),
             ("deadline_ms", self.deadline_ms, 600_000),
@@ -48,7 +50,7 @@ impl LimitOverrides {
             if let Some(v) = value
                 && (v == 0 || v > max)
             {
-                return Err(format!("`{at}.{key}` is {v}; it must be between 1 and {max}"));
+                return Err(format!("`{}` is {v}; it must be between 1 and {max}", name(key)));
             }
         }
         Ok(())
@@ -113,10 +115,10 @@ impl Config {
         let err = |why: String| ConfigError { path: path.to_path_buf(), why };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        config.limits.check("limits").map_err(err)?;
+        config.limits.check(|k| format!("limits.{k}")).map_err(err)?;
         for world in World::ALL {
             let p = config.plugin(world);
-            p.limits.check(&format!("plugins.{world}.limits")).map_err(err)?;
+            p.limits.check(|k| format!("plugins.{world}.limits.{k}")).map_err(err)?;
             if let Some(r) = &p.reference {
                 PluginRef::parse(r).map_err(|e| err(format!("`plugins.{world}.ref`: {e}")))?;
             }

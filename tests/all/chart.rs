@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use prpod::model::{AppSpec, DeployTarget, EnvVar, ImageRef, Manifest, Port, PrContext, ReleaseTarget, Resources, Severity, TagSet};
+use prpod::model::{
+    AppSpec, DeployTarget, EnvVar, ImageRef, Manifest, Port, PrContext, ReleaseTarget, Resources, Severity, TagSet,
+};
 use prpod::plugins::{PluginHost, PluginRef};
 use prpod_test_support::{HelmHome, world};
 
@@ -16,7 +18,11 @@ const DIGEST: &str = "sha256:4b0c6a3b0f6b1f8b4f2e1c9d8a7b6c5d4e3f2a1b0c9d8e7f6a5
 fn target() -> DeployTarget {
     DeployTarget {
         registry: "127.0.0.1:5443".into(),
-        image: ImageRef { repository: "127.0.0.1:5443/acme/web".into(), tag: Some("pr-42".into()), digest: Some(DIGEST.into()) },
+        image: ImageRef {
+            repository: "127.0.0.1:5443/acme/web".into(),
+            tag: Some("pr-42".into()),
+            digest: Some(DIGEST.into()),
+        },
         tags: TagSet {
             primary: "pr-42".into(),
             extra: vec!["pr-feature-login".into(), "sha-0123456789ab".into()],
@@ -90,7 +96,12 @@ fn default_chart_matches_golden_and_passes_the_default_verifier() {
     }
     let expected = std::fs::read_to_string(&golden)
         .unwrap_or_else(|e| panic!("{}: {e}; run with PRPOD_BLESS=1 to create it", golden.display()));
-    assert_eq!(rendered, expected, "rendered chart differs from {}; if intended, rerun with PRPOD_BLESS=1", golden.display());
+    assert_eq!(
+        rendered,
+        expected,
+        "rendered chart differs from {}; if intended, rerun with PRPOD_BLESS=1",
+        golden.display()
+    );
 
     let manifests = Manifest::parse_all(&rendered).unwrap();
     let kinds: Vec<&str> = manifests.iter().map(|m| m.kind.as_str()).collect();

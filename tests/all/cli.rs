@@ -19,7 +19,11 @@ fn prpod(cache: &Path, args: &[&str]) -> Output {
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -39,7 +43,16 @@ fn call_tag_policy_prints_tags_and_release() {
     let ctx = write_context(dir.path());
     let out = prpod(
         dir.path(),
-        &["plugin", "call", "tag-policy", "builtin:tag-default", "--context", &ctx, "--image", "127.0.0.1:5443/acme/web"],
+        &[
+            "plugin",
+            "call",
+            "tag-policy",
+            "builtin:tag-default",
+            "--context",
+            &ctx,
+            "--image",
+            "127.0.0.1:5443/acme/web",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
@@ -121,7 +134,16 @@ fn verifier_exit_code_follows_error_findings() {
     .unwrap();
     let out = prpod(
         dir.path(),
-        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--manifests", bad.to_str().unwrap()],
+        &[
+            "plugin",
+            "call",
+            "verifier",
+            "builtin:verify-baseline",
+            "--context",
+            &ctx,
+            "--manifests",
+            bad.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v = json(&out);
@@ -142,7 +164,16 @@ fn verifier_exit_code_follows_error_findings() {
     .unwrap();
     let out = prpod(
         dir.path(),
-        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--status", status.to_str().unwrap()],
+        &[
+            "plugin",
+            "call",
+            "verifier",
+            "builtin:verify-baseline",
+            "--context",
+            &ctx,
+            "--status",
+            status.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -157,7 +188,16 @@ fn verifier_exit_code_follows_error_findings() {
     .unwrap();
     let out = prpod(
         dir.path(),
-        &["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--status", healthy.to_str().unwrap()],
+        &[
+            "plugin",
+            "call",
+            "verifier",
+            "builtin:verify-baseline",
+            "--context",
+            &ctx,
+            "--status",
+            healthy.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
@@ -193,8 +233,18 @@ fn plugin_failure_exits_3_with_json_error() {
     let out = prpod(
         dir.path(),
         &[
-            "--output", "json", "plugin", "call", "tag-policy", hostile.to_str().unwrap(), "--context",
-            p.to_str().unwrap(), "--image", "r/a", "--deadline-ms", "200",
+            "--output",
+            "json",
+            "plugin",
+            "call",
+            "tag-policy",
+            hostile.to_str().unwrap(),
+            "--context",
+            p.to_str().unwrap(),
+            "--image",
+            "r/a",
+            "--deadline-ms",
+            "200",
         ],
     );
     assert_eq!(out.status.code(), Some(3));
@@ -213,8 +263,16 @@ fn chart_generator_refuses_a_non_empty_out_dir() {
     std::fs::write(out_dir.join("keep.txt"), "mine").unwrap();
     let args = |out: &str| {
         vec![
-            "plugin".to_string(), "call".into(), "chart-generator".into(), "builtin:chart-webapp".into(),
-            "--context".into(), ctx.clone(), "--app".into(), app.to_str().unwrap().into(), "--out".into(), out.into(),
+            "plugin".to_string(),
+            "call".into(),
+            "chart-generator".into(),
+            "builtin:chart-webapp".into(),
+            "--context".into(),
+            ctx.clone(),
+            "--app".into(),
+            app.to_str().unwrap().into(),
+            "--out".into(),
+            out.into(),
         ]
     };
     let a = args(out_dir.to_str().unwrap());
@@ -228,4 +286,27 @@ fn chart_generator_refuses_a_non_empty_out_dir() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(fresh.join("Chart.yaml").is_file());
     assert!(fresh.join("templates/deployment.yaml").is_file());
+}
+
+#[test]
+fn out_of_range_limit_flag_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context(dir.path());
+    let out = prpod(
+        dir.path(),
+        &[
+            "plugin",
+            "call",
+            "tag-policy",
+            "builtin:tag-default",
+            "--context",
+            &ctx,
+            "--image",
+            "r/a",
+            "--memory-mib",
+            "100000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`--memory-mib` is 100000"), "{}", stderr(&out));
 }

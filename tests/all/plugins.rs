@@ -24,7 +24,8 @@ fn hostile_ctx(mode: &str, labels: &[String]) -> PrContext {
 
 /// After any failure the same plugin must still work: a fresh store per call.
 fn assert_healthy(plugin: &Plugin) {
-    let tags = plugin.compute_tags(&context(Some(7), "feature/x"), "r.example/app").expect("normal call after a failure");
+    let tags =
+        plugin.compute_tags(&context(Some(7), "feature/x"), "r.example/app").expect("normal call after a failure");
     assert_eq!(tags.primary, "pr-7");
 }
 
@@ -64,10 +65,7 @@ fn infinite_loop_is_stopped_at_the_deadline() {
     let start = Instant::now();
     let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").unwrap_err();
     let took = start.elapsed();
-    assert!(
-        matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), hook: "compute-tags", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), hook: "compute-tags", .. }), "{e}");
     assert!(took < Duration::from_millis(300) + Duration::from_secs(1), "stopped after {took:?}");
     assert!(took >= Duration::from_millis(290), "stopped too early: {took:?}");
     assert!(e.to_string().contains("deadline of 300 ms"), "{e}");
@@ -216,10 +214,8 @@ fn core_module_and_garbage_are_refused_clearly() {
 fn pinned_reference_is_checked() {
     let path = plugin_file("test-hostile");
     let host = PluginHost::new().unwrap();
-    let e = host
-        .load(&PluginRef::parse(&format!("{}#sha256:{}", path.display(), "ab".repeat(32))).unwrap())
-        .err()
-        .unwrap();
+    let e =
+        host.load(&PluginRef::parse(&format!("{}#sha256:{}", path.display(), "ab".repeat(32))).unwrap()).err().unwrap();
     assert!(matches!(e, PluginError::DigestMismatch { .. }), "{e}");
     let good = host.load(&PluginRef::parse(path.to_str().unwrap()).unwrap()).unwrap();
     let pinned = format!("{}#sha256:{}", path.display(), good.sha256());

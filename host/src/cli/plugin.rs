@@ -152,8 +152,12 @@ fn export(reference: &str, out: &Path, reporter: &Reporter) -> anyhow::Result<u8
 }
 
 fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> anyhow::Result<Plugin> {
-    let overrides =
-        LimitOverrides { memory_mib: limits.memory_mib, deadline_ms: limits.deadline_ms, output_mib: limits.output_mib };
+    let overrides = LimitOverrides {
+        memory_mib: limits.memory_mib,
+        deadline_ms: limits.deadline_ms,
+        output_mib: limits.output_mib,
+    };
+    overrides.check(|k| format!("--{}", k.replace('_', "-"))).map_err(anyhow::Error::msg)?;
     let plugin = PluginHost::new()?.load(&PluginRef::parse(reference)?)?;
     Ok(plugin.with_limits(overrides.apply(config.limits_for(world))))
 }
@@ -185,7 +189,10 @@ fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::
             let ctx: PrContext = read_json(&context, "PR context")?;
             let app: AppSpec = read_json(&app, "app spec")?;
             if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                bail!("refusing to write the chart into {}: it is not an empty directory; pick a new one", out.display());
+                bail!(
+                    "refusing to write the chart into {}: it is not an empty directory; pick a new one",
+                    out.display()
+                );
             }
             let plugin = load(&reference, World::ChartGenerator, config, &limits)?;
             let files = plugin.generate(&ctx, &app)?;

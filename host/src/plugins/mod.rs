@@ -20,8 +20,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
 use bindings::{ChartGeneratorPre, TagPolicyPre, VerifierPre, wit};
 pub use reference::PluginRef;
-pub use sandbox::{LimitKind, Limits};
 use sandbox::StoreState;
+pub use sandbox::{LimitKind, Limits};
 
 /// The worlds of `prpod:plugin` a component can implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -262,10 +262,8 @@ impl PluginHost {
         let name: Arc<str> = reference.display_name().into();
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
-        let component = self
-            .cache
-            .load_or_compile(&self.engine, &bytes, &sha256)
-            .map_err(|e| not_component(format!("{e}")))?;
+        let component =
+            self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             not_component(format!(
                 "{e}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
@@ -369,8 +367,10 @@ impl Plugin {
     ) -> Result<R, PluginError> {
         let mut store = Store::new(&self.engine, StoreState::new(self.name.clone(), &self.limits));
         store.limiter(|s| s);
-        let ticks = self.limits.deadline().as_millis().div_ceil(TICK.as_millis()) as u64;
-        store.set_epoch_deadline(ticks.max(1));
+        // One tick more than the deadline divided by the tick: the ticker may be about to tick
+        // when the call starts, and a plugin must never be stopped before its deadline.
+        let ticks = self.limits.deadline().as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         let result = f(&mut store);
         let state = store.data();
@@ -512,7 +512,7 @@ impl Plugin {
         let findings = self.call(
             "check-manifests",
             |store| pre.instantiate(&mut *store)?.call_check_manifests(&mut *store, &ctx, &manifests),
-            findings_size,
+            |f| findings_size(f),
         )?;
         Ok(findings.into_iter().map(Finding::from).collect())
     }
@@ -525,15 +525,12 @@ impl Plugin {
         let findings = self.call(
             "check-release",
             |store| pre.instantiate(&mut *store)?.call_check_release(&mut *store, &ctx, &status),
-            findings_size,
+            |f| findings_size(f),
         )?;
         Ok(findings.into_iter().map(Finding::from).collect())
     }
 }
 
-fn findings_size(findings: &Vec<wit::Finding>) -> u64 {
-    findings
-        .iter()
-        .map(|f| (f.rule.len() + f.message.len() + f.object.as_ref().map_or(0, |o| o.len())) as u64)
-        .sum()
+fn findings_size(findings: &[wit::Finding]) -> u64 {
+    findings.iter().map(|f| (f.rule.len() + f.message.len() + f.object.as_ref().map_or(0, |o| o.len())) as u64).sum()
 }

@@ -62,10 +62,9 @@ impl PluginRef {
     pub fn display_name(&self) -> String {
         match self {
             PluginRef::Builtin(n) => format!("builtin:{n}"),
-            PluginRef::File { path, .. } => path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.display().to_string()),
+            PluginRef::File { path, .. } => {
+                path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+            }
         }
     }
 
@@ -78,8 +77,9 @@ impl PluginRef {
                     known: BUILTINS.iter().map(|(n, _)| format!("builtin:{n}")).collect::<Vec<_>>().join(", "),
                 })?
                 .to_vec(),
-            PluginRef::File { path, .. } => std::fs::read(path)
-                .map_err(|source| PluginError::Read { reference: self.to_string(), source })?,
+            PluginRef::File { path, .. } => {
+                std::fs::read(path).map_err(|source| PluginError::Read { reference: self.to_string(), source })?
+            }
         };
         let actual = hex::encode(Sha256::digest(&bytes));
         if let PluginRef::File { sha256: Some(expected), .. } = self
@@ -117,10 +117,7 @@ mod tests {
     #[test]
     fn parses_references() {
         assert_eq!(PluginRef::parse("builtin:tag-default").unwrap(), PluginRef::Builtin("tag-default".into()));
-        assert_eq!(
-            PluginRef::parse("a/b.wasm").unwrap(),
-            PluginRef::File { path: "a/b.wasm".into(), sha256: None }
-        );
+        assert_eq!(PluginRef::parse("a/b.wasm").unwrap(), PluginRef::File { path: "a/b.wasm".into(), sha256: None });
         let h = "AB".repeat(32);
         assert_eq!(
             PluginRef::parse(&format!("x.wasm#sha256:{h}")).unwrap(),

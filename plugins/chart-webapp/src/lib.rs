@@ -18,26 +18,11 @@ mod values;
 
 /// `(path in the chart, contents)` of the embedded template files, copied as they are.
 pub const TEMPLATE_FILES: &[(&str, &str)] = &[
-    (
-        "templates/_helpers.tpl",
-        include_str!("../../../charts/webapp/templates/_helpers.tpl"),
-    ),
-    (
-        "templates/deployment.yaml",
-        include_str!("../../../charts/webapp/templates/deployment.yaml"),
-    ),
-    (
-        "templates/service.yaml",
-        include_str!("../../../charts/webapp/templates/service.yaml"),
-    ),
-    (
-        "templates/ingress.yaml",
-        include_str!("../../../charts/webapp/templates/ingress.yaml"),
-    ),
-    (
-        "templates/NOTES.txt",
-        include_str!("../../../charts/webapp/templates/NOTES.txt"),
-    ),
+    ("templates/_helpers.tpl", include_str!("../../../charts/webapp/templates/_helpers.tpl")),
+    ("templates/deployment.yaml", include_str!("../../../charts/webapp/templates/deployment.yaml")),
+    ("templates/service.yaml", include_str!("../../../charts/webapp/templates/service.yaml")),
+    ("templates/ingress.yaml", include_str!("../../../charts/webapp/templates/ingress.yaml")),
+    ("templates/NOTES.txt", include_str!("../../../charts/webapp/templates/NOTES.txt")),
 ];
 
 /// The embedded `charts/webapp/Chart.yaml`, whose `name`, `description` and `appVersion` lines
@@ -72,19 +57,10 @@ pub fn generate_chart(ctx: &PrContext, app: &AppSpec) -> Result<Vec<ChartFile>, 
         None => ctx.sha.chars().take(12).collect(),
     };
     let mut files = Vec::with_capacity(TEMPLATE_FILES.len() + 2);
-    files.push(ChartFile {
-        path: "Chart.yaml".into(),
-        content: chart_yaml(&app.name, ctx, &app_version).into_bytes(),
-    });
-    files.push(ChartFile {
-        path: "values.yaml".into(),
-        content: values::render(ctx, app, &image).into_bytes(),
-    });
+    files.push(ChartFile { path: "Chart.yaml".into(), content: chart_yaml(&app.name, ctx, &app_version).into_bytes() });
+    files.push(ChartFile { path: "values.yaml".into(), content: values::render(ctx, app, &image).into_bytes() });
     for (path, text) in TEMPLATE_FILES {
-        files.push(ChartFile {
-            path: (*path).into(),
-            content: text.as_bytes().to_vec(),
-        });
+        files.push(ChartFile { path: (*path).into(), content: text.as_bytes().to_vec() });
     }
     Ok(files)
 }
@@ -124,14 +100,8 @@ impl Guest for ChartWebapp {
     fn generate(ctx: PrContext, app: AppSpec) -> Result<Vec<ChartFile>, String> {
         let result = generate_chart(&ctx, &app);
         match &result {
-            Ok(files) => log(
-                Level::Debug,
-                &format!("generated chart {:?} with {} files", app.name, files.len()),
-            ),
-            Err(e) => log(
-                Level::Debug,
-                &format!("chart for {:?} rejected: {e}", app.name),
-            ),
+            Ok(files) => log(Level::Debug, &format!("generated chart {:?} with {} files", app.name, files.len())),
+            Err(e) => log(Level::Debug, &format!("chart for {:?} rejected: {e}", app.name)),
         }
         result
     }

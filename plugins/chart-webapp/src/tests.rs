@@ -1,7 +1,5 @@
 use super::*;
-use crate::prpod::plugin::types::{
-    DeployTarget, EnvVar, Event, Port, ReleaseTarget, Resources, TagSet,
-};
+use crate::prpod::plugin::types::{DeployTarget, EnvVar, Event, Port, ReleaseTarget, Resources, TagSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,10 +29,7 @@ pub(crate) fn ctx() -> PrContext {
                 cache_from: vec![],
                 cache_to: None,
             },
-            release: ReleaseTarget {
-                name: "pr-42".into(),
-                namespace: "pr-42".into(),
-            },
+            release: ReleaseTarget { name: "pr-42".into(), namespace: "pr-42".into() },
         }),
     }
 }
@@ -42,30 +37,14 @@ pub(crate) fn ctx() -> PrContext {
 pub(crate) fn app() -> AppSpec {
     AppSpec {
         name: "web".into(),
-        image: ImageRef {
-            repository: "127.0.0.1:5443/acme/web".into(),
-            tag: None,
-            digest: None,
-        },
+        image: ImageRef { repository: "127.0.0.1:5443/acme/web".into(), tag: None, digest: None },
         ports: vec![
-            Port {
-                name: "http".into(),
-                container_port: 8080,
-            },
-            Port {
-                name: "metrics".into(),
-                container_port: 9090,
-            },
+            Port { name: "http".into(), container_port: 8080 },
+            Port { name: "metrics".into(), container_port: 9090 },
         ],
         env: vec![
-            EnvVar {
-                name: "GREETING".into(),
-                value: "yes: \"quoted\" # not a comment".into(),
-            },
-            EnvVar {
-                name: "NUM".into(),
-                value: "0123".into(),
-            },
+            EnvVar { name: "GREETING".into(), value: "yes: \"quoted\" # not a comment".into() },
+            EnvVar { name: "NUM".into(), value: "0123".into() },
         ],
         replicas: 2,
         resources: Resources {
@@ -80,10 +59,7 @@ pub(crate) fn app() -> AppSpec {
 }
 
 fn file<'a>(files: &'a [ChartFile], path: &str) -> &'a str {
-    let f = files
-        .iter()
-        .find(|f| f.path == path)
-        .unwrap_or_else(|| panic!("no {path}"));
+    let f = files.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("no {path}"));
     std::str::from_utf8(&f.content).unwrap()
 }
 
@@ -147,12 +123,7 @@ fn no_ingress_no_health_no_number() {
     let mut a = app();
     a.ingress_host = None;
     a.health_path = None;
-    a.resources = Resources {
-        cpu_request: None,
-        memory_request: None,
-        cpu_limit: None,
-        memory_limit: None,
-    };
+    a.resources = Resources { cpu_request: None, memory_request: None, cpu_limit: None, memory_limit: None };
     let files = generate_chart(&c, &a).unwrap();
     let values = file(&files, "values.yaml");
     assert!(values.contains("  enabled: false\n"));
@@ -167,60 +138,24 @@ type Change = Box<dyn Fn(&mut AppSpec)>;
 #[test]
 fn rejects_bad_specs_with_clear_errors() {
     let cases: Vec<(Change, &str)> = vec![
-        (
-            Box::new(|a| a.name = "Web".into()),
-            "app name \"Web\" is not valid",
-        ),
+        (Box::new(|a| a.name = "Web".into()), "app name \"Web\" is not valid"),
         (Box::new(|a| a.name = "1web".into()), "app name \"1web\""),
         (Box::new(|a| a.name = "a".repeat(54)), "app name"),
         (Box::new(|a| a.ports.clear()), "has no ports"),
-        (
-            Box::new(|a| a.ports[0].name = "HTTP".into()),
-            "port name \"HTTP\" is not valid",
-        ),
-        (
-            Box::new(|a| a.ports[0].name = "1234".into()),
-            "port name \"1234\"",
-        ),
-        (
-            Box::new(|a| a.ports[0].name = "a-very-long-port-name".into()),
-            "port name",
-        ),
+        (Box::new(|a| a.ports[0].name = "HTTP".into()), "port name \"HTTP\" is not valid"),
+        (Box::new(|a| a.ports[0].name = "1234".into()), "port name \"1234\""),
+        (Box::new(|a| a.ports[0].name = "a-very-long-port-name".into()), "port name"),
         (Box::new(|a| a.ports[1].name = "http".into()), "used twice"),
-        (
-            Box::new(|a| a.ports[1].container_port = 8080),
-            "listed twice",
-        ),
-        (
-            Box::new(|a| a.ports[0].container_port = 0),
-            "container port 0",
-        ),
+        (Box::new(|a| a.ports[1].container_port = 8080), "listed twice"),
+        (Box::new(|a| a.ports[0].container_port = 0), "container port 0"),
         (Box::new(|a| a.replicas = 51), "replicas = 51"),
-        (
-            Box::new(|a| a.env[0].name = "1X".into()),
-            "environment variable name \"1X\"",
-        ),
+        (Box::new(|a| a.env[0].name = "1X".into()), "environment variable name \"1X\""),
         (Box::new(|a| a.env[1].name = "GREETING".into()), "set twice"),
-        (
-            Box::new(|a| a.resources.cpu_limit = Some("lots".into())),
-            "resources.cpu-limit = \"lots\"",
-        ),
-        (
-            Box::new(|a| a.health_path = Some("healthz".into())),
-            "health path \"healthz\"",
-        ),
-        (
-            Box::new(|a| a.ingress_host = Some("Bad Host".into())),
-            "ingress host \"Bad Host\"",
-        ),
-        (
-            Box::new(|a| a.image.repository = "Registry/X".into()),
-            "image repository",
-        ),
-        (
-            Box::new(|a| a.image.tag = Some("not a tag".into())),
-            "image tag \"not a tag\"",
-        ),
+        (Box::new(|a| a.resources.cpu_limit = Some("lots".into())), "resources.cpu-limit = \"lots\""),
+        (Box::new(|a| a.health_path = Some("healthz".into())), "health path \"healthz\""),
+        (Box::new(|a| a.ingress_host = Some("Bad Host".into())), "ingress host \"Bad Host\""),
+        (Box::new(|a| a.image.repository = "Registry/X".into()), "image repository"),
+        (Box::new(|a| a.image.tag = Some("not a tag".into())), "image tag \"not a tag\""),
     ];
     for (change, want) in cases {
         let mut a = app();
@@ -253,10 +188,7 @@ fn quantities_and_names() {
 
 #[test]
 fn quote_escapes() {
-    assert_eq!(
-        values::quote("a\"b\\c\nd\u{1}"),
-        "\"a\\\"b\\\\c\\nd\\u0001\""
-    );
+    assert_eq!(values::quote("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
 }
 
 /// A helm binary: `$HELM`, the dev-env caches, or `helm` on PATH.
@@ -266,10 +198,7 @@ fn helm() -> Option<PathBuf> {
         candidates.push(h.into());
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    for dir in [
-        "/var/tmp/prpod-dev-env".to_string(),
-        format!("{home}/.cache/prpod-dev-env"),
-    ] {
+    for dir in ["/var/tmp/prpod-dev-env".to_string(), format!("{home}/.cache/prpod-dev-env")] {
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 candidates.push(e.path().join("helm"));
@@ -313,29 +242,16 @@ fn helm_lint_and_template() {
     for (i, (c, a)) in variants.iter().enumerate() {
         let dir = base.join(format!("{i}")).join(&a.name);
         write_chart(&dir, &generate_chart(c, a).unwrap());
-        let lint = Command::new(&helm)
-            .arg("lint")
-            .arg("--strict")
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let lint = Command::new(&helm).arg("lint").arg("--strict").arg(&dir).output().unwrap();
         assert!(
             lint.status.success(),
             "helm lint --strict failed:\n{}\n{}",
             String::from_utf8_lossy(&lint.stdout),
             String::from_utf8_lossy(&lint.stderr)
         );
-        let out = Command::new(&helm)
-            .args(["template", "pr-42", "--namespace", "pr-42"])
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let out = Command::new(&helm).args(["template", "pr-42", "--namespace", "pr-42"]).arg(&dir).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "helm template failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
         assert!(text.contains("protocol: TCP"));
         assert!(text.contains("automountServiceAccountToken: false"));
         assert!(text.contains("runAsNonRoot: true"));

@@ -13,8 +13,7 @@ pub fn is_dns1035_label(s: &str, max: usize) -> bool {
     !b.is_empty()
         && b.len() <= max
         && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[b.len() - 1] != b'-'
 }
 
@@ -24,8 +23,7 @@ pub fn is_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 15
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -37,26 +35,22 @@ pub fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && !b[0].is_ascii_digit()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
 }
 
 /// A Kubernetes resource quantity in the common forms: `250m`, `0.5`, `128Mi`, `1G`, `1e3`.
 pub fn is_quantity(s: &str) -> bool {
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, suffix) = s.split_at(digits_end);
     let num_ok = !num.is_empty()
         && num.matches('.').count() <= 1
         && num.chars().any(|c| c.is_ascii_digit())
         && !num.starts_with('.');
-    let suffix_ok = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || (suffix.len() > 1
-        && (suffix.starts_with('e') || suffix.starts_with('E'))
-        && suffix[1..].chars().all(|c| c.is_ascii_digit()));
+    let suffix_ok =
+        matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei")
+            || (suffix.len() > 1
+                && (suffix.starts_with('e') || suffix.starts_with('E'))
+                && suffix[1..].chars().all(|c| c.is_ascii_digit()));
     num_ok && suffix_ok
 }
 
@@ -69,8 +63,7 @@ pub fn is_host(s: &str) -> bool {
             let b = l.as_bytes();
             !b.is_empty()
                 && b.len() <= 63
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
                 && b[0] != b'-'
                 && b[b.len() - 1] != b'-'
         })
@@ -81,18 +74,13 @@ fn is_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn is_digest(d: &str) -> bool {
     match d.split_once(':') {
-        Some(("sha256", hex)) => {
-            hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        }
-        Some(("sha512", hex)) => {
-            hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        }
+        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
         _ => false,
     }
 }
@@ -108,15 +96,11 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
         ));
     }
     if image.repository.is_empty() {
-        return Err(
-            "the app's image has no repository: set image.repository in the app spec \
+        return Err("the app's image has no repository: set image.repository in the app spec \
                     (registry host and path, e.g. \"registry.example.com/acme/web\")"
-                .into(),
-        );
+            .into());
     }
-    if image
-        .repository
-        .contains(|c: char| c.is_whitespace() || c == '@' || c.is_ascii_uppercase())
+    if image.repository.contains(|c: char| c.is_whitespace() || c == '@' || c.is_ascii_uppercase())
         || image.repository.ends_with(':')
         || image.repository.ends_with('/')
     {
@@ -129,9 +113,7 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
     if let Some(tag) = &image.tag
         && !is_tag(tag)
     {
-        return Err(format!(
-            "image tag {tag:?} is not valid: a tag matches [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"
-        ));
+        return Err(format!("image tag {tag:?} is not valid: a tag matches [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"));
     }
     if let Some(d) = &image.digest
         && !is_digest(d)
@@ -164,21 +146,12 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
             ));
         }
         if p.container_port == 0 {
-            return Err(format!(
-                "port {:?} has container port 0: use 1 to 65535",
-                p.name
-            ));
+            return Err(format!("port {:?} has container port 0: use 1 to 65535", p.name));
         }
         if let Some(q) = app.ports[..i].iter().find(|q| q.name == p.name) {
-            return Err(format!(
-                "port name {:?} is used twice: give each port its own name",
-                q.name
-            ));
+            return Err(format!("port name {:?} is used twice: give each port its own name", q.name));
         }
-        if let Some(q) = app.ports[..i]
-            .iter()
-            .find(|q| q.container_port == p.container_port)
-        {
+        if let Some(q) = app.ports[..i].iter().find(|q| q.container_port == p.container_port) {
             return Err(format!(
                 "container port {} is listed twice (ports {:?} and {:?}): list each port once",
                 p.container_port, q.name, p.name
@@ -200,10 +173,7 @@ pub fn app_spec(app: &AppSpec, image: &ImageRef) -> Result<(), String> {
             ));
         }
         if app.env[..i].iter().any(|f| f.name == e.name) {
-            return Err(format!(
-                "environment variable {:?} is set twice: keep one value",
-                e.name
-            ));
+            return Err(format!("environment variable {:?} is set twice: keep one value", e.name));
         }
     }
     let r = &app.resources;

@@ -105,11 +105,7 @@ fn fit(prefix: &str, body: &str, original: &str, max: usize) -> String {
     let suffix = hash_suffix(original);
     let keep = max.saturating_sub(prefix.len() + 1 + suffix.len());
     let cut = body[..keep.min(body.len())].trim_end_matches(['-', '.', '_']);
-    if cut.is_empty() {
-        format!("{prefix}{suffix}")
-    } else {
-        format!("{prefix}{cut}-{suffix}")
-    }
+    if cut.is_empty() { format!("{prefix}{suffix}") } else { format!("{prefix}{cut}-{suffix}") }
 }
 
 /// True when `tag` matches `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
@@ -119,10 +115,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
         Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => {}
         _ => return false,
     }
-    bytes.len() <= MAX_TAG_LEN
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    bytes.len() <= MAX_TAG_LEN && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// True when `name` is a DNS-1123 label of at most `max` characters: lowercase letters, digits
@@ -131,8 +124,7 @@ pub fn is_dns1123_label(name: &str, max: usize) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= max
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -156,12 +148,7 @@ fn branch_tag(prefix: &str, branch: &str) -> Result<String, String> {
 }
 
 /// Computes the tags for one build. See the crate docs for the rules.
-pub fn compute_tags(
-    number: Option<u64>,
-    branch: &str,
-    base_branch: Option<&str>,
-    sha: &str,
-) -> Result<Tags, String> {
+pub fn compute_tags(number: Option<u64>, branch: &str, base_branch: Option<&str>, sha: &str) -> Result<Tags, String> {
     let sha = validate_sha(sha)?;
     let branch_pr = branch_tag("pr-", branch)?;
     let primary = match number {
@@ -169,40 +156,25 @@ pub fn compute_tags(
         None => branch_pr.clone(),
     };
     let mut extra = Vec::with_capacity(2);
-    for t in [
-        branch_pr,
-        format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())]),
-    ] {
+    for t in [branch_pr, format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())])] {
         if t != primary && !extra.contains(&t) {
             extra.push(t);
         }
     }
     let cache_branch = branch_tag("cache-", branch)?;
-    let base = base_branch
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .unwrap_or(DEFAULT_BASE_BRANCH);
+    let base = base_branch.map(str::trim).filter(|b| !b.is_empty()).unwrap_or(DEFAULT_BASE_BRANCH);
     let cache_base = branch_tag("cache-", base).map_err(|e| format!("base {e}"))?;
     let mut cache_from = vec![cache_branch.clone()];
     if cache_base != cache_branch {
         cache_from.push(cache_base);
     }
-    let tags = Tags {
-        primary,
-        extra,
-        cache_from,
-        cache_to: Some(cache_branch),
-    };
+    let tags = Tags { primary, extra, cache_from, cache_to: Some(cache_branch) };
     debug_assert!(all_valid(&tags));
     Ok(tags)
 }
 
 fn all_valid(t: &Tags) -> bool {
-    std::iter::once(&t.primary)
-        .chain(&t.extra)
-        .chain(&t.cache_from)
-        .chain(&t.cache_to)
-        .all(|t| is_valid_tag(t))
+    std::iter::once(&t.primary).chain(&t.extra).chain(&t.cache_from).chain(&t.cache_to).all(|t| is_valid_tag(t))
 }
 
 /// The Helm release name and Kubernetes namespace of the preview: `pr-<number>`, or
@@ -256,19 +228,10 @@ mod tests {
 
     #[test]
     fn base_defaults_to_main_and_dedupes() {
-        assert_eq!(
-            tags(Some(1), "x", None).cache_from,
-            vec!["cache-x", "cache-main"]
-        );
-        assert_eq!(
-            tags(Some(1), "x", Some("")).cache_from,
-            vec!["cache-x", "cache-main"]
-        );
+        assert_eq!(tags(Some(1), "x", None).cache_from, vec!["cache-x", "cache-main"]);
+        assert_eq!(tags(Some(1), "x", Some("")).cache_from, vec!["cache-x", "cache-main"]);
         assert_eq!(tags(Some(1), "main", None).cache_from, vec!["cache-main"]);
-        assert_eq!(
-            tags(Some(1), "Main", Some("main")).cache_from,
-            vec!["cache-main"]
-        );
+        assert_eq!(tags(Some(1), "Main", Some("main")).cache_from, vec!["cache-main"]);
     }
 
     #[test]
@@ -300,10 +263,7 @@ mod tests {
 
     #[test]
     fn sanitize_unicode() {
-        assert_eq!(
-            sanitize("feature/über-straße").unwrap(),
-            "feature-ber-stra-e"
-        );
+        assert_eq!(sanitize("feature/über-straße").unwrap(), "feature-ber-stra-e");
         assert_eq!(sanitize("ÄBC").unwrap(), "bc");
         assert_eq!(sanitize("修正/バグ-1").unwrap(), "1");
         assert_eq!(sanitize("emoji-🚀-launch").unwrap(), "emoji-launch");
@@ -318,31 +278,19 @@ mod tests {
             assert!(release(None, b).is_err());
         }
         // With a number the release does not need the branch.
-        assert_eq!(
-            release(Some(3), "🚀").unwrap(),
-            ("pr-3".into(), "pr-3".into())
-        );
+        assert_eq!(release(Some(3), "🚀").unwrap(), ("pr-3".into(), "pr-3".into()));
         let e = compute_tags(Some(1), "ok", Some("///"), SHA).unwrap_err();
         assert!(e.starts_with("base branch \"///\""), "{e}");
     }
 
     #[test]
     fn release_names() {
-        assert_eq!(
-            release(Some(42), "whatever").unwrap(),
-            ("pr-42".into(), "pr-42".into())
-        );
+        assert_eq!(release(Some(42), "whatever").unwrap(), ("pr-42".into(), "pr-42".into()));
         assert_eq!(
             release(None, "Feature/My_Branch.v2").unwrap(),
-            (
-                "pr-feature-my-branch-v2".into(),
-                "pr-feature-my-branch-v2".into()
-            )
+            ("pr-feature-my-branch-v2".into(), "pr-feature-my-branch-v2".into())
         );
-        assert_eq!(
-            release(Some(u64::MAX), "x").unwrap().0,
-            format!("pr-{}", u64::MAX)
-        );
+        assert_eq!(release(Some(u64::MAX), "x").unwrap().0, format!("pr-{}", u64::MAX));
     }
 
     #[test]
@@ -352,10 +300,7 @@ mod tests {
         assert_eq!(t.primary.len(), MAX_TAG_LEN);
         assert!(t.primary.ends_with(&format!("-{}", hash_suffix(&branch))));
         assert!(t.primary.starts_with("pr-feature-aaaa"));
-        for tag in std::iter::once(&t.primary)
-            .chain(&t.extra)
-            .chain(&t.cache_from)
-        {
+        for tag in std::iter::once(&t.primary).chain(&t.extra).chain(&t.cache_from) {
             assert!(is_valid_tag(tag), "{tag}");
         }
         let (name, ns) = release(None, &branch).unwrap();
@@ -371,17 +316,11 @@ mod tests {
         let a = format!("{prefix}-one");
         let b = format!("{prefix}-two");
         assert_ne!(tags(None, &a, None).primary, tags(None, &b, None).primary);
-        assert_ne!(
-            tags(Some(1), &a, None).cache_to,
-            tags(Some(1), &b, None).cache_to
-        );
+        assert_ne!(tags(Some(1), &a, None).cache_to, tags(Some(1), &b, None).cache_to);
         assert_ne!(release(None, &a).unwrap().0, release(None, &b).unwrap().0);
         // Also for names only the release has to shorten.
         let p = "feature-".repeat(6);
-        assert_ne!(
-            release(None, &format!("{p}alpha")).unwrap().0,
-            release(None, &format!("{p}beta")).unwrap().0
-        );
+        assert_ne!(release(None, &format!("{p}alpha")).unwrap().0, release(None, &format!("{p}beta")).unwrap().0);
     }
 
     #[test]
@@ -391,10 +330,7 @@ mod tests {
         let (name, _) = release(None, &branch).unwrap();
         assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
         assert!(!name.contains("--"), "{name}");
-        assert_eq!(
-            name,
-            format!("pr-{}-{}", "b".repeat(40), hash_suffix(&branch))
-        );
+        assert_eq!(name, format!("pr-{}-{}", "b".repeat(40), hash_suffix(&branch)));
     }
 
     #[test]
@@ -410,10 +346,7 @@ mod tests {
         let b = "e".repeat(50);
         assert_eq!(release(None, &b).unwrap().0, format!("pr-{b}"));
         let b = "e".repeat(51);
-        assert_eq!(
-            release(None, &b).unwrap().0,
-            format!("pr-{}-{}", "e".repeat(41), hash_suffix(&b))
-        );
+        assert_eq!(release(None, &b).unwrap().0, format!("pr-{}-{}", "e".repeat(41), hash_suffix(&b)));
     }
 
     #[test]

@@ -27,33 +27,16 @@ use prpod::plugin::logging::{Level, log};
 use std::hint::black_box;
 
 fn label<'a>(ctx: &'a PrContext, key: &str) -> Option<&'a str> {
-    ctx.labels
-        .iter()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    ctx.labels.iter().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn normal_tags(ctx: &PrContext) -> Result<TagSet, String> {
-    let t = tag_scheme::compute_tags(
-        ctx.number,
-        &ctx.branch,
-        ctx.base_branch.as_deref(),
-        &ctx.sha,
-    )?;
-    Ok(TagSet {
-        primary: t.primary,
-        extra: t.extra,
-        cache_from: t.cache_from,
-        cache_to: t.cache_to,
-    })
+    let t = tag_scheme::compute_tags(ctx.number, &ctx.branch, ctx.base_branch.as_deref(), &ctx.sha)?;
+    Ok(TagSet { primary: t.primary, extra: t.extra, cache_from: t.cache_from, cache_to: t.cache_to })
 }
 
 fn only(tag: &str) -> TagSet {
-    TagSet {
-        primary: tag.into(),
-        extra: vec![],
-        cache_from: vec![],
-        cache_to: None,
-    }
+    TagSet { primary: tag.into(), extra: vec![], cache_from: vec![], cache_to: None }
 }
 
 fn spin() -> ! {
@@ -75,10 +58,7 @@ fn eat_memory() -> Result<TagSet, String> {
         }
         blocks.push(black_box(b));
     }
-    Err(format!(
-        "memory: allocated {} blocks without hitting a limit",
-        blocks.len()
-    ))
+    Err(format!("memory: allocated {} blocks without hitting a limit", blocks.len()))
 }
 
 fn print_flood() -> Result<(), String> {
@@ -102,10 +82,7 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn compute_tags(ctx: PrContext, _image_repository: String) -> Result<TagSet, String> {
-        log(
-            Level::Debug,
-            &format!("test-hostile: compute-tags for branch {:?}", ctx.branch),
-        );
+        log(Level::Debug, &format!("test-hostile: compute-tags for branch {:?}", ctx.branch));
         match ctx.branch.as_str() {
             "loop" => spin(),
             "memory" => eat_memory(),
@@ -158,15 +135,9 @@ impl Guest for Hostile {
     }
 
     fn release(ctx: PrContext) -> Result<ReleaseTarget, String> {
-        log(
-            Level::Debug,
-            &format!("test-hostile: release for branch {:?}", ctx.branch),
-        );
+        log(Level::Debug, &format!("test-hostile: release for branch {:?}", ctx.branch));
         if ctx.branch == "bad-release" {
-            return Ok(ReleaseTarget {
-                name: "Bad_Release".into(),
-                namespace: "Bad_Release".into(),
-            });
+            return Ok(ReleaseTarget { name: "Bad_Release".into(), namespace: "Bad_Release".into() });
         }
         let (name, namespace) = tag_scheme::release(ctx.number, &ctx.branch)?;
         Ok(ReleaseTarget { name, namespace })

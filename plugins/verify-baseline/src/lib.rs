@@ -35,14 +35,7 @@ struct VerifyBaseline;
 impl Guest for VerifyBaseline {
     fn check_manifests(ctx: PrContext, manifests: Vec<Manifest>) -> Result<Vec<Finding>, String> {
         let findings = manifests::check(&ctx, &manifests);
-        log(
-            Level::Debug,
-            &format!(
-                "checked {} manifests: {} findings",
-                manifests.len(),
-                findings.len()
-            ),
-        );
+        log(Level::Debug, &format!("checked {} manifests: {} findings", manifests.len(), findings.len()));
         Ok(findings)
     }
 

@@ -14,24 +14,16 @@ fn is_true(v: Option<&Value>) -> bool {
 }
 
 fn error(rule: &str, object: &str, message: String) -> Finding {
-    Finding {
-        severity: Severity::Error,
-        rule: rule.into(),
-        message,
-        object: Some(object.into()),
-    }
+    Finding { severity: Severity::Error, rule: rule.into(), message, object: Some(object.into()) }
 }
 
 /// Where the pod spec of a `kind` lives, or `None` for kinds without pods.
 pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "Pod" => Some(&["spec"]),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job" => Some(&["spec", "template", "spec"]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => {
+            Some(&["spec", "template", "spec"])
+        }
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template", "spec"]),
         _ => None,
     }
@@ -56,16 +48,8 @@ pub fn parse_image(image: &str) -> Image<'_> {
     };
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     match rest[last_slash..].rfind(':') {
-        Some(i) => Image {
-            name: &rest[..last_slash + i],
-            tag: Some(&rest[last_slash + i + 1..]),
-            digest,
-        },
-        None => Image {
-            name: rest,
-            tag: None,
-            digest,
-        },
+        Some(i) => Image { name: &rest[..last_slash + i], tag: Some(&rest[last_slash + i + 1..]), digest },
+        None => Image { name: rest, tag: None, digest },
     }
 }
 
@@ -97,9 +81,7 @@ pub fn check_one(target: Option<&DeployTarget>, m: &Manifest, out: &mut Vec<Find
             continue;
         }
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or(&m.kind);
-        let name = get(&value, &["metadata", "name"])
-            .and_then(Value::as_str)
-            .unwrap_or(&m.name);
+        let name = get(&value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or(&m.name);
         let object = format!("{kind}/{name}");
         let Some(path) = pod_spec_path(kind) else {
             continue;
@@ -113,18 +95,14 @@ pub fn check_one(target: Option<&DeployTarget>, m: &Manifest, out: &mut Vec<Find
 
 /// The rules on one pod spec; `object` is `Kind/name` of the object holding it.
 pub fn check_pod(target: Option<&DeployTarget>, object: &str, pod: &Value, out: &mut Vec<Finding>) {
-    for (field, rule) in [
-        ("hostNetwork", "host network"),
-        ("hostPID", "host PID namespace"),
-        ("hostIPC", "host IPC namespace"),
-    ] {
+    for (field, rule) in
+        [("hostNetwork", "host network"), ("hostPID", "host PID namespace"), ("hostIPC", "host IPC namespace")]
+    {
         if is_true(pod.get(field)) {
             out.push(error(
                 "host-network",
                 object,
-                format!(
-                    "{object} uses the {rule} ({field}: true); remove {field} from the pod spec"
-                ),
+                format!("{object} uses the {rule} ({field}: true); remove {field} from the pod spec"),
             ));
         }
     }
@@ -164,18 +142,11 @@ fn check_container(
     out: &mut Vec<Finding>,
 ) {
     let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
-    let what = if list == "initContainers" {
-        format!("init container {cname:?}")
-    } else {
-        format!("container {cname:?}")
-    };
+    let what =
+        if list == "initContainers" { format!("init container {cname:?}") } else { format!("container {cname:?}") };
     let image = c.get("image").and_then(Value::as_str).unwrap_or("");
     if image.is_empty() {
-        out.push(error(
-            "image-pinned",
-            object,
-            format!("{object}: {what} has no image; set the image reference"),
-        ));
+        out.push(error("image-pinned", object, format!("{object}: {what} has no image; set the image reference")));
     } else {
         check_image(target, object, &what, image, out);
     }
@@ -223,13 +194,7 @@ fn check_container(
     }
 }
 
-fn check_image(
-    target: Option<&DeployTarget>,
-    object: &str,
-    what: &str,
-    image: &str,
-    out: &mut Vec<Finding>,
-) {
+fn check_image(target: Option<&DeployTarget>, object: &str, what: &str, image: &str, out: &mut Vec<Finding>) {
     let parsed = parse_image(image);
     if let Some(t) = target {
         let registry = t.registry.trim_end_matches('/');
@@ -295,21 +260,14 @@ mod tests {
     fn target() -> DeployTarget {
         DeployTarget {
             registry: "127.0.0.1:5443".into(),
-            image: ImageRef {
-                repository: "127.0.0.1:5443/acme/web".into(),
-                tag: Some("pr-42".into()),
-                digest: None,
-            },
+            image: ImageRef { repository: "127.0.0.1:5443/acme/web".into(), tag: Some("pr-42".into()), digest: None },
             tags: TagSet {
                 primary: "pr-42".into(),
                 extra: vec!["sha-0123456789ab".into()],
                 cache_from: vec![],
                 cache_to: None,
             },
-            release: ReleaseTarget {
-                name: "pr-42".into(),
-                namespace: "pr-42".into(),
-            },
+            release: ReleaseTarget { name: "pr-42".into(), namespace: "pr-42".into() },
         }
     }
 
@@ -369,57 +327,18 @@ spec:
         // A Service or ConfigMap has no pods.
         let f = check(
             &ctx(Some(target())),
-            &[manifest(
-                "Service",
-                "web",
-                "kind: Service\nmetadata: {name: web}\nspec: {}\n",
-            )],
+            &[manifest("Service", "web", "kind: Service\nmetadata: {name: web}\nspec: {}\n")],
         );
         assert!(f.is_empty());
     }
 
     #[test]
     fn parse_images() {
-        assert_eq!(
-            parse_image("a/b"),
-            Image {
-                name: "a/b",
-                tag: None,
-                digest: None
-            }
-        );
-        assert_eq!(
-            parse_image("h:5000/a/b"),
-            Image {
-                name: "h:5000/a/b",
-                tag: None,
-                digest: None
-            }
-        );
-        assert_eq!(
-            parse_image("h:5000/a/b:t"),
-            Image {
-                name: "h:5000/a/b",
-                tag: Some("t"),
-                digest: None
-            }
-        );
-        assert_eq!(
-            parse_image("h/a:t@sha256:00"),
-            Image {
-                name: "h/a",
-                tag: Some("t"),
-                digest: Some("sha256:00")
-            }
-        );
-        assert_eq!(
-            parse_image("nginx@sha256:00"),
-            Image {
-                name: "nginx",
-                tag: None,
-                digest: Some("sha256:00")
-            }
-        );
+        assert_eq!(parse_image("a/b"), Image { name: "a/b", tag: None, digest: None });
+        assert_eq!(parse_image("h:5000/a/b"), Image { name: "h:5000/a/b", tag: None, digest: None });
+        assert_eq!(parse_image("h:5000/a/b:t"), Image { name: "h:5000/a/b", tag: Some("t"), digest: None });
+        assert_eq!(parse_image("h/a:t@sha256:00"), Image { name: "h/a", tag: Some("t"), digest: Some("sha256:00") });
+        assert_eq!(parse_image("nginx@sha256:00"), Image { name: "nginx", tag: None, digest: Some("sha256:00") });
     }
 
     #[test]
@@ -461,37 +380,17 @@ spec:
         assert_eq!(r.iter().filter(|r| **r == "host-network").count(), 3);
         assert!(f.iter().all(|f| f.object.as_deref() == Some("Pod/bad")));
         assert!(f.iter().all(|f| f.severity == Severity::Error));
-        let res = f
-            .iter()
-            .find(|f| f.rule == "resources" && f.message.contains("\"app\""))
-            .unwrap();
-        assert!(
-            res.message
-                .contains("requests.memory, limits.cpu, limits.memory"),
-            "{}",
-            res.message
-        );
-        let untagged = f
-            .iter()
-            .find(|f| f.rule == "image-pinned" && f.message.contains("busybox"))
-            .unwrap();
-        assert!(
-            untagged.message.contains("without a tag"),
-            "{}",
-            untagged.message
-        );
+        let res = f.iter().find(|f| f.rule == "resources" && f.message.contains("\"app\"")).unwrap();
+        assert!(res.message.contains("requests.memory, limits.cpu, limits.memory"), "{}", res.message);
+        let untagged = f.iter().find(|f| f.rule == "image-pinned" && f.message.contains("busybox")).unwrap();
+        assert!(untagged.message.contains("without a tag"), "{}", untagged.message);
     }
 
     #[test]
     fn tag_must_be_a_policy_tag_when_target_known() {
-        let text = GOOD.replace(
-            "pr-42@sha256:abababababababababababababababababababababababababababababababab",
-            "pr-41",
-        );
-        let f = check(
-            &ctx(Some(target())),
-            &[manifest("Deployment", "web", &text)],
-        );
+        let text =
+            GOOD.replace("pr-42@sha256:abababababababababababababababababababababababababababababababab", "pr-41");
+        let f = check(&ctx(Some(target())), &[manifest("Deployment", "web", &text)]);
         assert_eq!(rules(&f), ["image-pinned"]);
         assert!(f[0].message.contains("\"pr-41\""));
         assert_eq!(f[0].object.as_deref(), Some("Deployment/web"));
@@ -501,31 +400,16 @@ spec:
         );
         assert!(check(&ctx(Some(target())), &[manifest("Deployment", "web", &ok)]).is_empty());
         // Without a target: only latest/untagged are checked, and no registry rule.
-        let other = GOOD.replace(
-            "127.0.0.1:5443/acme/web:pr-42@sha256:",
-            "quay.io/x/y:v1@sha256:",
-        );
+        let other = GOOD.replace("127.0.0.1:5443/acme/web:pr-42@sha256:", "quay.io/x/y:v1@sha256:");
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &text)]).is_empty());
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &other)]).is_empty());
-        assert_eq!(
-            rules(&check(
-                &ctx(Some(target())),
-                &[manifest("Deployment", "web", &other)]
-            )),
-            ["image-registry"]
-        );
+        assert_eq!(rules(&check(&ctx(Some(target())), &[manifest("Deployment", "web", &other)])), ["image-registry"]);
     }
 
     #[test]
     fn registry_prefix_must_be_whole_host() {
         let text = GOOD.replace("127.0.0.1:5443/", "127.0.0.1:54430/");
-        assert_eq!(
-            rules(&check(
-                &ctx(Some(target())),
-                &[manifest("Deployment", "web", &text)]
-            )),
-            ["image-registry"]
-        );
+        assert_eq!(rules(&check(&ctx(Some(target())), &[manifest("Deployment", "web", &text)])), ["image-registry"]);
     }
 
     #[test]
@@ -534,16 +418,11 @@ spec:
             "          resources:\n",
             "          securityContext: {runAsNonRoot: false}\n          resources:\n",
         );
-        assert_eq!(
-            rules(&check(&ctx(None), &[manifest("Deployment", "web", &text)])),
-            ["run-as-non-root"]
+        assert_eq!(rules(&check(&ctx(None), &[manifest("Deployment", "web", &text)])), ["run-as-non-root"]);
+        let text = GOOD.replace("        runAsNonRoot: true\n", "        runAsUser: 1000\n").replace(
+            "          resources:\n",
+            "          securityContext: {runAsNonRoot: true}\n          resources:\n",
         );
-        let text = GOOD
-            .replace("        runAsNonRoot: true\n", "        runAsUser: 1000\n")
-            .replace(
-                "          resources:\n",
-                "          securityContext: {runAsNonRoot: true}\n          resources:\n",
-            );
         assert!(check(&ctx(None), &[manifest("Deployment", "web", &text)]).is_empty());
     }
 
@@ -563,13 +442,9 @@ spec:
 "#;
         let f = check(&ctx(None), &[manifest("CronJob", "nightly", cron)]);
         assert!(rules(&f).contains(&"image-pinned"));
-        assert!(
-            f.iter()
-                .all(|f| f.object.as_deref() == Some("CronJob/nightly"))
-        );
-        let sts = GOOD
-            .replace("kind: Deployment", "kind: StatefulSet")
-            .replace("runAsNonRoot: true", "runAsNonRoot: false");
+        assert!(f.iter().all(|f| f.object.as_deref() == Some("CronJob/nightly")));
+        let sts =
+            GOOD.replace("kind: Deployment", "kind: StatefulSet").replace("runAsNonRoot: true", "runAsNonRoot: false");
         let f = check(&ctx(None), &[manifest("StatefulSet", "web", &sts)]);
         assert_eq!(rules(&f), ["run-as-non-root"]);
         assert_eq!(f[0].object.as_deref(), Some("StatefulSet/web"));

@@ -4,8 +4,7 @@ use crate::prpod::plugin::types::Severity;
 use crate::{Finding, ReleaseStatus};
 
 /// Container waiting reasons that mean the rollout will not finish by itself.
-pub const FATAL_WAITING_REASONS: &[&str] =
-    &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull"];
+pub const FATAL_WAITING_REASONS: &[&str] = &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull"];
 
 /// Runs every release rule.
 pub fn check(status: &ReleaseStatus) -> Vec<Finding> {
@@ -29,10 +28,8 @@ pub fn check(status: &ReleaseStatus) -> Vec<Finding> {
                     s
                 })
                 .collect();
-            let mut message = format!(
-                "{object} has {} of {} desired replicas available ({} ready)",
-                w.available, w.desired, w.ready
-            );
+            let mut message =
+                format!("{object} has {} of {} desired replicas available ({} ready)", w.available, w.desired, w.ready);
             if !conditions.is_empty() {
                 message.push_str(&format!("; conditions: {}", conditions.join("; ")));
             }
@@ -89,10 +86,7 @@ pub fn check(status: &ReleaseStatus) -> Vec<Finding> {
         out.push(Finding {
             severity: Severity::Warning,
             rule: "warning-event".into(),
-            message: format!(
-                "{}: {}: {} (seen {} times)",
-                e.object, e.reason, e.message, e.count
-            ),
+            message: format!("{}: {}: {} (seen {} times)", e.object, e.reason, e.message, e.count),
             object: Some(e.object.clone()),
         });
     }
@@ -108,10 +102,7 @@ mod tests {
 
     fn status(available: u32, waiting: Option<&str>) -> ReleaseStatus {
         ReleaseStatus {
-            release: ReleaseTarget {
-                name: "pr-42".into(),
-                namespace: "pr-42".into(),
-            },
+            release: ReleaseTarget { name: "pr-42".into(), namespace: "pr-42".into() },
             workloads: vec![WorkloadStatus {
                 kind: "Deployment".into(),
                 name: "web".into(),
@@ -125,12 +116,7 @@ mod tests {
                         reason: Some("MinimumReplicasUnavailable".into()),
                         message: None,
                     },
-                    Condition {
-                        type_: "Progressing".into(),
-                        status: "True".into(),
-                        reason: None,
-                        message: None,
-                    },
+                    Condition { type_: "Progressing".into(), status: "True".into(), reason: None, message: None },
                 ],
                 pods: vec![PodStatus {
                     name: "web-abc".into(),
@@ -162,16 +148,8 @@ mod tests {
         assert_eq!(f[0].rule, "rollout-available");
         assert_eq!(f[0].severity, Severity::Error);
         assert_eq!(f[0].object.as_deref(), Some("Deployment/web"));
-        assert!(
-            f[0].message.contains("1 of 2 desired replicas available"),
-            "{}",
-            f[0].message
-        );
-        assert!(
-            f[0].message.contains("MinimumReplicasUnavailable"),
-            "{}",
-            f[0].message
-        );
+        assert!(f[0].message.contains("1 of 2 desired replicas available"), "{}", f[0].message);
+        assert!(f[0].message.contains("MinimumReplicasUnavailable"), "{}", f[0].message);
     }
 
     #[test]
