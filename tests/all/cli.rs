@@ -120,6 +120,13 @@ fn export_writes_a_pinnable_builtin() {
     assert!(stderr(&out).contains("builtin:tag-default"), "lists the builtins: {}", stderr(&out));
 }
 
+/// `prpod plugin call verifier builtin:verify-baseline --context CTX FLAG FILE`.
+fn verify(dir: &Path, ctx: &str, flag: &str, file: &Path) -> Output {
+    let args =
+        ["plugin", "call", "verifier", "builtin:verify-baseline", "--context", ctx, flag, file.to_str().unwrap()];
+    prpod(dir, &args)
+}
+
 #[test]
 fn verifier_exit_code_follows_error_findings() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,19 +139,7 @@ fn verifier_exit_code_follows_error_findings() {
          securityContext: {privileged: true}\n",
     )
     .unwrap();
-    let out = prpod(
-        dir.path(),
-        &[
-            "plugin",
-            "call",
-            "verifier",
-            "builtin:verify-baseline",
-            "--context",
-            &ctx,
-            "--manifests",
-            bad.to_str().unwrap(),
-        ],
-    );
+    let out = verify(dir.path(), &ctx, "--manifests", &bad);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v = json(&out);
     let rules: Vec<&str> = v["findings"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
@@ -162,19 +157,7 @@ fn verifier_exit_code_follows_error_findings() {
                 "containers": [{"name": "web", "waiting_reason": "ImagePullBackOff", "waiting_message": "not found"}]}]}]}"#,
     )
     .unwrap();
-    let out = prpod(
-        dir.path(),
-        &[
-            "plugin",
-            "call",
-            "verifier",
-            "builtin:verify-baseline",
-            "--context",
-            &ctx,
-            "--status",
-            status.to_str().unwrap(),
-        ],
-    );
+    let out = verify(dir.path(), &ctx, "--status", &status);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("web-abc") && text.contains("ImagePullBackOff"), "{text}");
@@ -186,19 +169,7 @@ fn verifier_exit_code_follows_error_findings() {
             "workloads": [{"kind": "Deployment", "name": "web", "desired": 1, "ready": 1, "available": 1}]}"#,
     )
     .unwrap();
-    let out = prpod(
-        dir.path(),
-        &[
-            "plugin",
-            "call",
-            "verifier",
-            "builtin:verify-baseline",
-            "--context",
-            &ctx,
-            "--status",
-            healthy.to_str().unwrap(),
-        ],
-    );
+    let out = verify(dir.path(), &ctx, "--status", &healthy);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
