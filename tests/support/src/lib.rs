@@ -271,12 +271,7 @@ impl World {
     {
         let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
         let out = self.kubectl(&args);
-        assert!(
-            out.status.success(),
-            "kubectl {:?} failed: {}",
-            args,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -402,11 +397,8 @@ pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()) % 1_000_000_000;
-    let mut p: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut p: String =
+        prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     p.truncate(30);
     format!("{p}-{}-{n}-{t:x}", std::process::id())
 }

@@ -1,0 +1,485 @@
+//! Tests of the world itself (issue 3): each service does what prpod's tests rely on, with real
+//! processes (curl, skopeo, git, helm, kubectl). They need `scripts/dev-env up`; without it they
+//! fail (never skip) with a message saying so.
+
+use prpod_test_support::{HelmHome, TempDir, World, unique_name, wait_for, world};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+/// skopeo with its own empty auth file, so credentials never come from the host's logins.
+fn skopeo(auth: &Path) -> Command {
+    let mut c = Command::new("skopeo");
+    c.env("REGISTRY_AUTH_FILE", auth);
+    c
+}
+
+fn empty_authfile(dir: &TempDir) -> std::path::PathBuf {
+    let p = dir.path().join("auth.json");
+    std::fs::write(&p, "{}").unwrap();
+    p
+}
+
+fn curl_code(args: &[&str]) -> String {
+    let o =
+        run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]).args(args));
+    stdout(&o)
+}
+
+#[test]
+fn env_describes_every_service() {
+    let w = world();
+    assert!(w.kubeconfig.is_file(), "KUBECONFIG {} missing", w.kubeconfig.display());
+    for bin in [&w.helm, &w.helm3, &w.kubectl] {
+        assert!(bin.is_file(), "{} missing", bin.display());
+    }
+    assert_eq!(w.var("PRPOD_DEV_ENV"), Some("1"));
+    assert!(w.registry_tls.ca.as_ref().unwrap().is_file());
+    assert!(!w.kube_token.is_empty() && !w.git.token.is_empty());
+    // the credentials are generated, never the well-known defaults
+    assert_ne!(w.registry_tls.password.as_deref(), Some("s3cret"));
+}
+
+#[test]
+fn registry_plain_push_and_pull() {
+    let w = world();
+    let tmp = TempDir::new("reg-a");
+    let auth = empty_authfile(&tmp);
+    let repo = format!("{}/web", unique_name("world-a"));
+    let dest = w.registry_plain.image(&format!("{repo}:t1"));
+    // push: copy the locally built web image into a fresh repository
+    ok(skopeo(&auth)
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}", w.web_image_plain))
+        .arg(format!("docker://{dest}")));
+    let tags = ok(Command::new("curl").args(["-sf", &format!("{}/v2/{repo}/tags/list", w.registry_plain.url())]));
+    assert!(tags.contains("\"t1\""), "tags of {repo}: {tags}");
+    // pull: every blob back into a local dir, digest equal to the source's
+    let out = tmp.path().join("pulled");
+    ok(skopeo(&auth)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("dir:{}", out.display())));
+    assert!(out.join("manifest.json").is_file());
+    let digest = |img: &str| {
+        ok(skopeo(&auth).args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{img}")]))
+    };
+    assert_eq!(digest(&dest), digest(&w.web_image_plain));
+    assert!(digest(&dest).trim().starts_with("sha256:"));
+}
+
+#[test]
+fn registry_tls_needs_credentials_and_ca() {
+    let w = world();
+    let r = &w.registry_tls;
+    let ca = r.ca.as_ref().unwrap().to_str().unwrap();
+    let cert_dir = r.cert_dir.as_ref().unwrap();
+    let creds = format!("{}:{}", r.user.as_ref().unwrap(), r.password.as_ref().unwrap());
+    let v2 = format!("{}/v2/", r.url());
+    // HTTP level: 401 without credentials, 401 with a wrong password, 200 with both
+    assert_eq!(curl_code(&["--cacert", ca, &v2]), "401");
+    assert_eq!(curl_code(&["--cacert", ca, "-u", &format!("{}:wrong", r.user.as_ref().unwrap()), &v2]), "401");
+    assert_eq!(curl_code(&["--cacert", ca, "-u", &creds, &v2]), "200");
+
+    let tmp = TempDir::new("reg-b");
+    let auth = empty_authfile(&tmp);
+    let img = format!("docker://{}", w.web_image_tls);
+    // no credentials (but the CA): 401 / unauthorized
+    let o = run(skopeo(&auth).arg("inspect").arg("--cert-dir").arg(cert_dir).arg(&img));
+    assert!(!o.status.success(), "inspect without credentials succeeded");
+    let e = stderr(&o).to_lowercase();
+    assert!(e.contains("unauthorized") || e.contains("401") || e.contains("authentication required"), "{e}");
+    // credentials but not the CA: x509
+    let o = run(skopeo(&auth).args(["inspect", "--creds", &creds, &img]));
+    assert!(!o.status.success(), "inspect without the CA succeeded");
+    assert!(stderr(&o).contains("x509"), "{}", stderr(&o));
+    // both: works, and a push into a new repository works too
+    let d = ok(skopeo(&auth).arg("inspect").arg("--cert-dir").arg(cert_dir).args([
+        "--creds",
+        &creds,
+        "--format",
+        "{{.Digest}}",
+        &img,
+    ]));
+    assert!(d.trim().starts_with("sha256:"), "{d}");
+    let dest = format!("docker://{}", r.image(&format!("{}/web:t1", unique_name("world-b"))));
+    ok(skopeo(&auth)
+        .args(["copy", "--src-tls-verify=false", &format!("docker://{}", w.web_image_plain), &dest])
+        .arg("--dest-cert-dir")
+        .arg(cert_dir)
+        .args(["--dest-creds", &creds]));
+    // the authfile the world provides works on its own
+    ok(Command::new("skopeo")
+        .arg("inspect")
+        .arg("--authfile")
+        .arg(r.authfile.as_ref().unwrap())
+        .arg("--cert-dir")
+        .arg(cert_dir)
+        .arg(&dest));
+}
+
+#[test]
+fn git_clone_needs_the_right_token() {
+    let w = world();
+    let tmp = TempDir::new("git");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let marker = unique_name("content");
+    std::fs::write(src.join("sub/file.txt"), &marker).unwrap();
+    let name = unique_name("world-git");
+    let url = w.git.publish(&src, &name);
+    assert_eq!(url, w.git.repo_url(&name));
+
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        // no credential helper, no prompt: a wrong token must fail, not hang
+        c.args(["-c", "credential.helper="]).args(args).env("GIT_TERMINAL_PROMPT", "0").current_dir(tmp.path());
+        run(&mut c)
+    };
+    let o = git(&["clone", "-q", &w.git.authed_url(&name, &w.git.token), "good"]);
+    assert!(o.status.success(), "clone with the right token failed: {}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("good/sub/file.txt")).unwrap(), marker);
+
+    let o = git(&["clone", "-q", &w.git.authed_url(&name, "wrong-token"), "bad"]);
+    assert!(!o.status.success(), "clone with a wrong token succeeded");
+    assert!(stderr(&o).contains("Authentication failed") || stderr(&o).contains("401"), "{}", stderr(&o));
+    let o = git(&["clone", "-q", &url, "anon"]);
+    assert!(!o.status.success(), "clone without credentials succeeded");
+
+    // publishing is idempotent: same content, same commit; new content, new commit on top
+    let head = |dir: &str| stdout(&git(&["-C", dir, "rev-parse", "HEAD"])).trim().to_string();
+    let first = head("good");
+    w.git.publish(&src, &name);
+    let o = git(&["-C", "good", "pull", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(head("good"), first, "re-publishing the same content made a new commit");
+    std::fs::write(src.join("sub/file.txt"), "v2").unwrap();
+    w.git.publish(&src, &name);
+    let o = git(&["-C", "good", "pull", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(head("good"), first);
+    assert_eq!(std::fs::read_to_string(tmp.path().join("good/sub/file.txt")).unwrap(), "v2");
+}
+
+/// Writes a minimal chart for the test web image. Helm 4 applies server-side, and 1.20 then
+/// needs `protocol: TCP` on every port; busybox httpd ignores SIGTERM, hence the 1 s grace period.
+fn write_web_chart(dir: &Path) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("Chart.yaml"), "apiVersion: v2\nname: web\nversion: 0.1.0\n").unwrap();
+    std::fs::write(dir.join("values.yaml"), "image: \"\"\ngreeting: \"\"\npullSecret: \"\"\nport: 8080\n").unwrap();
+    std::fs::write(
+        dir.join("templates/web.yaml"),
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: {{ .Release.Name }}}
+  template:
+    metadata:
+      labels: {app: {{ .Release.Name }}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      {{- if .Values.pullSecret }}
+      imagePullSecrets: [{name: {{ .Values.pullSecret }}}]
+      {{- end }}
+      containers:
+      - name: web
+        image: {{ .Values.image }}
+        env: [{name: GREETING, value: {{ .Values.greeting | quote }}}]
+        ports: [{containerPort: {{ .Values.port }}, protocol: TCP}]
+        readinessProbe:
+          httpGet: {path: /, port: {{ .Values.port }}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  selector: {app: {{ .Release.Name }}}
+  ports: [{port: 80, targetPort: {{ .Values.port }}, protocol: TCP}]
+"#,
+    )
+    .unwrap();
+}
+
+fn create_pull_secret(w: &World, ns: &str, name: &str) {
+    let cfg = w.registry_tls.dockerconfigjson().unwrap();
+    let tmp = TempDir::new("pull-secret");
+    let f = tmp.path().join("config.json");
+    std::fs::write(&f, cfg).unwrap();
+    w.kubectl_ok(
+        ["create", "secret", "generic", name, "-n", ns, "--type=kubernetes.io/dockerconfigjson"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--from-file=.dockerconfigjson={}", f.display())]),
+    );
+}
+
+#[test]
+fn helm_deploys_an_image_from_the_tls_registry() {
+    let w = world();
+    let ns = w.namespace("world-helm");
+    create_pull_secret(w, &ns.name, "regcred");
+    let tmp = TempDir::new("chart");
+    let chart = tmp.path().join("web");
+    write_web_chart(&chart);
+    let greeting = unique_name("hi");
+    let home = HelmHome::new();
+    let o = run(w.helm_cmd(&home).args(["upgrade", "--install", "web"]).arg(&chart).args([
+        "-n",
+        &ns.name,
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        &format!("image={}", w.web_image_tls),
+        "--set",
+        &format!("greeting={greeting}"),
+        "--set",
+        "pullSecret=regcred",
+    ]));
+    assert!(
+        o.status.success(),
+        "helm install failed: {}{}\n{}",
+        stdout(&o),
+        stderr(&o),
+        String::from_utf8_lossy(&w.kubectl(["get", "pods,events", "-n", &ns.name, "-o", "wide"]).stdout)
+    );
+    let ready = w.kubectl_ok([
+        "get",
+        "pods",
+        "-n",
+        &ns.name,
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready, "True");
+    let ip = w.kubectl_ok(["get", "pods", "-n", &ns.name, "-l", "app=web", "-o", "jsonpath={.items[0].status.podIP}"]);
+    assert!(
+        ip.starts_with(w.var("PRPOD_POD_CIDR").unwrap().split('.').take(2).collect::<Vec<_>>().join(".").as_str()),
+        "pod IP {ip}"
+    );
+    let body = ok(Command::new("curl").args(["-sf", "--max-time", "10", &format!("http://{ip}:{}/", w.web_port)]));
+    assert_eq!(body.trim(), w.web_body);
+    let g = ok(Command::new("curl").args([
+        "-sf",
+        "--max-time",
+        "10",
+        &format!("http://{ip}:{}/cgi-bin/greeting", w.web_port),
+    ]));
+    assert_eq!(g.trim(), greeting, "the pod that answered is not the one this test deployed");
+    // kube-proxy: the ClusterIP Service answers too
+    let cip = w.kubectl_ok(["get", "svc", "web", "-n", &ns.name, "-o", "jsonpath={.spec.clusterIP}"]);
+    let body = wait_for("ClusterIP service to answer", Duration::from_secs(20), || {
+        let o = run(Command::new("curl").args(["-sf", "--max-time", "2", &format!("http://{cip}/")]));
+        o.status.success().then(|| stdout(&o))
+    });
+    assert_eq!(body.trim(), w.web_body);
+    let o = run(w.helm_cmd(&home).args(["uninstall", "web", "-n", &ns.name]));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn node_cannot_pull_from_the_tls_registry_without_a_pull_secret() {
+    let w = world();
+    let ns = w.namespace("world-nopull");
+    // Always: another test may already have pulled the image onto the node with a secret, and
+    // IfNotPresent would then start it without asking the registry
+    w.kubectl_ok([
+        "run",
+        "web",
+        "-n",
+        &ns.name,
+        "--image",
+        &w.web_image_tls,
+        "--restart=Never",
+        "--image-pull-policy=Always",
+        "--overrides",
+        r#"{"spec":{"terminationGracePeriodSeconds":1}}"#,
+    ]);
+    let reason = wait_for("the pull to fail", Duration::from_secs(60), || {
+        let r = w.kubectl_ok([
+            "get",
+            "pod",
+            "web",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ]);
+        (r == "ErrImagePull" || r == "ImagePullBackOff").then_some(r)
+    });
+    let msg = w.kubectl_ok(["get", "events", "-n", &ns.name, "-o", "jsonpath={.items[*].message}"]);
+    assert!(msg.contains("401") || msg.to_lowercase().contains("unauthorized"), "{reason}: {msg}");
+}
+
+#[test]
+fn helm_versions_are_pinned() {
+    let w = world();
+    let home = HelmHome::new();
+    let v4 = ok(w.helm_cmd(&home).args(["version", "--short"]));
+    assert!(v4.starts_with(&format!("v{}", w.var("PRPOD_HELM_VERSION").unwrap())), "{v4}");
+    assert!(v4.starts_with("v4.1."), "{v4}");
+    let v3 = ok(w.helm3_cmd(&home).args(["version", "--short"]));
+    assert!(v3.starts_with("v3.18."), "{v3}");
+    // Helm 3 talks to the cluster too
+    ok(w.helm3_cmd(&home).args(["list", "-A"]));
+}
+
+#[test]
+fn rbac_is_enforced_for_service_account_tokens() {
+    let w = world();
+    let mine = w.namespace("world-rbac-a");
+    let other = w.namespace("world-rbac-b");
+    let (a, b) = (mine.name.as_str(), other.name.as_str());
+    w.kubectl_ok(["create", "serviceaccount", "deployer", "-n", a]);
+    w.kubectl_ok(["create", "role", "pods", "-n", a, "--verb=get,list", "--resource=pods"]);
+    w.kubectl_ok([
+        "create",
+        "rolebinding",
+        "deployer-pods",
+        "-n",
+        a,
+        "--role=pods",
+        &format!("--serviceaccount={a}:deployer"),
+    ]);
+    // the token controller's Secret (1.20 still creates one per ServiceAccount)
+    let token = wait_for("the ServiceAccount token", Duration::from_secs(30), || {
+        let secret = w.kubectl_ok(["get", "serviceaccount", "deployer", "-n", a, "-o", "jsonpath={.secrets[0].name}"]);
+        if secret.is_empty() {
+            return None;
+        }
+        let t = w.kubectl_ok(["get", "secret", &secret, "-n", a, "-o", "go-template={{.data.token | base64decode}}"]);
+        (!t.is_empty()).then_some(t)
+    });
+    let as_sa = |ns: &str| {
+        run(Command::new(&w.kubectl).args([
+            "--kubeconfig=/dev/null",
+            "--server",
+            &w.kube_api,
+            "--certificate-authority",
+            w.kube_ca.to_str().unwrap(),
+            "--token",
+            &token,
+            "get",
+            "pods",
+            "-n",
+            ns,
+        ]))
+    };
+    let o = as_sa(a);
+    assert!(o.status.success(), "the Role should allow listing pods in {a}: {}", stderr(&o));
+    let o = as_sa(b);
+    assert!(!o.status.success(), "listing pods in {b} was allowed");
+    assert!(stderr(&o).contains("Forbidden") || stderr(&o).contains("forbidden"), "{}", stderr(&o));
+    // and at the HTTP level: 403, not 401 (the token is valid, the permission is missing)
+    let ca = w.kube_ca.to_str().unwrap();
+    let auth = format!("Authorization: Bearer {token}");
+    assert_eq!(curl_code(&["--cacert", ca, "-H", &auth, &format!("{}/api/v1/namespaces/{b}/pods", w.kube_api)]), "403");
+    assert_eq!(curl_code(&["--cacert", ca, "-H", &auth, &format!("{}/api/v1/namespaces/{a}/pods", w.kube_api)]), "200");
+    assert_eq!(
+        curl_code(&[
+            "--cacert",
+            ca,
+            "-H",
+            "Authorization: Bearer nope",
+            &format!("{}/api/v1/namespaces/{a}/pods", w.kube_api)
+        ]),
+        "401"
+    );
+}
+
+#[test]
+fn pods_reach_the_api_server() {
+    let w = world();
+    // the `kubernetes` Service points at the bridge gateway, where the apiserver listens
+    let ep = w.kubectl_ok([
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(format!("https://{ep}"), w.kube_api_pod);
+    let ns = w.namespace("world-api");
+    // busybox wget (with ssl_client) from inside a pod: via the ClusterIP (kube-proxy) and via the
+    // gateway address directly; /version is readable without credentials
+    let script = format!(
+        "wget -q -O- --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version && \
+         echo ---- && wget -q -O- --no-check-certificate {}/version && echo ---- && \
+         wget -q -O- --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+           --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/{}/pods; \
+         echo; echo done",
+        w.kube_api_pod, ns.name
+    );
+    let overrides = format!(
+        r#"{{"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"{}","command":["/bin/sh","-c",{}]}}]}}}}"#,
+        w.web_image_plain,
+        json_string(&script)
+    );
+    w.kubectl_ok([
+        "run",
+        "probe",
+        "-n",
+        &ns.name,
+        "--image",
+        &w.web_image_plain,
+        "--restart=Never",
+        "--overrides",
+        &overrides,
+    ]);
+    let phase = wait_for("the probe pod to finish", Duration::from_secs(60), || {
+        let p = w.kubectl_ok(["get", "pod", "probe", "-n", &ns.name, "-o", "jsonpath={.status.phase}"]);
+        (p == "Succeeded" || p == "Failed").then_some(p)
+    });
+    let logs = w.kubectl_ok(["logs", "probe", "-n", &ns.name]);
+    assert_eq!(phase, "Succeeded", "{logs}");
+    let parts: Vec<&str> = logs.split("----").collect();
+    assert_eq!(parts.len(), 3, "{logs}");
+    for p in &parts[..2] {
+        assert!(p.contains("\"gitVersion\": \"v1.20.2\""), "{logs}");
+    }
+    // the default ServiceAccount has no RBAC grants: the apiserver authenticated its token (else
+    // 401) and refused the list
+    assert!(parts[2].contains("403"), "{logs}");
+}
+
+fn json_string(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
