@@ -306,7 +306,16 @@ impl World {
     pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
         let name = unique_name(prefix);
         self.kubectl_ok(["create", "namespace", &name]);
-        Namespace { world: self, name }
+        let ns = Namespace { world: self, name };
+        // 1.20's ServiceAccount admission rejects a bare Pod until the controller-manager has made
+        // the namespace's `default` ServiceAccount and its token Secret: wait for both, so a test
+        // can create Pods right away (Deployments would retry; `kubectl run` does not).
+        wait_for("the default ServiceAccount token", Duration::from_secs(30), || {
+            let out =
+                self.kubectl(["get", "serviceaccount", "default", "-n", &ns.name, "-o", "jsonpath={.secrets[0].name}"]);
+            (out.status.success() && !out.stdout.is_empty()).then_some(())
+        });
+        ns
     }
 }
 

@@ -429,15 +429,23 @@ fn pods_reach_the_api_server() {
     ]);
     assert_eq!(format!("https://{ep}"), w.kube_api_pod);
     let ns = w.namespace("world-api");
+    // a repo on the git server, which pods reach on the gateway (prpod clones from inside a pod)
+    let tmp = TempDir::new("pod-git");
+    std::fs::write(tmp.path().join("README"), "x").unwrap();
+    let repo = unique_name("world-pod-git");
+    w.git.publish(tmp.path(), &repo);
+    let pod_git_url =
+        format!("http://{}:{}@{}/{repo}.git", w.git.user, w.git.token, w.git.url_pod.trim_start_matches("http://"));
+    // (stderr into stdout: the container log interleaves the two streams out of order)
     // busybox wget (with ssl_client) from inside a pod: via the ClusterIP (kube-proxy) and via the
     // gateway address directly; /version is readable without credentials
     let script = format!(
-        "wget -q -O- --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version && \
+        "exec 2>&1; wget -q -O- --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version && \
          echo ---- && wget -q -O- --no-check-certificate {}/version && echo ---- && \
          wget -q -O- --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
            --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/{}/pods; \
-         echo; echo done",
-        w.kube_api_pod, ns.name
+         echo ----; wget -q -O- '{}/info/refs?service=git-upload-pack'; echo done",
+        w.kube_api_pod, ns.name, pod_git_url
     );
     let overrides = format!(
         r#"{{"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"{}","command":["/bin/sh","-c",{}]}}]}}}}"#,
@@ -462,13 +470,46 @@ fn pods_reach_the_api_server() {
     let logs = w.kubectl_ok(["logs", "probe", "-n", &ns.name]);
     assert_eq!(phase, "Succeeded", "{logs}");
     let parts: Vec<&str> = logs.split("----").collect();
-    assert_eq!(parts.len(), 3, "{logs}");
+    assert_eq!(parts.len(), 4, "{logs}");
     for p in &parts[..2] {
         assert!(p.contains("\"gitVersion\": \"v1.20.2\""), "{logs}");
     }
     // the default ServiceAccount has no RBAC grants: the apiserver authenticated its token (else
     // 401) and refused the list
     assert!(parts[2].contains("403"), "{logs}");
+    assert!(parts[3].contains("refs/heads/main"), "git smart HTTP from a pod: {logs}");
+}
+
+#[test]
+fn helm_pushes_and_pulls_charts_on_the_tls_registry() {
+    let w = world();
+    let r = &w.registry_tls;
+    let tmp = TempDir::new("helm-oci");
+    let chart = tmp.path().join("web");
+    write_web_chart(&chart);
+    let home = HelmHome::new();
+    ok(w.helm_cmd(&home).args(["package", "-d"]).arg(tmp.path()).arg(&chart));
+    let tgz = tmp.path().join("web-0.1.0.tgz");
+    let repo = format!("oci://{}/{}", r.host, unique_name("world-charts"));
+    let auth = |c: &mut Command| {
+        c.arg("--registry-config").arg(r.authfile.as_ref().unwrap()).arg("--ca-file").arg(r.ca.as_ref().unwrap());
+    };
+    // Helm 4 and Helm 3.18 both push over TLS with the world's CA and auth file
+    for (helm, sub) in [(w.helm_cmd(&home), "h4"), (w.helm3_cmd(&home), "h3")] {
+        let mut c = helm;
+        c.arg("push").arg(&tgz).arg(format!("{repo}/{sub}"));
+        auth(&mut c);
+        ok(&mut c);
+        let mut show = w.helm_cmd(&home);
+        show.args(["show", "chart", &format!("{repo}/{sub}/web"), "--version", "0.1.0"]);
+        auth(&mut show);
+        assert!(ok(&mut show).contains("name: web"));
+    }
+    // without credentials the registry refuses the pull
+    let mut c = w.helm_cmd(&home);
+    c.args(["show", "chart", &format!("{repo}/h4/web"), "--version", "0.1.0", "--ca-file"]).arg(r.ca.as_ref().unwrap());
+    let o = run(&mut c);
+    assert!(!o.status.success(), "anonymous pull of a chart from the TLS registry worked");
 }
 
 fn json_string(s: &str) -> String {
