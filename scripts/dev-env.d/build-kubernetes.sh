@@ -14,8 +14,12 @@ echo "deb-src http://deb.debian.org/debian bookworm main" > "$WORK/apt/sources.l
 APT=(apt-get -q -o Dir::Etc::SourceList="$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
      -o Dir::State::Lists="$WORK/apt/lists" -o Dir::Cache::archives="$WORK/apt")
 "${APT[@]}" update
-(cd "$WORK" && "${APT[@]}" source --download-only "kubernetes=$VER")
-tar xzf "$WORK"/kubernetes_*.orig.tar.gz -C "$WORK/src" --strip-components=1
+# Only the upstream (orig) tarball is used. If Debian has moved on to a newer revision of the same
+# upstream version (a +deb12uN security update), take that one: its orig tarball is the same file.
+(cd "$WORK" && { "${APT[@]}" source --download-only "kubernetes=$VER" || "${APT[@]}" source --download-only kubernetes; })
+ORIG="$WORK/kubernetes_${VER%-*}.orig.tar.gz"
+[ -f "$ORIG" ] || { echo "expected $ORIG; Debian's kubernetes source is now: $(ls "$WORK")" >&2; exit 1; }
+tar xzf "$ORIG" -C "$WORK/src" --strip-components=1
 cd "$WORK/src"
 # GOFLAGS=-mod=vendor is implied by the tree; the Go build cache in ~/.cache/go-build speeds re-runs.
 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy"
