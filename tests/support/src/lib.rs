@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct Registry {
     /// `host:port`, as used in image references (`127.0.0.1:47500/repo:tag`).
     pub host: String,
+    /// The same registry as seen from pods, `GATEWAY:port` (a TCP relay on the pod bridge's
+    /// gateway). The node pulls by this name too, so one image name works on host, pods and node.
+    pub host_pod: String,
     /// PEM file of the CA that signed the registry's certificate; `None` for the plain-HTTP one.
     pub ca: Option<PathBuf>,
     /// A directory holding just the CA (`ca.crt`), for `skopeo --cert-dir` / `buildah --cert-dir`.
@@ -57,10 +60,8 @@ impl Registry {
     pub fn dockerconfigjson(&self) -> Option<String> {
         let (user, password) = (self.user.as_ref()?, self.password.as_ref()?);
         let auth = base64(format!("{user}:{password}").as_bytes());
-        Some(format!(
-            r#"{{"auths":{{"{}":{{"username":"{user}","password":"{password}","auth":"{auth}"}}}}}}"#,
-            self.host
-        ))
+        let entry = |host: &str| format!(r#""{host}":{{"username":"{user}","password":"{password}","auth":"{auth}"}}"#);
+        Some(format!(r#"{{"auths":{{{},{}}}}}"#, entry(&self.host), entry(&self.host_pod)))
     }
 }
 
@@ -197,6 +198,7 @@ impl World {
         Ok(World {
             registry_plain: Registry {
                 host: get("PRPOD_REGISTRY_PLAIN")?,
+                host_pod: get("PRPOD_REGISTRY_PLAIN_POD")?,
                 ca: None,
                 cert_dir: None,
                 user: None,
@@ -205,6 +207,7 @@ impl World {
             },
             registry_tls: Registry {
                 host: get("PRPOD_REGISTRY_TLS")?,
+                host_pod: get("PRPOD_REGISTRY_TLS_POD")?,
                 ca: Some(path("PRPOD_REGISTRY_CA")?),
                 cert_dir: Some(path("PRPOD_REGISTRY_CERT_DIR")?),
                 user: Some(get("PRPOD_REGISTRY_USER")?),

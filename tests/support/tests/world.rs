@@ -444,25 +444,27 @@ fn pods_reach_the_api_server() {
          echo ---- && wget -q -O- --no-check-certificate {}/version && echo ---- && \
          wget -q -O- --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
            --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/{}/pods; \
-         echo ----; wget -q -O- '{}/info/refs?service=git-upload-pack'; echo done",
-        w.kube_api_pod, ns.name, pod_git_url
+         echo ----; wget -q -O- '{}/info/refs?service=git-upload-pack'; \
+         echo ----; wget -q -O- http://{}/v2/_catalog; \
+         echo ----; wget -q -O- --no-check-certificate https://{}/v2/_catalog; \
+         echo ----; wget -q -O- --no-check-certificate 'https://{}:{}@{}/v2/_catalog'; echo done",
+        w.kube_api_pod,
+        ns.name,
+        pod_git_url,
+        w.registry_plain.host_pod,
+        w.registry_tls.host_pod,
+        w.registry_tls.user.as_deref().unwrap(),
+        w.registry_tls.password.as_deref().unwrap(),
+        w.registry_tls.host_pod,
     );
+    // the node pulls by the gateway name too: one image name works for host, pods and node
+    let image = w.web_image_plain.replace(&w.registry_plain.host, &w.registry_plain.host_pod);
     let overrides = format!(
         r#"{{"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"{}","command":["/bin/sh","-c",{}]}}]}}}}"#,
-        w.web_image_plain,
+        image,
         json_string(&script)
     );
-    w.kubectl_ok([
-        "run",
-        "probe",
-        "-n",
-        &ns.name,
-        "--image",
-        &w.web_image_plain,
-        "--restart=Never",
-        "--overrides",
-        &overrides,
-    ]);
+    w.kubectl_ok(["run", "probe", "-n", &ns.name, "--image", &image, "--restart=Never", "--overrides", &overrides]);
     let phase = wait_for("the probe pod to finish", Duration::from_secs(60), || {
         let p = w.kubectl_ok(["get", "pod", "probe", "-n", &ns.name, "-o", "jsonpath={.status.phase}"]);
         (p == "Succeeded" || p == "Failed").then_some(p)
@@ -470,7 +472,7 @@ fn pods_reach_the_api_server() {
     let logs = w.kubectl_ok(["logs", "probe", "-n", &ns.name]);
     assert_eq!(phase, "Succeeded", "{logs}");
     let parts: Vec<&str> = logs.split("----").collect();
-    assert_eq!(parts.len(), 4, "{logs}");
+    assert_eq!(parts.len(), 7, "{logs}");
     for p in &parts[..2] {
         assert!(p.contains("\"gitVersion\": \"v1.20.2\""), "{logs}");
     }
@@ -478,6 +480,10 @@ fn pods_reach_the_api_server() {
     // 401) and refused the list
     assert!(parts[2].contains("403"), "{logs}");
     assert!(parts[3].contains("refs/heads/main"), "git smart HTTP from a pod: {logs}");
+    // both registries from a pod, through the gateway relays; B still wants its credentials
+    assert!(parts[4].contains("prpod-test/web"), "registry A from a pod: {logs}");
+    assert!(parts[5].contains("401"), "registry B from a pod without credentials: {logs}");
+    assert!(parts[6].contains("prpod-test/web"), "registry B from a pod with credentials: {logs}");
 }
 
 #[test]
