@@ -1,7 +1,8 @@
 //! The plugin boundary: everything prpod does with WebAssembly happens in this module.
 //!
 //! One wasmtime [`Engine`] per process (with an epoch ticker thread for deadlines), components
-//! compiled once and cached on disk ([`cache`]), an [`InstancePre`] per world reused for every
+//! compiled once and cached on disk ([`cache`]), a pre-instantiated component
+//! (`InstancePre`) per world reused for every
 //! call, and a fresh, deny-by-default store per call ([`sandbox`]). Every output is validated
 //! ([`validate`]) before the rest of prpod sees it.
 
@@ -14,7 +15,7 @@ pub mod validate;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
@@ -277,9 +278,8 @@ impl PluginHost {
             limits: Limits::default(),
             tag_policy: TagPolicyPre::new(pre.clone()).map_err(|e| format!("{e}")),
             chart_generator: ChartGeneratorPre::new(pre.clone()).map_err(|e| format!("{e}")),
-            verifier: VerifierPre::new(pre.clone()).map_err(|e| format!("{e}")),
+            verifier: VerifierPre::new(pre).map_err(|e| format!("{e}")),
             engine: self.engine.clone(),
-            _pre: pre,
         })
     }
 }
@@ -309,7 +309,6 @@ pub struct Plugin {
     chart_generator: Result<ChartGeneratorPre<StoreState>, String>,
     verifier: Result<VerifierPre<StoreState>, String>,
     engine: Engine,
-    _pre: InstancePre<StoreState>,
 }
 
 impl Plugin {
