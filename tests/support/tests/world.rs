@@ -358,7 +358,11 @@ fn rbac_is_enforced_for_service_account_tokens() {
     let other = w.namespace("world-rbac-b");
     let (a, b) = (mine.name.as_str(), other.name.as_str());
     w.kubectl_ok(["create", "serviceaccount", "deployer", "-n", a]);
-    w.kubectl_ok(["create", "role", "pods", "-n", a, "--verb=get,list", "--resource=pods"]);
+    w.kubectl_apply(
+        a,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pods}\n\
+         rules: [{apiGroups: [\"\"], resources: [pods], verbs: [get, list]}]\n",
+    );
     w.kubectl_ok([
         "create",
         "rolebinding",
