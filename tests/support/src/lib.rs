@@ -104,10 +104,21 @@ impl GitServer {
         format!("{}/{name}.git", self.url)
     }
 
-    /// Clone URL of repository `name` carrying `user:token` (what prpod builds from a token).
-    pub fn authed_url(&self, name: &str, token: &str) -> String {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
-        format!("http://{}:{token}@{rest}/{name}.git", self.user)
+    /// `git` authenticating as this server's user with `token`, the way prpod must do it: the
+    /// token travels in the environment to a credential helper, never in a URL or an argument
+    /// (where `ps`, logs and error messages would show it). No other helper and no prompt: a
+    /// wrong token fails at once instead of hanging.
+    pub fn git_with_token(&self, token: &str) -> Command {
+        let mut c = Command::new("git");
+        c.args(["-c", "credential.helper="])
+            .args([
+                "-c",
+                "credential.helper=!f() { echo username=\"$PRPOD_GIT_USER\"; echo password=\"$PRPOD_GIT_SECRET\"; }; f",
+            ])
+            .env("PRPOD_GIT_USER", &self.user)
+            .env("PRPOD_GIT_SECRET", token)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        c
     }
 }
 

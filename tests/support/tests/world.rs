@@ -39,9 +39,21 @@ fn empty_authfile(dir: &TempDir) -> std::path::PathBuf {
 }
 
 fn curl_code(args: &[&str]) -> String {
-    let o =
-        run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]).args(args));
-    stdout(&o)
+    curl_code_with_secret("", args)
+}
+
+/// `curl_code` with curl config lines (`user = "..."`, `header = "..."`) fed on stdin, so test
+/// credentials never appear in curl's argv.
+fn curl_code_with_secret(config: &str, args: &[&str]) -> String {
+    let mut child = Command::new("curl")
+        .args(["-K", "-", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("failed to run curl");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), config.as_bytes()).unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }
 
 #[test]
@@ -96,8 +108,12 @@ fn registry_tls_needs_credentials_and_ca() {
     let v2 = format!("{}/v2/", r.url());
     // HTTP level: 401 without credentials, 401 with a wrong password, 200 with both
     assert_eq!(curl_code(&["--cacert", ca, &v2]), "401");
-    assert_eq!(curl_code(&["--cacert", ca, "-u", &format!("{}:wrong", r.user.as_ref().unwrap()), &v2]), "401");
-    assert_eq!(curl_code(&["--cacert", ca, "-u", &creds, &v2]), "200");
+    let user_line = |c: &str| format!("user = \"{c}\"\n");
+    assert_eq!(
+        curl_code_with_secret(&user_line(&format!("{}:wrong", r.user.as_ref().unwrap())), &["--cacert", ca, &v2]),
+        "401"
+    );
+    assert_eq!(curl_code_with_secret(&user_line(&creds), &["--cacert", ca, &v2]), "200");
 
     let tmp = TempDir::new("reg-b");
     let auth = empty_authfile(&tmp);
@@ -107,25 +123,20 @@ fn registry_tls_needs_credentials_and_ca() {
     assert!(!o.status.success(), "inspect without credentials succeeded");
     let e = stderr(&o).to_lowercase();
     assert!(e.contains("unauthorized") || e.contains("401") || e.contains("authentication required"), "{e}");
-    // credentials but not the CA: x509
-    let o = run(skopeo(&auth).args(["inspect", "--creds", &creds, &img]));
+    // credentials (from the world's authfile, never on the command line) but not the CA: x509
+    let creds_file = r.authfile.as_ref().unwrap();
+    let o = run(skopeo(creds_file).args(["inspect", &img]));
     assert!(!o.status.success(), "inspect without the CA succeeded");
     assert!(stderr(&o).contains("x509"), "{}", stderr(&o));
     // both: works, and a push into a new repository works too
-    let d = ok(skopeo(&auth).arg("inspect").arg("--cert-dir").arg(cert_dir).args([
-        "--creds",
-        &creds,
-        "--format",
-        "{{.Digest}}",
-        &img,
-    ]));
+    let d =
+        ok(skopeo(creds_file).arg("inspect").arg("--cert-dir").arg(cert_dir).args(["--format", "{{.Digest}}", &img]));
     assert!(d.trim().starts_with("sha256:"), "{d}");
     let dest = format!("docker://{}", r.image(&format!("{}/web:t1", unique_name("world-b"))));
-    ok(skopeo(&auth)
+    ok(skopeo(creds_file)
         .args(["copy", "--src-tls-verify=false", &format!("docker://{}", w.web_image_plain), &dest])
         .arg("--dest-cert-dir")
-        .arg(cert_dir)
-        .args(["--dest-creds", &creds]));
+        .arg(cert_dir));
     // the authfile the world provides works on its own
     ok(Command::new("skopeo")
         .arg("inspect")
@@ -148,20 +159,17 @@ fn git_clone_needs_the_right_token() {
     let url = w.git.publish(&src, &name);
     assert_eq!(url, w.git.repo_url(&name));
 
-    let git = |args: &[&str]| {
-        let mut c = Command::new("git");
-        // no credential helper, no prompt: a wrong token must fail, not hang
-        c.args(["-c", "credential.helper="]).args(args).env("GIT_TERMINAL_PROMPT", "0").current_dir(tmp.path());
-        run(&mut c)
-    };
-    let o = git(&["clone", "-q", &w.git.authed_url(&name, &w.git.token), "good"]);
+    let git_as = |token: &str, args: &[&str]| run(w.git.git_with_token(token).args(args).current_dir(tmp.path()));
+    let git = |args: &[&str]| git_as(&w.git.token, args);
+    let o = git(&["clone", "-q", &url, "good"]);
     assert!(o.status.success(), "clone with the right token failed: {}", stderr(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("good/sub/file.txt")).unwrap(), marker);
 
-    let o = git(&["clone", "-q", &w.git.authed_url(&name, "wrong-token"), "bad"]);
+    let o = git_as("wrong-token", &["clone", "-q", &url, "bad"]);
     assert!(!o.status.success(), "clone with a wrong token succeeded");
     assert!(stderr(&o).contains("Authentication failed") || stderr(&o).contains("401"), "{}", stderr(&o));
-    let o = git(&["clone", "-q", &url, "anon"]);
+    assert!(!stderr(&o).contains("wrong-token"), "git printed the token: {}", stderr(&o));
+    let o = git_as("", &["clone", "-q", &url, "anon"]);
     assert!(!o.status.success(), "clone without credentials succeeded");
 
     // publishing is idempotent: same content, same commit; new content, new commit on top
@@ -381,21 +389,22 @@ fn rbac_is_enforced_for_service_account_tokens() {
         let t = w.kubectl_ok(["get", "secret", &secret, "-n", a, "-o", "go-template={{.data.token | base64decode}}"]);
         (!t.is_empty()).then_some(t)
     });
-    let as_sa = |ns: &str| {
-        run(Command::new(&w.kubectl).args([
-            "--kubeconfig=/dev/null",
-            "--server",
-            &w.kube_api,
-            "--certificate-authority",
-            w.kube_ca.to_str().unwrap(),
-            "--token",
-            &token,
-            "get",
-            "pods",
-            "-n",
-            ns,
-        ]))
-    };
+    // the token goes in a kubeconfig file, not on kubectl's command line
+    let tmp = TempDir::new("rbac");
+    let kubeconfig = tmp.path().join("sa.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{token: \"{token}\"}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
+            w.kube_api,
+            w.kube_ca.display()
+        ),
+    )
+    .unwrap();
+    let as_sa =
+        |ns: &str| run(Command::new(&w.kubectl).arg("--kubeconfig").arg(&kubeconfig).args(["get", "pods", "-n", ns]));
     let o = as_sa(a);
     assert!(o.status.success(), "the Role should allow listing pods in {a}: {}", stderr(&o));
     let o = as_sa(b);
@@ -403,19 +412,11 @@ fn rbac_is_enforced_for_service_account_tokens() {
     assert!(stderr(&o).contains("Forbidden") || stderr(&o).contains("forbidden"), "{}", stderr(&o));
     // and at the HTTP level: 403, not 401 (the token is valid, the permission is missing)
     let ca = w.kube_ca.to_str().unwrap();
-    let auth = format!("Authorization: Bearer {token}");
-    assert_eq!(curl_code(&["--cacert", ca, "-H", &auth, &format!("{}/api/v1/namespaces/{b}/pods", w.kube_api)]), "403");
-    assert_eq!(curl_code(&["--cacert", ca, "-H", &auth, &format!("{}/api/v1/namespaces/{a}/pods", w.kube_api)]), "200");
-    assert_eq!(
-        curl_code(&[
-            "--cacert",
-            ca,
-            "-H",
-            "Authorization: Bearer nope",
-            &format!("{}/api/v1/namespaces/{a}/pods", w.kube_api)
-        ]),
-        "401"
-    );
+    let auth = format!("header = \"Authorization: Bearer {token}\"\n");
+    let pods = |ns: &str| format!("{}/api/v1/namespaces/{ns}/pods", w.kube_api);
+    assert_eq!(curl_code_with_secret(&auth, &["--cacert", ca, &pods(b)]), "403");
+    assert_eq!(curl_code_with_secret(&auth, &["--cacert", ca, &pods(a)]), "200");
+    assert_eq!(curl_code_with_secret("header = \"Authorization: Bearer nope\"\n", &["--cacert", ca, &pods(a)]), "401");
 }
 
 #[test]
