@@ -163,3 +163,78 @@ fn minimal_chart_lints_with_helm_4_and_helm_3() {
         assert!(rendered.contains("image: \"127.0.0.1:5443/acme/api:pr-42\""), "{rendered}");
     }
 }
+
+/// The default chart really runs: Helm 4 (server-side apply against Kubernetes 1.20) installs
+/// it with `--wait`, the pod answers HTTP on its IP, and the default verifier's post-deploy
+/// hook, fed the live Deployment status, finds nothing wrong.
+#[test]
+fn default_chart_deploys_and_serves_with_helm_4() {
+    let w = world();
+    let ns = w.namespace("chart-deploy");
+    let (repository, tag) = w.web_image_plain.rsplit_once(':').expect("web image has a tag");
+    let app = AppSpec {
+        name: "web".into(),
+        image: ImageRef { repository: repository.into(), tag: Some(tag.into()), digest: None },
+        ports: vec![Port { name: "http".into(), container_port: w.web_port }],
+        env: vec![],
+        replicas: 1,
+        resources: Resources {
+            cpu_request: Some("10m".into()),
+            memory_request: Some("16Mi".into()),
+            cpu_limit: Some("200m".into()),
+            memory_limit: Some("64Mi".into()),
+        },
+        health_path: Some("/".into()),
+        ingress_host: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    generate(&app, dir.path());
+    let home = HelmHome::new();
+    ok(
+        w.helm_cmd(&home)
+            .args(["upgrade", "--install", "pr-42"])
+            .arg(dir.path())
+            .args(["--namespace", &ns.name, "--wait", "--timeout", "120s"])
+            .output()
+            .unwrap(),
+        "helm upgrade --install --wait",
+    );
+
+    let ip = w.kubectl_ok([
+        "get",
+        "pods",
+        "-n",
+        &ns.name,
+        "-l",
+        "app.kubernetes.io/name=web",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let body = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "10", &format!("http://{ip}:{}/", w.web_port)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&body.stdout).trim(), w.web_body, "GET / on the pod IP {ip}");
+
+    let deploy: serde_json::Value =
+        serde_json::from_str(&w.kubectl_ok(["get", "deployment", "web", "-n", &ns.name, "-o", "json"])).unwrap();
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as u32;
+    let status = prpod::model::ReleaseStatus {
+        release: ReleaseTarget { name: "pr-42".into(), namespace: ns.name.clone() },
+        workloads: vec![prpod::model::WorkloadStatus {
+            kind: "Deployment".into(),
+            name: "web".into(),
+            desired: count(&deploy["spec"]["replicas"]),
+            ready: count(&deploy["status"]["readyReplicas"]),
+            available: count(&deploy["status"]["availableReplicas"]),
+            conditions: vec![],
+            pods: vec![],
+        }],
+        warnings: vec![],
+    };
+    assert_eq!(status.workloads[0].available, 1, "{deploy}");
+    let verifier = PluginHost::new().unwrap().load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
+    let findings = verifier.check_release(&context(Some(42), "feature/login"), &status).unwrap();
+    assert!(findings.iter().all(|f| f.severity != Severity::Error), "{findings:?}");
+    ok(w.helm_cmd(&home).args(["uninstall", "pr-42", "--namespace", &ns.name]).output().unwrap(), "helm uninstall");
+}
