@@ -37,23 +37,19 @@ fn write_context(dir: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// `prpod plugin call tag-policy builtin:tag-default --context CTX --image 127.0.0.1:5443/acme/web EXTRA...`.
+fn call_tag_default(dir: &Path, ctx: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["plugin", "call", "tag-policy", "builtin:tag-default", "--context", ctx];
+    args.extend(["--image", "127.0.0.1:5443/acme/web"]);
+    args.extend(extra);
+    prpod(dir, &args)
+}
+
 #[test]
 fn call_tag_policy_prints_tags_and_release() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = write_context(dir.path());
-    let out = prpod(
-        dir.path(),
-        &[
-            "plugin",
-            "call",
-            "tag-policy",
-            "builtin:tag-default",
-            "--context",
-            &ctx,
-            "--image",
-            "127.0.0.1:5443/acme/web",
-        ],
-    );
+    let out = call_tag_default(dir.path(), &ctx, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["primary"], "pr-42");
@@ -263,21 +259,7 @@ fn chart_generator_refuses_a_non_empty_out_dir() {
 fn out_of_range_limit_flag_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = write_context(dir.path());
-    let out = prpod(
-        dir.path(),
-        &[
-            "plugin",
-            "call",
-            "tag-policy",
-            "builtin:tag-default",
-            "--context",
-            &ctx,
-            "--image",
-            "r/a",
-            "--memory-mib",
-            "100000",
-        ],
-    );
+    let out = call_tag_default(dir.path(), &ctx, &["--memory-mib", "100000"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("`--memory-mib` is 100000"), "{}", stderr(&out));
 }
