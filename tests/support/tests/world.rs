@@ -439,8 +439,31 @@ fn pods_reach_the_api_server() {
     std::fs::write(tmp.path().join("README"), "x").unwrap();
     let repo = unique_name("world-pod-git");
     w.git.publish(tmp.path(), &repo);
-    let pod_git_url =
-        format!("http://{}:{}@{}/{repo}.git", w.git.user, w.git.token, w.git.url_pod.trim_start_matches("http://"));
+    // credentialed URLs reach the pod through a Secret (created from a file, not argv), never
+    // through the pod spec or the script text, which anyone who can read pods can see
+    let creds = tmp.path().join("probe.env");
+    std::fs::write(
+        &creds,
+        format!(
+            "GIT_URL=http://{}:{}@{}/{repo}.git\nREGISTRY_B_URL=https://{}:{}@{}/v2/_catalog\n",
+            w.git.user,
+            w.git.token,
+            w.git.url_pod.trim_start_matches("http://"),
+            w.registry_tls.user.as_deref().unwrap(),
+            w.registry_tls.password.as_deref().unwrap(),
+            w.registry_tls.host_pod,
+        ),
+    )
+    .unwrap();
+    w.kubectl_ok([
+        "create",
+        "secret",
+        "generic",
+        "probe-creds",
+        "-n",
+        &ns.name,
+        &format!("--from-env-file={}", creds.display()),
+    ]);
     // (stderr into stdout: the container log interleaves the two streams out of order)
     // busybox wget (with ssl_client) from inside a pod: via the ClusterIP (kube-proxy) and via the
     // gateway address directly; /version is readable without credentials
@@ -449,23 +472,16 @@ fn pods_reach_the_api_server() {
          echo ---- && wget -q -O- --no-check-certificate {}/version && echo ---- && \
          wget -q -O- --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
            --no-check-certificate https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/{}/pods; \
-         echo ----; wget -q -O- '{}/info/refs?service=git-upload-pack'; \
+         echo ----; wget -q -O- \"$GIT_URL/info/refs?service=git-upload-pack\"; \
          echo ----; wget -q -O- http://{}/v2/_catalog; \
          echo ----; wget -q -O- --no-check-certificate https://{}/v2/_catalog; \
-         echo ----; wget -q -O- --no-check-certificate 'https://{}:{}@{}/v2/_catalog'; echo done",
-        w.kube_api_pod,
-        ns.name,
-        pod_git_url,
-        w.registry_plain.host_pod,
-        w.registry_tls.host_pod,
-        w.registry_tls.user.as_deref().unwrap(),
-        w.registry_tls.password.as_deref().unwrap(),
-        w.registry_tls.host_pod,
+         echo ----; wget -q -O- --no-check-certificate \"$REGISTRY_B_URL\"; echo done",
+        w.kube_api_pod, ns.name, w.registry_plain.host_pod, w.registry_tls.host_pod,
     );
     // the node pulls by the gateway name too: one image name works for host, pods and node
     let image = w.web_image_plain.replace(&w.registry_plain.host, &w.registry_plain.host_pod);
     let overrides = format!(
-        r#"{{"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"{}","command":["/bin/sh","-c",{}]}}]}}}}"#,
+        r#"{{"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"c","image":"{}","command":["/bin/sh","-c",{}],"envFrom":[{{"secretRef":{{"name":"probe-creds"}}}}]}}]}}}}"#,
         image,
         json_string(&script)
     );
