@@ -93,6 +93,13 @@ pub struct TagSet {
     pub cache_to: Option<String>,
 }
 
+impl TagSet {
+    /// Every tag in the set: primary, extras, cache-from, cache-to.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.primary).chain(&self.extra).chain(&self.cache_from).chain(&self.cache_to)
+    }
+}
+
 /// Where a pull request's Helm release lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

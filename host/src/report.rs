@@ -35,13 +35,6 @@ impl Reporter {
         Ok(())
     }
 
-    /// A progress or status line for people, on stderr; silent in JSON mode.
-    pub fn status(&self, message: &str) {
-        if self.format == Format::Human {
-            eprintln!("{message}");
-        }
-    }
-
     /// Reports a failure: the error and its causes.
     pub fn error(&self, err: &anyhow::Error) {
         let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();

@@ -420,19 +420,13 @@ impl Plugin {
         let ctx = wit::PrContext::from(ctx);
         let tags = self.call(
             HOOK,
-            |store| pre.instantiate(&mut *store)?.call_compute_tags(&mut *store, &ctx, image_repository),
-            |t| {
-                [&t.primary]
-                    .into_iter()
-                    .chain(&t.extra)
-                    .chain(&t.cache_from)
-                    .chain(&t.cache_to)
-                    .map(|s| s.len() as u64)
-                    .sum()
+            |store| {
+                let tags = pre.instantiate(&mut *store)?.call_compute_tags(&mut *store, &ctx, image_repository)?;
+                Ok(tags.map(TagSet::from))
             },
+            |t| t.all().map(|s| s.len() as u64).sum(),
         )?;
-        let tags = TagSet::from(tags);
-        for tag in [&tags.primary].into_iter().chain(&tags.extra).chain(&tags.cache_from).chain(&tags.cache_to) {
+        for tag in tags.all() {
             if !validate::is_valid_tag(tag) {
                 return Err(self.invalid(HOOK, "tag", tag, "a tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}"));
             }

@@ -3,7 +3,7 @@
 //! plugin's name.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,7 +91,6 @@ impl LimitKind {
 pub(crate) struct OutputBudget {
     used: AtomicU64,
     limit: u64,
-    exceeded: AtomicBool,
     /// The last bytes the plugin wrote to stderr: a Rust guest's panic message lands there,
     /// and it belongs in the error we report for the trap that follows.
     stderr_tail: Mutex<Vec<u8>>,
@@ -101,27 +100,17 @@ const STDERR_TAIL: usize = 2048;
 
 impl OutputBudget {
     fn new(limit: u64) -> Self {
-        OutputBudget {
-            used: AtomicU64::new(0),
-            limit,
-            exceeded: AtomicBool::new(false),
-            stderr_tail: Mutex::new(Vec::new()),
-        }
+        OutputBudget { used: AtomicU64::new(0), limit, stderr_tail: Mutex::new(Vec::new()) }
     }
 
-    /// Charges `n` bytes; false (and the budget marked exceeded) when that passes the limit.
+    /// Charges `n` bytes; false when that passes the limit.
     pub(crate) fn charge(&self, n: u64) -> bool {
-        let used = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if used > self.limit {
-            self.exceeded.store(true, Ordering::Relaxed);
-            false
-        } else {
-            true
-        }
+        self.used.fetch_add(n, Ordering::Relaxed) + n <= self.limit
     }
 
+    /// Whether anything charged so far passed the limit (the counter only grows).
     pub(crate) fn exceeded(&self) -> bool {
-        self.exceeded.load(Ordering::Relaxed)
+        self.used.load(Ordering::Relaxed) > self.limit
     }
 
     pub(crate) fn stderr_tail(&self) -> String {

@@ -2,25 +2,10 @@
 //! tags, Helm release names, namespaces and file paths, so each is checked against the grammar
 //! the consumer enforces before anything uses it.
 
-/// The OCI distribution tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-pub fn is_valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
-/// A DNS-1123 label of at most `max` characters: lowercase alphanumerics and `-`, starting and
-/// ending with an alphanumeric.
-pub fn is_dns1123_label(s: &str, max: usize) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= max
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
+/// The OCI distribution tag grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`, and DNS-1123 labels of
+/// at most a given length: the same checks the default tag-policy applies to its own output, so
+/// the two can never disagree.
+pub use tag_scheme::{is_dns1123_label, is_valid_tag};
 
 /// Longest Helm release name (Helm refuses longer ones because of the names it derives).
 pub const MAX_RELEASE_NAME: usize = 53;
