@@ -9,3 +9,4 @@ pub mod config;
 pub mod model;
 pub mod plugins;
 pub mod report;
+pub mod secret;
