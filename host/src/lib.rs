@@ -5,8 +5,11 @@
 //! run by [`plugins`].
 
 pub mod cli;
+pub mod clients;
 pub mod config;
+pub mod error;
 pub mod model;
+pub mod phases;
 pub mod plugins;
 pub mod report;
 pub mod secret;

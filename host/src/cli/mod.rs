@@ -8,17 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::plugins::PluginError;
 use crate::report::{Format, Reporter};
 
-/// Exit code: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: a verifier reported an `error` finding.
-pub const EXIT_FINDINGS: u8 = 1;
-/// Exit code: bad input (arguments, config, files, plugin references).
-pub const EXIT_INPUT: u8 = 2;
-/// Exit code: a plugin failed (limit, crash, error result, invalid output).
-pub const EXIT_PLUGIN: u8 = 3;
+pub use crate::error::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, EXIT_PLUGIN, exit_code_for};
 
 /// prpod: a running preview for every pull request.
 #[derive(Debug, Parser)]
@@ -59,22 +51,4 @@ fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None if Path::new("prpod.toml").is_file() => Config::load(Path::new("prpod.toml")),
         None => Ok(Config::default()),
     }
-}
-
-/// The exit code for a failure: plugin failures are told apart from bad input so CI can tell
-/// "fix your plugin" from "fix your invocation".
-pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(p) = cause.downcast_ref::<PluginError>() {
-            return match p {
-                PluginError::Limit { .. }
-                | PluginError::Trap { .. }
-                | PluginError::Returned { .. }
-                | PluginError::InvalidOutput { .. }
-                | PluginError::Engine(_) => EXIT_PLUGIN,
-                _ => EXIT_INPUT,
-            };
-        }
-    }
-    EXIT_INPUT
 }

@@ -1,0 +1,4 @@
+//! One module per external system prpod talks to (git, OCI registries, buildah, docker buildx,
+//! Helm, Kubernetes). Clients return `Result`s with typed errors, take credentials as
+//! [`crate::secret::Secret`], and never call phases. Test support reuses them instead of keeping
+//! its own copies.
