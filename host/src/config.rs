@@ -1,5 +1,8 @@
-//! `prpod.toml`: what a team configures. This issue's part is which plugin fills each world and
-//! the limits each plugin runs under.
+//! `prpod.toml`: what a team configures. The root only composes: each phase owns its section
+//! (`[source]` in `phases::source`, `[image]` and `[build]` in `phases::build`, ...) and says which
+//! `PRPOD_*` variables override it ([`Section`]). Precedence: command-line flags > `PRPOD_*`
+//! environment > the file > defaults. Unknown keys and wrong types are errors naming the key
+//! (or the variable).
 //!
 //! ```toml
 //! [limits]                      # defaults for every plugin
@@ -8,12 +11,19 @@
 //! [plugins.tag-policy]
 //! ref = "plugins/our-tags.wasm#sha256:<64 hex>"
 //! limits = { memory_mib = 32 }
+//!
+//! [image]
+//! repository = "ghcr.io/acme/web"
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::phases::build::{BuildConfig, ImageConfig};
+use crate::phases::source::SourceConfig;
 use crate::plugins::{Limits, PluginRef, World};
 
 /// Limits that may be overridden; unset fields fall back to the next level.
@@ -94,25 +104,118 @@ pub struct Config {
     /// Per-world plugins.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// `[source]`: where the repository is cloned from and how.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// `[image]`: what is built and where it is pushed.
+    #[serde(default)]
+    pub image: ImageConfig,
+    /// `[build]`: which backend builds, and its settings.
+    #[serde(default)]
+    pub build: BuildConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
 }
 
-/// A config file that cannot be used.
+/// Configuration that cannot be used: from the file, or from a `PRPOD_*` variable.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to load config {path}: {why}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong, naming the key.
-    pub why: String,
+pub enum ConfigError {
+    /// The file is unreadable, not TOML, or has an unknown key, a wrong type or a bad value.
+    #[error("failed to load config {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        why: String,
+    },
+    /// An environment variable that overrides a key has a value the key cannot take.
+    #[error("environment variable {var} (overrides `{key}`): {why}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// The key it overrides.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A value (from wherever it came) is out of range or malformed.
+    #[error("config `{key}`: {why}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What is wrong and what would be right.
+        why: String,
+    },
+}
+
+/// One section of `prpod.toml`, owned by the phase that uses it.
+pub trait Section {
+    /// Applies the `PRPOD_*` variables that override this section's keys.
+    fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError>;
+    /// Checks every value, naming the key of the first bad one.
+    fn check(&self) -> Result<(), ConfigError>;
+}
+
+/// A snapshot of the environment prpod reads (`PRPOD_*`, GitHub Actions' `GITHUB_*`, tokens).
+/// Taken once per process, and built by hand in tests, so nothing else calls `std::env::var`.
+/// An empty variable counts as unset (CI systems export empty values for missing secrets).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (variables that are not UTF-8 are left out).
+    pub fn from_process() -> Env {
+        Env::from_pairs(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+    }
+
+    /// An environment of exactly these variables.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Env {
+        Env { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// The value of `name`, unless unset or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// Overrides `target` (key `key`) with `var` when it is set, parsed as `T`.
+    pub fn apply<T: FromStr>(&self, var: &str, key: &str, target: &mut T) -> Result<(), ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        if let Some(v) = self.get(var) {
+            *target = v.parse().map_err(|e: T::Err| ConfigError::Env {
+                var: var.into(),
+                key: key.into(),
+                why: format!("`{v}` is not valid: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Env::apply`], for keys that are unset by default.
+    pub fn apply_opt<T: FromStr>(&self, var: &str, key: &str, target: &mut Option<T>) -> Result<(), ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        if let Some(v) = self.get(var) {
+            *target = Some(v.parse().map_err(|e: T::Err| ConfigError::Env {
+                var: var.into(),
+                key: key.into(),
+                why: format!("`{v}` is not valid: {e}"),
+            })?);
+        }
+        Ok(())
+    }
 }
 
 impl Config {
-    /// Reads and checks `path`.
+    /// Reads and checks `path` (the file alone: see [`Config::apply_env`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |why: String| ConfigError { path: path.to_path_buf(), why };
+        let err = |why: String| ConfigError::File { path: path.to_path_buf(), why };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         config.limits.check(|k| format!("limits.{k}")).map_err(err)?;
@@ -123,8 +226,34 @@ impl Config {
                 PluginRef::parse(r).map_err(|e| err(format!("`plugins.{world}.ref`: {e}")))?;
             }
         }
+        config.check().map_err(|e| match e {
+            ConfigError::Value { key, why } => err(format!("`{key}`: {why}")),
+            other => other,
+        })?;
         config.path = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// Applies the `PRPOD_*` variables of every section (they beat the file), then checks again.
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        self.source.apply_env(env)?;
+        self.image.apply_env(env)?;
+        self.build.apply_env(env)?;
+        self.check()
+    }
+
+    /// Checks every section's values.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.source.check()?;
+        self.image.check()?;
+        self.build.check()
+    }
+
+    /// `path` resolved against the config file's directory (relative paths in the file are
+    /// relative to the file, not to wherever prpod runs).
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        let base = self.path.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+        base.join(path)
     }
 
     /// The config of `world`'s plugin.
@@ -194,5 +323,47 @@ mod tests {
         let PluginRef::File { path, .. } = c.plugin_ref(World::TagPolicy) else { panic!() };
         assert!(path.ends_with("p/tags.wasm") && path.is_absolute());
         assert_eq!(c.plugin_ref(World::Verifier), PluginRef::Builtin("verify-baseline".into()));
+    }
+
+    #[test]
+    fn sections_compose_and_env_beats_file() {
+        let mut c = load(
+            "[source]\ndepth = 5\n[image]\nrepository = \"ghcr.io/acme/web\"\n[build]\nbackend = \"buildah\"\n\
+             [build.buildah]\nroot = \"/file/root\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.source.depth, 5);
+        assert_eq!(c.build.backend, crate::phases::build::Backend::Buildah);
+        let env = Env::from_pairs([
+            ("PRPOD_SOURCE_DEPTH", "0"),
+            ("PRPOD_BUILDAH_ROOT", "/env/root"),
+            ("PRPOD_BUILDAH_RUNROOT", ""),
+            ("PRPOD_BUILD_BACKEND", "native"),
+        ]);
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.source.depth, 0);
+        assert_eq!(c.build.buildah.root.as_deref(), Some(Path::new("/env/root")));
+        assert_eq!(c.build.buildah.runroot, None, "an empty variable is unset");
+        assert_eq!(c.build.backend, crate::phases::build::Backend::Native);
+        assert_eq!(c.image.repository.as_deref(), Some("ghcr.io/acme/web"));
+    }
+
+    #[test]
+    fn new_sections_name_bad_keys_and_variables() {
+        let e = load("[build.buildah]\nrooot = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("rooot"), "{e}");
+        let e = load("[source]\ndepth = \"one\"\n").unwrap_err().to_string();
+        assert!(e.contains("depth") && e.contains("string"), "{e}");
+        let e = load("[build]\nbackend = \"docker\"\n").unwrap_err().to_string();
+        assert!(e.contains("backend") || e.contains("docker"), "{e}");
+        let e = load("[image]\ndockerfile = \"../Dockerfile\"\n").unwrap_err().to_string();
+        assert!(e.contains("image.dockerfile"), "{e}");
+        let e = load("[build.buildx]\nreplicas = 0\n").unwrap_err().to_string();
+        assert!(e.contains("build.buildx.replicas"), "{e}");
+        let mut c = Config::default();
+        let e = c.apply_env(&Env::from_pairs([("PRPOD_SOURCE_DEPTH", "deep")])).unwrap_err().to_string();
+        assert!(e.contains("PRPOD_SOURCE_DEPTH") && e.contains("source.depth"), "{e}");
+        let e = c.apply_env(&Env::from_pairs([("PRPOD_BUILD_BACKEND", "podman")])).unwrap_err().to_string();
+        assert!(e.contains("PRPOD_BUILD_BACKEND") && e.contains("buildah"), "{e}");
     }
 }

@@ -5,6 +5,8 @@
 //! Keeping one vocabulary for code, WIT and JSON is deliberate: a plugin author reading a JSON
 //! report sees the same names their plugin receives.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// What happened to the pull request that started a run.
@@ -368,4 +370,69 @@ impl Manifest {
         }
         Ok(out)
     }
+}
+
+/// A repository checked out at exactly one commit (the source phase's value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkout {
+    /// The work tree: the commit's files and nothing else.
+    pub path: PathBuf,
+    /// The full SHA `HEAD` was verified to be.
+    pub sha: String,
+    /// Where it was fetched from (no credentials).
+    pub repository_url: String,
+    /// Objects received by this run's fetch (0: everything was in the cache).
+    pub objects_fetched: u64,
+}
+
+/// What a push moved: layers uploaded, found already present, mounted from another repository of
+/// the same registry, and the bytes sent. `layers` in the JSON report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LayerStats {
+    /// Layers uploaded.
+    pub pushed: u32,
+    /// Layers the registry already had in this repository.
+    pub skipped: u32,
+    /// Layers mounted from another repository of the same registry.
+    pub mounted: u32,
+    /// Blob bytes uploaded (layers and config).
+    pub bytes_uploaded: u64,
+}
+
+/// An image pushed under its tags (the push phase's value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushedImage {
+    /// Repository, registry host included.
+    pub repository: String,
+    /// Manifest digest, as the registry reported it.
+    pub digest: String,
+    /// Every tag now pointing at `digest`.
+    pub tags: Vec<String>,
+    /// What the push moved.
+    pub layers: LayerStats,
+}
+
+/// An image a build backend produced (the build phase's value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuiltImage {
+    /// The backend that built it (`native`, `buildah`, `buildx`).
+    pub backend: String,
+    /// Repository it is meant for, registry host included.
+    pub repository: String,
+    /// An OCI image layout directory holding the image, for prpod's own push; `None` when the
+    /// backend pushed the image itself (buildx).
+    pub layout: Option<PathBuf>,
+    /// The image manifest's digest.
+    pub digest: String,
+    /// Build steps run and steps served from cache, when the backend says.
+    pub steps: Option<BuildSteps>,
+}
+
+/// How much of a build ran and how much came from cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BuildSteps {
+    /// Steps executed.
+    pub executed: u32,
+    /// Steps served from the layer cache.
+    pub cached: u32,
 }

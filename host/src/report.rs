@@ -1,9 +1,25 @@
-//! The one place that prints. Commands hand their results and errors here; `--output json`
-//! and the human view are two renderings of the same values.
+//! The one place that prints. Phases emit [`Event`]s (started, note, progress, finished,
+//! finding) through a [`PhaseHandle`]; commands hand their results ([`RunReport`], or any
+//! serializable document) and errors here. `--output json` and the human view are two renderings
+//! of the same events: stderr carries progress (one line per phase with its duration, a progress
+//! bar for transfers when stderr is a terminal), stdout carries the result.
+//!
+//! ```text
+//! ✓ context    0.00s  PR #7 acme/web feature/login @ 0123456789ab
+//! ✓ tags       0.02s  pr-7 (+2 more)
+//! ✓ source     0.31s  0123456789ab checked out (fetched 3 objects)
+//! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+
+pub use crate::model::LayerStats;
+use crate::model::{Finding, PrContext, ReleaseTarget, Severity, TagSet};
+use crate::phases::Phase;
 
 /// How results are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -15,16 +31,251 @@ pub enum Format {
     Json,
 }
 
-/// Prints results to stdout and diagnostics to stderr.
-#[derive(Debug, Clone, Copy)]
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseStatus {
+    /// It ran and produced its value.
+    Ok,
+    /// It failed; the error is reported separately.
+    Failed,
+    /// It had nothing to do (e.g. buildx pushed the image itself).
+    Skipped,
+}
+
+/// One phase as the JSON report lists it: `{name, status, duration_ms}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseRecord {
+    /// The phase.
+    pub name: Phase,
+    /// How it ended.
+    pub status: PhaseStatus,
+    /// Wall-clock time it took.
+    pub duration_ms: u64,
+}
+
+/// Something a phase tells the reporter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The phase began.
+    Started(Phase),
+    /// One line worth telling a person (which backend was picked and why, a normalised name).
+    Note(Phase, String),
+    /// A transfer moved on: `done` of `total` bytes (total unknown: `None`).
+    Progress {
+        /// The phase transferring.
+        phase: Phase,
+        /// Bytes done so far.
+        done: u64,
+        /// Bytes in all, when known.
+        total: Option<u64>,
+    },
+    /// The phase ended.
+    Finished {
+        /// The phase.
+        phase: Phase,
+        /// How.
+        status: PhaseStatus,
+        /// How long it took.
+        duration: Duration,
+        /// A one-line summary for people (empty: none).
+        summary: String,
+    },
+    /// A verifier finding.
+    Finding(Phase, Finding),
+}
+
+/// The image a run produced, as the JSON report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSummary {
+    /// Repository, registry host included (normalised: lowercase).
+    pub repository: String,
+    /// Manifest digest the registry stores the image under.
+    pub digest: String,
+}
+
+/// The result document of `prpod build` (and, with more fields filled, `run` / `deploy` /
+/// `plan`). Fields that a command does not reach are left out of the JSON rather than `null`,
+/// except the ones `build` always prints. The README's "JSON report" section is its schema.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    /// The PR context the run was for.
+    pub context: Option<PrContext>,
+    /// The tag-policy's tags.
+    pub tags: Option<TagSet>,
+    /// The pushed image.
+    pub image: Option<ImageSummary>,
+    /// The build backend that ran (`native`, `buildah`, `buildx`).
+    pub backend: Option<String>,
+    /// What the push moved.
+    pub layers: Option<LayerStats>,
+    /// Every phase that started, in order.
+    pub phases: Vec<PhaseRecord>,
+    /// The Helm release (deploying commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseTarget>,
+    /// Verifier findings (deploying and planning commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<Finding>>,
+    /// Where the preview answers, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_url: Option<String>,
+}
+
+/// Prints results to stdout and progress and diagnostics to stderr. Cheap to clone: clones share
+/// the phases recorded so far.
+#[derive(Debug, Clone)]
 pub struct Reporter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     format: Format,
+    /// Draw progress bars and colours: stderr is a terminal.
+    tty: bool,
+    /// Print phase lines to stderr (off for tests that capture events).
+    print: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    phases: Vec<PhaseRecord>,
+    findings: Vec<Finding>,
+    bar: Option<(Phase, ProgressBar)>,
+    /// Every event, when capturing (tests).
+    captured: Option<Vec<Event>>,
 }
 
 impl Reporter {
-    /// A reporter rendering in `format`.
+    /// A reporter rendering in `format`, drawing progress bars only when stderr is a terminal.
     pub fn new(format: Format) -> Reporter {
-        Reporter { format }
+        Reporter::build(format, std::io::stderr().is_terminal(), true, None)
+    }
+
+    /// A reporter that prints nothing and records every event, for tests of phases.
+    pub fn capture() -> Reporter {
+        Reporter::build(Format::Json, false, false, Some(Vec::new()))
+    }
+
+    fn build(format: Format, tty: bool, print: bool, captured: Option<Vec<Event>>) -> Reporter {
+        let state = Mutex::new(State { captured, ..State::default() });
+        Reporter { inner: Arc::new(Inner { format, tty, print, state }) }
+    }
+
+    /// The output format.
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while printing must not hide every later line: the state is plain data.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts `phase`: emits [`Event::Started`] and returns the handle the phase reports through.
+    /// Dropping the handle without [`PhaseHandle::finish`] or [`PhaseHandle::skip`] records the
+    /// phase as failed (the `?` that left it carries the error to [`Reporter::error`]).
+    pub fn phase(&self, phase: Phase) -> PhaseHandle {
+        self.emit(Event::Started(phase));
+        PhaseHandle { reporter: self.clone(), phase, start: Instant::now(), done: false }
+    }
+
+    /// Every phase that finished (or failed) so far, in order.
+    pub fn phases(&self) -> Vec<PhaseRecord> {
+        self.state().phases.clone()
+    }
+
+    /// Every finding reported so far.
+    pub fn findings(&self) -> Vec<Finding> {
+        self.state().findings.clone()
+    }
+
+    /// The events recorded by a [`Reporter::capture`] reporter.
+    pub fn events(&self) -> Vec<Event> {
+        self.state().captured.clone().unwrap_or_default()
+    }
+
+    /// Records and renders one event. Phases normally go through [`PhaseHandle`].
+    pub fn emit(&self, event: Event) {
+        let mut state = self.state();
+        if let Some(c) = state.captured.as_mut() {
+            c.push(event.clone());
+        }
+        match &event {
+            Event::Finished { phase, status, duration, .. } => {
+                state.phases.push(PhaseRecord {
+                    name: *phase,
+                    status: *status,
+                    duration_ms: duration.as_millis().try_into().unwrap_or(u64::MAX),
+                });
+                if state.bar.as_ref().is_some_and(|(p, _)| p == phase) {
+                    let (_, bar) = state.bar.take().expect("checked");
+                    bar.finish_and_clear();
+                }
+            }
+            Event::Finding(_, f) => state.findings.push(f.clone()),
+            Event::Progress { phase, done, total } if self.inner.tty && self.inner.print => {
+                let bar = match &state.bar {
+                    Some((p, bar)) if p == phase => bar.clone(),
+                    _ => {
+                        let bar = ProgressBar::with_draw_target(*total, ProgressDrawTarget::stderr());
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "  {prefix:<8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_prefix(phase.name());
+                        if let Some((_, old)) = state.bar.replace((*phase, bar.clone())) {
+                            old.finish_and_clear();
+                        }
+                        bar
+                    }
+                };
+                if let Some(t) = total {
+                    bar.set_length(*t);
+                }
+                bar.set_position(*done);
+            }
+            _ => {}
+        }
+        if !self.inner.print {
+            return;
+        }
+        let Some(line) = self.human_line(&event) else { return };
+        match &state.bar {
+            // Print above the bar instead of through it.
+            Some((_, bar)) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn human_line(&self, event: &Event) -> Option<String> {
+        match event {
+            Event::Started(_) | Event::Progress { .. } => None,
+            Event::Note(phase, msg) => Some(format!("  {:<10} {msg}", phase.name())),
+            Event::Finished { phase, status, duration, summary } => {
+                let mark = match status {
+                    PhaseStatus::Ok => "✓",
+                    PhaseStatus::Failed => "✗",
+                    PhaseStatus::Skipped => "-",
+                };
+                let secs = format!("{:.2}s", duration.as_secs_f64());
+                Some(format!("{mark} {:<10} {secs:>7}  {summary}", phase.name()).trim_end().to_string())
+            }
+            Event::Finding(phase, f) => {
+                let sev = match f.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                    Severity::Info => "info",
+                };
+                let object = f.object.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+                Some(format!("  {:<10} {sev} [{}] {}{object}", phase.name(), f.rule, f.message))
+            }
+        }
     }
 
     /// Prints a result document as pretty JSON on stdout.
@@ -35,10 +286,49 @@ impl Reporter {
         Ok(())
     }
 
+    /// Prints the result of a walk of the line: the JSON document, or for people the image, its
+    /// digest and tags.
+    pub fn run_report(&self, report: &RunReport) -> anyhow::Result<()> {
+        if self.inner.format == Format::Json {
+            return self.result(report);
+        }
+        let mut out = std::io::stdout().lock();
+        if let Some(image) = &report.image {
+            writeln!(out, "image    {}@{}", image.repository, image.digest)?;
+        }
+        if let Some(tags) = &report.tags {
+            let tags: Vec<&str> = std::iter::once(&tags.primary).chain(&tags.extra).map(String::as_str).collect();
+            writeln!(out, "tags     {}", tags.join(", "))?;
+        }
+        if let Some(backend) = &report.backend {
+            writeln!(out, "backend  {backend}")?;
+        }
+        if let Some(l) = &report.layers {
+            writeln!(
+                out,
+                "layers   {} pushed, {} already there, {} mounted, {} uploaded",
+                l.pushed,
+                l.skipped,
+                l.mounted,
+                human_bytes(l.bytes_uploaded)
+            )?;
+        }
+        if let Some(r) = &report.release {
+            writeln!(out, "release  {} in namespace {}", r.name, r.namespace)?;
+        }
+        if let Some(url) = &report.preview_url {
+            writeln!(out, "preview  {url}")?;
+        }
+        Ok(())
+    }
+
     /// Reports a failure: the error and its causes.
     pub fn error(&self, err: &anyhow::Error) {
+        if let Some((_, bar)) = self.state().bar.take() {
+            bar.finish_and_clear();
+        }
         let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
-        match self.format {
+        match self.inner.format {
             Format::Json => {
                 let doc = serde_json::json!({ "error": err.to_string(), "causes": causes });
                 println!("{doc}");
@@ -50,5 +340,159 @@ impl Reporter {
                 }
             }
         }
+    }
+}
+
+/// `1.5 MiB`-style sizes for people.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// A running phase: what it reports goes through here. See [`Reporter::phase`].
+#[derive(Debug)]
+pub struct PhaseHandle {
+    reporter: Reporter,
+    phase: Phase,
+    start: Instant,
+    done: bool,
+}
+
+impl PhaseHandle {
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Tells a person one thing worth knowing (a choice made, a name changed).
+    pub fn note(&self, message: impl Into<String>) {
+        self.reporter.emit(Event::Note(self.phase, message.into()));
+    }
+
+    /// Reports a verifier finding.
+    pub fn finding(&self, finding: Finding) {
+        self.reporter.emit(Event::Finding(self.phase, finding));
+    }
+
+    /// A handle for reporting transfer progress from other tasks.
+    pub fn transfer(&self) -> Transfer {
+        Transfer { reporter: self.reporter.clone(), phase: self.phase, state: Arc::default() }
+    }
+
+    /// Ends the phase successfully with a one-line summary.
+    pub fn finish(mut self, summary: impl Into<String>) {
+        self.end(PhaseStatus::Ok, summary.into());
+    }
+
+    /// Ends the phase as skipped, saying why.
+    pub fn skip(mut self, reason: impl Into<String>) {
+        self.end(PhaseStatus::Skipped, reason.into());
+    }
+
+    fn end(&mut self, status: PhaseStatus, summary: String) {
+        self.done = true;
+        let duration = self.start.elapsed();
+        self.reporter.emit(Event::Finished { phase: self.phase, status, duration, summary });
+    }
+}
+
+impl Drop for PhaseHandle {
+    fn drop(&mut self) {
+        if !self.done {
+            self.end(PhaseStatus::Failed, String::new());
+        }
+    }
+}
+
+/// Progress of one phase's transfers, shared by the tasks doing them (clone it into each).
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    reporter: Reporter,
+    phase: Phase,
+    state: Arc<Mutex<(u64, Option<u64>)>>,
+}
+
+impl Transfer {
+    /// Adds `bytes` to the total to transfer.
+    pub fn add_total(&self, bytes: u64) {
+        let (done, total) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.1 = Some(s.1.unwrap_or(0) + bytes);
+            *s
+        };
+        self.reporter.emit(Event::Progress { phase: self.phase, done, total });
+    }
+
+    /// Records `bytes` more transferred.
+    pub fn advance(&self, bytes: u64) {
+        let (done, total) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.0 += bytes;
+            *s
+        };
+        self.reporter.emit(Event::Progress { phase: self.phase, done, total });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_recorded_with_status() {
+        let r = Reporter::capture();
+        let p = r.phase(Phase::Source);
+        p.note("fetching");
+        p.finish("done");
+        {
+            let _failed = r.phase(Phase::Build);
+        }
+        r.phase(Phase::Push).skip("buildx pushed it");
+        let phases = r.phases();
+        let got: Vec<(Phase, PhaseStatus)> = phases.iter().map(|p| (p.name, p.status)).collect();
+        assert_eq!(
+            got,
+            [
+                (Phase::Source, PhaseStatus::Ok),
+                (Phase::Build, PhaseStatus::Failed),
+                (Phase::Push, PhaseStatus::Skipped)
+            ]
+        );
+        assert!(r.events().contains(&Event::Note(Phase::Source, "fetching".into())));
+        let json = serde_json::to_value(&phases[0]).unwrap();
+        assert_eq!(json["name"], "source");
+        assert_eq!(json["status"], "ok");
+        assert!(json["duration_ms"].is_u64());
+    }
+
+    #[test]
+    fn transfer_progress_accumulates() {
+        let r = Reporter::capture();
+        let p = r.phase(Phase::Push);
+        let t = p.transfer();
+        t.add_total(100);
+        t.clone().advance(40);
+        t.advance(60);
+        assert_eq!(r.events().last(), Some(&Event::Progress { phase: Phase::Push, done: 100, total: Some(100) }));
+    }
+
+    #[test]
+    fn build_report_prints_every_documented_key() {
+        let v = serde_json::to_value(RunReport::default()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["context", "tags", "image", "backend", "layers", "phases"]);
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024), "200.0 MiB");
     }
 }

@@ -1,13 +1,14 @@
 //! Command-line parsing: one file per subcommand, each parsing its arguments and calling into
 //! the library. Nothing here prints except through [`Reporter`].
 
+pub mod build;
 pub mod plugin;
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Env};
 use crate::report::{Format, Reporter};
 
 pub use crate::error::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, EXIT_PLUGIN, exit_code_for};
@@ -33,14 +34,19 @@ pub enum Command {
     /// Inspect, call and export plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Clone the PR's commit, build the image and push it under the tag-policy's tags.
+    Build(build::BuildArgs),
 }
 
 impl Cli {
     /// Runs the command; returns the process exit code.
     pub fn run(self, reporter: &Reporter) -> anyhow::Result<u8> {
-        let config = load_config(self.config.as_deref())?;
+        let env = Env::from_process();
+        let mut config = load_config(self.config.as_deref())?;
+        config.apply_env(&env)?;
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd, &config, reporter),
+            Command::Build(args) => runtime()?.block_on(build::run(args, config, &env, reporter)),
         }
     }
 }
@@ -51,4 +57,9 @@ fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None if Path::new("prpod.toml").is_file() => Config::load(Path::new("prpod.toml")),
         None => Ok(Config::default()),
     }
+}
+
+// Until the plugin runtime makes `Cli::run` async, pipeline commands get their own runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
