@@ -69,6 +69,12 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureK
         return Some(Some(*k));
     }
     // Client error types, each implementing `Classify`, go here:
+    if let Some(e) = cause.downcast_ref::<crate::clients::registry::RegistryError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::native_build::NativeBuildError>() {
+        return Some(e.failure_kind());
+    }
     // if let Some(e) = cause.downcast_ref::<crate::clients::git::GitError>() { return Some(e.failure_kind()); }
     None
 }

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod native_build;
 pub mod phases;
 pub mod plugins;
 pub mod report;

@@ -2,3 +2,5 @@
 //! Helm, Kubernetes). Clients return `Result`s with typed errors, take credentials as
 //! [`crate::secret::Secret`], and never call phases. Test support reuses them instead of keeping
 //! its own copies.
+
+pub mod registry;

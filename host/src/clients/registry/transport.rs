@@ -1,0 +1,475 @@
+//! HTTP to registries: TLS and plain-HTTP hosts, the auth challenge (basic or Bearer token with
+//! pull/push/mount scopes), and retries with backoff that honours `Retry-After`.
+//!
+//! Written here rather than taken from oci-client because its token request covers one
+//! repository and one operation (a cross-repository mount needs `pull` on the source too), it
+//! drops token-service errors (a wrong password surfaces as a bare 401 later), and its errors
+//! drop the `Retry-After` header. Every operation is a closure the retry loop can replay whole:
+//! a blob upload that loses its connection half-way starts a fresh upload session.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use super::credentials::{CredentialResolver, Credentials, Resolved};
+use super::{RegistryError, RegistryOptions};
+use crate::secret::Secret;
+
+/// The outcome of one attempt at an operation.
+pub(crate) enum Attempt {
+    /// A transient failure (5xx, 429, a refused or dropped connection): try again after
+    /// `after` (the server's `Retry-After`) or the policy's backoff.
+    Retry { detail: String, after: Option<Duration> },
+    /// The auth challenge changed (first contact, an expired token): replay at once; does not
+    /// count against the retry budget.
+    Reauth,
+    /// A failure retrying cannot fix.
+    Fail(RegistryError),
+}
+
+impl From<RegistryError> for Attempt {
+    fn from(e: RegistryError) -> Attempt {
+        Attempt::Fail(e)
+    }
+}
+
+/// A retry that is about to happen, for progress output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNotice {
+    /// The operation (`upload blob sha256:...`).
+    pub what: String,
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// How long prpod waits before the next one.
+    pub wait: Duration,
+    /// Why (`503 Service Unavailable`, `connection reset`).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+enum Challenge {
+    /// No request made yet.
+    Unknown,
+    /// The registry answered without asking for credentials.
+    Open,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+#[derive(Default)]
+struct HostState {
+    challenge: Option<Challenge>,
+    credentials: Option<Resolved>,
+    /// Bearer tokens by scope set.
+    tokens: HashMap<String, (Secret, Instant)>,
+}
+
+/// The HTTP side of [`super::RegistryClient`].
+pub(crate) struct Transport {
+    pub(crate) http: reqwest::Client,
+    pub(crate) opts: RegistryOptions,
+    creds: CredentialResolver,
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+/// `repository:NAME:pull` — reading a repository.
+pub(crate) fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// `repository:NAME:pull,push` — writing a repository (reads come with it: HEAD before push).
+pub(crate) fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+impl Transport {
+    pub(crate) fn new(opts: RegistryOptions, creds: CredentialResolver) -> Result<Transport, RegistryError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
+            .user_agent(concat!("prpod/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(ca) = &opts.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| RegistryError::io("read the registry CA file", ca, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| RegistryError::Config(format!("{} is not a PEM certificate bundle: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(RegistryError::Config(format!("{} holds no PEM certificate", ca.display())));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| RegistryError::Config(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) })
+    }
+
+    /// `https://HOST` or, for hosts configured as plain HTTP, `http://HOST`.
+    pub(crate) fn base_url(&self, host: &str) -> String {
+        let plain = self.opts.plain_http.iter().any(|h| h == host);
+        format!("{}://{host}", if plain { "http" } else { "https" })
+    }
+
+    async fn credentials(&self, host: &str) -> Result<Resolved, RegistryError> {
+        if let Some(c) = self.state(host, |s| s.credentials.clone()) {
+            return Ok(c);
+        }
+        let resolved = self.creds.resolve(host).await?;
+        self.state(host, |s| s.credentials = Some(resolved.clone()));
+        Ok(resolved)
+    }
+
+    fn state<T>(&self, host: &str, f: impl FnOnce(&mut HostState) -> T) -> T {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        f(hosts.entry(host.to_string()).or_default())
+    }
+
+    /// The secrets to scrub from server text for `host`.
+    fn scrub(&self, host: &str, text: &str) -> String {
+        let mut out = text.to_string();
+        if let Some(Resolved { credentials: Credentials::Basic { password, .. }, .. }) =
+            self.state(host, |s| s.credentials.clone())
+        {
+            out = password.scrub(&out);
+        }
+        out.chars().take(300).collect()
+    }
+
+    /// The `Authorization` header value for a request to `host` needing `scopes`, fetching a
+    /// Bearer token if the registry asked for one and none is cached; `true` when the token was
+    /// cached (so a 401 may just mean it expired).
+    async fn authorization(&self, host: &str, scopes: &[String]) -> Result<(Option<Secret>, bool), Attempt> {
+        let challenge = self.state(host, |s| s.challenge.clone()).unwrap_or(Challenge::Unknown);
+        match challenge {
+            Challenge::Unknown | Challenge::Open => Ok((None, false)),
+            Challenge::Basic => match self.credentials(host).await?.credentials {
+                Credentials::Basic { username, password } => Ok((Some(basic(&username, &password)), false)),
+                Credentials::Anonymous => Ok((None, false)),
+            },
+            Challenge::Bearer { realm, service } => {
+                let key = scopes.join(" ");
+                let cached = self.state(host, |s| s.tokens.get(&key).filter(|(_, exp)| *exp > Instant::now()).cloned());
+                if let Some((token, _)) = cached {
+                    return Ok((Some(Secret::new(format!("Bearer {}", token.expose()))), true));
+                }
+                let (token, ttl) = self.fetch_token(host, &realm, service.as_deref(), scopes).await?;
+                // Renew a little early so a token does not expire between check and use.
+                let expiry = Instant::now() + ttl.saturating_sub(Duration::from_secs(10)).max(Duration::from_secs(5));
+                self.state(host, |s| s.tokens.insert(key, (token.clone(), expiry)));
+                Ok((Some(Secret::new(format!("Bearer {}", token.expose()))), false))
+            }
+        }
+    }
+
+    /// The Bearer token flow: GET REALM?service=...&scope=... with the basic credentials (or
+    /// anonymously), answer `{"token"|"access_token", "expires_in"}`.
+    async fn fetch_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<(Secret, Duration), Attempt> {
+        let resolved = self.credentials(host).await?;
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut req = self.http.get(realm).query(&query);
+        if let Credentials::Basic { username, password } = &resolved.credentials {
+            req = req.header(AUTHORIZATION, basic(username, password).expose());
+        }
+        let resp = req.send().await.map_err(|e| self.send_error(host, e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(Attempt::Fail(RegistryError::Unauthorized {
+                host: host.to_string(),
+                source_desc: resolved.source.clone(),
+                detail: format!("token service {status}: {}", self.scrub(host, body.trim())),
+            }));
+        }
+        if let Some(retry) = retryable(&resp) {
+            return Err(retry);
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: "get a token".into(),
+                detail: format!("token service {status}: {}", self.scrub(host, body.trim())),
+            }));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer =
+            resp.json().await.map_err(|e| Attempt::Retry { detail: e.to_string(), after: None })?;
+        let token = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
+            Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: "get a token".into(),
+                detail: "the token service answered without a token".into(),
+            })
+        })?;
+        // The distribution spec's default lifetime when the service does not say.
+        Ok((Secret::new(token), Duration::from_secs(answer.expires_in.unwrap_or(60))))
+    }
+
+    /// Sends one request to `host` with the credentials `scopes` need. A 401 teaches the
+    /// challenge and asks for a replay ([`Attempt::Reauth`]) unless the same kind of
+    /// credentials were just refused; 5xx and 429 become [`Attempt::Retry`]. Any other status is
+    /// returned for the caller to judge.
+    pub(crate) async fn send(&self, host: &str, scopes: &[String], req: RequestBuilder) -> Result<Response, Attempt> {
+        let (auth, cached) = self.authorization(host, scopes).await?;
+        let req = match &auth {
+            Some(value) => req.header(AUTHORIZATION, value.expose()),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| self.send_error(host, e))?;
+        let known = self.state(host, |s| s.challenge.clone()).unwrap_or(Challenge::Unknown);
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            if matches!(known, Challenge::Unknown) {
+                self.state(host, |s| s.challenge = Some(Challenge::Open));
+            }
+            if let Some(retry) = retryable(&resp) {
+                return Err(retry);
+            }
+            return Ok(resp);
+        }
+        let header = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = resp.text().await.unwrap_or_default();
+        let resolved = self.credentials(host).await?;
+        let anonymous = resolved.credentials == Credentials::Anonymous;
+        if let Some(c) = parse_challenge(&header) {
+            let kind = |c: &Challenge| std::mem::discriminant(c);
+            if kind(&c) != kind(&known) {
+                // First contact, or the registry switched schemes: learn, and replay if that
+                // can help (basic without credentials cannot).
+                let can_help = !(matches!(c, Challenge::Basic) && anonymous);
+                self.state(host, |s| {
+                    s.challenge = Some(c);
+                    s.tokens.clear();
+                });
+                if can_help {
+                    return Err(Attempt::Reauth);
+                }
+            } else if cached {
+                // A cached token may have expired: fetch a fresh one once.
+                self.state(host, |s| s.tokens.clear());
+                return Err(Attempt::Reauth);
+            }
+        }
+        let detail = self.scrub(host, body.trim());
+        if anonymous {
+            return Err(Attempt::Fail(RegistryError::Unauthorized {
+                host: host.to_string(),
+                source_desc: "(none were given: set the registry password or token, or a docker config)".into(),
+                detail: format!("401 {detail}"),
+            }));
+        }
+        if header.contains("insufficient_scope") {
+            return Err(Attempt::Fail(RegistryError::Denied {
+                host: host.to_string(),
+                repository: scopes.join(" "),
+                action: "access".into(),
+                detail,
+            }));
+        }
+        Err(Attempt::Fail(RegistryError::Unauthorized {
+            host: host.to_string(),
+            source_desc: resolved.source.clone(),
+            detail: format!("401 {detail}"),
+        }))
+    }
+
+    /// Forgets cached tokens for `host` (after an unexpected 401 mid-operation).
+    #[allow(dead_code)]
+    pub(crate) fn forget_tokens(&self, host: &str) {
+        self.state(host, |s| s.tokens.clear());
+    }
+
+    /// What a failed `send` means: an untrusted certificate is the user's to fix; anything
+    /// else on the wire (refused, reset, timed out) is worth another try.
+    pub(crate) fn send_error(&self, host: &str, e: reqwest::Error) -> Attempt {
+        let detail = error_chain(&e);
+        let lower = detail.to_ascii_lowercase();
+        if lower.contains("certificate") || lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+            return Attempt::Fail(RegistryError::Tls { host: host.to_string(), detail });
+        }
+        Attempt::Retry { detail, after: None }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent; waits between
+    /// attempts by the server's `Retry-After` or exponential backoff.
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        host: &str,
+        what: &str,
+        notify: &(dyn Fn(RetryNotice) + Send + Sync),
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let policy = &self.opts.retry;
+        let start = Instant::now();
+        let mut attempt = 0;
+        let mut reauths = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Reauth) if reauths < 3 => reauths += 1,
+                Err(Attempt::Reauth) => {
+                    return Err(RegistryError::Protocol {
+                        host: host.to_string(),
+                        what: what.to_string(),
+                        detail: "the registry keeps changing its authentication challenge".into(),
+                    });
+                }
+                Err(Attempt::Retry { detail, after }) => {
+                    attempt += 1;
+                    if attempt >= policy.attempts {
+                        return Err(RegistryError::Unavailable {
+                            host: host.to_string(),
+                            what: what.to_string(),
+                            detail,
+                            attempts: attempt,
+                            elapsed: start.elapsed(),
+                        });
+                    }
+                    let backoff =
+                        policy.initial_backoff.saturating_mul(1 << (attempt - 1).min(16)).min(policy.max_backoff);
+                    let wait = after.map_or(backoff, |a| a.min(policy.max_retry_after));
+                    notify(RetryNotice { what: what.to_string(), attempt, wait, reason: detail.clone() });
+                    tracing::debug!(host, what, attempt, ?wait, reason = detail, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// A non-success answer the caller did not expect, as an error (403 is a denial, 404 a
+    /// missing thing, the rest a protocol error).
+    pub(crate) async fn unexpected(&self, host: &str, what: &str, repository: &str, resp: Response) -> Attempt {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let detail = format!("{status}: {}", self.scrub(host, body.trim()));
+        Attempt::Fail(match status {
+            StatusCode::FORBIDDEN => RegistryError::Denied {
+                host: host.to_string(),
+                repository: repository.to_string(),
+                action: what.to_string(),
+                detail,
+            },
+            StatusCode::NOT_FOUND => RegistryError::NotFound { host: host.to_string(), what: what.to_string(), detail },
+            _ => RegistryError::Protocol { host: host.to_string(), what: what.to_string(), detail },
+        })
+    }
+}
+
+fn basic(username: &str, password: &Secret) -> Secret {
+    let raw = format!("{username}:{}", password.expose());
+    Secret::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
+}
+
+/// 5xx and 429 are worth retrying; `Retry-After` (seconds) says when.
+fn retryable(resp: &Response) -> Option<Attempt> {
+    let status = resp.status();
+    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+        return None;
+    }
+    let after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Some(Attempt::Retry { detail: status.to_string(), after })
+}
+
+/// `Bearer realm="...",service="...",scope="..."` or `Basic realm="..."`.
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => {
+            let params = parse_params(rest);
+            let realm = params.get("realm")?.clone();
+            Some(Challenge::Bearer { realm, service: params.get("service").cloned() })
+        }
+        _ => None,
+    }
+}
+
+/// `k="v",k2=v2` (quoted values may hold commas).
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else { break };
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (q[..end].to_string(), q.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.insert(key, value);
+        rest = next.trim_start_matches(',').trim();
+    }
+    out
+}
+
+/// An error and its causes on one line (`error sending request: connection refused`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        match c {
+            Some(Challenge::Bearer { realm, service }) => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_challenge(r#"Basic realm="test-registry""#), Some(Challenge::Basic)));
+        assert!(parse_challenge("Negotiate").is_none());
+        let p = parse_params(r#"realm="r",error="insufficient_scope",scope="repository:x:pull,push""#);
+        assert_eq!(p["scope"], "repository:x:pull,push");
+        assert_eq!(p["error"], "insufficient_scope");
+    }
+}
