@@ -39,7 +39,7 @@ pub use credentials::{CredentialResolver, Credentials, PasswordSource, Resolved}
 pub use error::RegistryError;
 pub use layout::{BlobSource, OciImage};
 pub use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
-pub use push::{BlobOutcome, LayerCounts, PushEvent, PushOutcome};
+pub use push::{BlobOutcome, PushEvent};
 pub use reference::{ImageName, ImageReference, Normalized, Reference, api_host};
 pub use transport::RetryNotice;
 
@@ -331,7 +331,7 @@ impl RegistryClient {
         target: &ImageName,
         tags: &[String],
         progress: &(dyn Fn(&PushEvent) + Send + Sync),
-    ) -> Result<PushOutcome, RegistryError> {
+    ) -> Result<crate::model::PushedImage, RegistryError> {
         let manifest = self.fetch_manifest(source).await?;
         let image = OciImage::remote(manifest, &source.name)?;
         self.push(&image, target, tags, progress).await

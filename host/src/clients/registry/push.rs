@@ -15,32 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::transport::{Attempt, RetryNotice, error_chain, pull_scope, push_scope};
 use super::{BlobSource, ImageName, OciDescriptor, OciImage, RegistryClient, RegistryError, location};
-
-/// What happened to the layers of a push (the image config is not counted; its bytes are).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LayerCounts {
-    /// Layers uploaded.
-    pub pushed: u32,
-    /// Layers the repository had already.
-    pub skipped: u32,
-    /// Layers mounted from another repository of the same registry (no bytes sent).
-    pub mounted: u32,
-    /// Bytes of blobs uploaded (layers and config) that the registry accepted.
-    pub bytes_uploaded: u64,
-}
-
-/// The result of a push.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PushOutcome {
-    /// `registry/repository`.
-    pub repository: String,
-    /// The manifest digest every tag points at.
-    pub digest: String,
-    /// The tags pushed.
-    pub tags: Vec<String>,
-    /// What happened to the layers.
-    pub layers: LayerCounts,
-}
+use crate::model::{LayerStats, PushedImage};
 
 /// How one blob got into the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,7 +82,8 @@ const CHUNK: usize = 256 * 1024;
 
 impl RegistryClient {
     /// Pushes `image` to `target` under every one of `tags` and returns the digest (verified
-    /// against the registry's) and what happened to each layer. Blobs already in `target` are
+    /// against the registry's) and what happened to the layers (the config is not counted as a
+    /// layer; its bytes are in `bytes_uploaded`). Blobs already in `target` are
     /// skipped, blobs from another repository of the same registry are mounted, the rest are
     /// streamed (from disk, or from their registry) with at most `concurrency` uploads at once;
     /// transient failures are retried per blob. `progress` sees every [`PushEvent`].
@@ -117,7 +93,7 @@ impl RegistryClient {
         target: &ImageName,
         tags: &[String],
         progress: &(dyn Fn(&PushEvent) + Send + Sync),
-    ) -> Result<PushOutcome, RegistryError> {
+    ) -> Result<PushedImage, RegistryError> {
         if tags.is_empty() {
             return Err(RegistryError::Config(format!("nothing to push to {target}: no tags")));
         }
@@ -150,7 +126,7 @@ impl RegistryClient {
         target: &ImageName,
         tags: &[String],
         events: &UnboundedSender<PushEvent>,
-    ) -> Result<PushOutcome, RegistryError> {
+    ) -> Result<PushedImage, RegistryError> {
         let host = target.api_host();
         // One token covers the push and every mount source of the same registry.
         let mut scopes: BTreeSet<String> = BTreeSet::from([push_scope(target.repository())]);
@@ -189,7 +165,7 @@ impl RegistryClient {
             .buffer_unordered(self.options().concurrency.max(1))
             .try_collect()
             .await?;
-        let mut layers = LayerCounts::default();
+        let mut layers = LayerStats::default();
         for (is_config, outcome, size) in outcomes {
             if outcome == BlobOutcome::Pushed {
                 layers.bytes_uploaded += size;
@@ -207,7 +183,7 @@ impl RegistryClient {
             self.put_manifest_with(target, tag, image.manifest(), &notify).await?;
             let _ = events.send(PushEvent::Tagged { tag: tag.clone(), digest: image.digest().to_string() });
         }
-        Ok(PushOutcome {
+        Ok(PushedImage {
             repository: target.to_string(),
             digest: image.digest().to_string(),
             tags: tags.to_vec(),
