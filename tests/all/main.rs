@@ -7,7 +7,9 @@
 
 mod chart;
 mod cli;
+mod fault_proxy;
 mod plugins;
+mod push;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -255,9 +255,9 @@ impl Transport {
         let anonymous = resolved.credentials == Credentials::Anonymous;
         if let Some(c) = parse_challenge(&header) {
             let kind = |c: &Challenge| std::mem::discriminant(c);
-            if kind(&c) != kind(&known) {
-                // First contact, or the registry switched schemes: learn, and replay if that
-                // can help (basic without credentials cannot).
+            if kind(&c) != kind(&known) || auth.is_none() {
+                // First contact (this request's or a concurrent one's), or the registry switched
+                // schemes: learn, and replay if that can help (basic without credentials cannot).
                 let can_help = !(matches!(c, Challenge::Basic) && anonymous);
                 self.state(host, |s| {
                     s.challenge = Some(c);
