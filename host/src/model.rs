@@ -435,4 +435,34 @@ pub struct BuildSteps {
     pub executed: u32,
     /// Steps served from the layer cache.
     pub cached: u32,
+
+/// A finding together with the verifier plugin that reported it (`prpod` for the host's own
+/// checks), as the JSON report lists it: the finding's fields plus `plugin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedFinding {
+    /// The plugin that reported it (`builtin:verify-baseline`, a file name, or `prpod`).
+    pub plugin: String,
+    /// Before (`check-manifests`) or after (`check-release`) the deploy.
+    pub hook: String,
+    /// The finding.
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+/// A Helm release after a deploy (the deploy phase's value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Release name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Helm revision now current.
+    pub revision: u32,
+    /// Helm's status of that revision (`deployed`, ...).
+    pub status: String,
+    /// `name-version` of the chart.
+    pub chart: String,
+    /// The revision that was current before this deploy, if any.
+    #[serde(default)]
+    pub previous_revision: Option<u32>,
 }

@@ -4,3 +4,5 @@
 //! its own copies.
 
 pub mod registry;
+pub mod helm;
+pub mod kube;

@@ -8,9 +8,12 @@
 //! list the same phases with the same durations, and a failing phase is recorded as `failed`.
 
 pub mod build;
+pub mod chart;
 pub mod context;
+pub mod deploy;
 pub mod push;
 pub mod source;
+pub mod verify;
 
 use serde::Serialize;
 

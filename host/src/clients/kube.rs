@@ -1,0 +1,1030 @@
+//! The Kubernetes API, through the `kube` crate: the per-PR namespace and its pull credentials,
+//! the deploy lock, watches of workloads, pods and Warning events, container logs, scaling and
+//! access reviews.
+//!
+//! Compatibility: prpod must work against Kubernetes 1.20 as well as current clusters. It is
+//! built with k8s-openapi's `earliest` feature and uses only API groups and versions both serve
+//! (`core/v1`, `apps/v1`, `authorization.k8s.io/v1`, `coordination.k8s.io/v1`,
+//! `networking.k8s.io/v1`); fields newer than 1.20 are optional and simply absent there. Watches
+//! use kube's list-then-watch mode (streaming lists need 1.27+).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Namespace, Pod, Secret as KubeSecret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config};
+use serde_json::json;
+
+pub use crate::clients::helm::KubeTarget;
+use crate::error::{Classify, FailureKind};
+use crate::model::Condition;
+use crate::secret::Secret;
+
+/// The annotation Helm (3.2+ and 4) puts on every object of a release.
+pub const HELM_RELEASE_ANNOTATION: &str = "meta.helm.sh/release-name";
+/// Field manager name for prpod's own writes.
+const MANAGER: &str = "prpod";
+
+/// A failed call to the cluster. Messages say what prpod was doing and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No usable kubeconfig / in-cluster config.
+    #[error(
+        "failed to configure the Kubernetes client: {why}; set KUBECONFIG, pass --kubeconfig / --kube-context, \
+         or run in a pod with a ServiceAccount"
+    )]
+    Config {
+        /// Why.
+        why: String,
+    },
+    /// The API server refused the credentials (401).
+    #[error("failed to {what}: the cluster rejected the credentials ({message}); refresh the kubeconfig's token")]
+    Unauthorized {
+        /// What prpod was doing.
+        what: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The credentials lack a right (403).
+    #[error(
+        "failed to {what}: forbidden ({message}); grant it to the identity prpod runs as (`prpod doctor` lists every right a deploy needs)"
+    )]
+    Forbidden {
+        /// What prpod was doing.
+        what: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Any other API error.
+    #[error("failed to {what}: {message} (HTTP {code})")]
+    Api {
+        /// What prpod was doing.
+        what: String,
+        /// HTTP status.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached.
+    #[error(
+        "failed to {what}: the cluster is unreachable: {why}; check the kubeconfig's server address and that the API server is up"
+    )]
+    Unreachable {
+        /// What prpod was doing.
+        what: String,
+        /// Transport error.
+        why: String,
+    },
+    /// A wait ran out of time.
+    #[error("timed out after {after:?} waiting to {what}")]
+    Timeout {
+        /// What prpod waited for.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+}
+
+impl KubeError {
+    fn from_kube(what: impl Into<String>, e: kube::Error) -> KubeError {
+        let what = what.into();
+        match e {
+            kube::Error::Api(s) if s.code == 401 => KubeError::Unauthorized { what, message: s.message },
+            kube::Error::Api(s) if s.code == 403 => KubeError::Forbidden { what, message: s.message },
+            kube::Error::Api(s) => KubeError::Api { what, code: s.code, message: s.message },
+            kube::Error::HyperError(e) => KubeError::Unreachable { what, why: chain(&e) },
+            kube::Error::Service(e) => KubeError::Unreachable { what, why: chain(e.as_ref()) },
+            other => KubeError::Unreachable { what, why: chain(&other) },
+        }
+    }
+
+    /// The HTTP status, for API errors.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            KubeError::Unauthorized { .. } => Some(401),
+            KubeError::Forbidden { .. } => Some(403),
+            KubeError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+impl Classify for KubeError {
+    fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            KubeError::Config { .. } | KubeError::Unauthorized { .. } | KubeError::Forbidden { .. } => None,
+            KubeError::Api { code, .. } if (400..500).contains(code) && *code != 409 && *code != 429 => None,
+            _ => Some(FailureKind::External),
+        }
+    }
+}
+
+/// A connected client and the namespace its config names by default.
+#[derive(Clone)]
+pub struct Kube {
+    client: Client,
+    default_namespace: String,
+    server: String,
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube").field("server", &self.server).finish()
+    }
+}
+
+/// A workload (Deployment, StatefulSet, DaemonSet) as prpod reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadView {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// The Helm release it belongs to (its `meta.helm.sh/release-name`), if any.
+    pub release: Option<String>,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `status.observedGeneration`.
+    pub observed_generation: i64,
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas of the current template.
+    pub updated: u32,
+    /// Ready replicas.
+    pub ready: u32,
+    /// Available replicas.
+    pub available: u32,
+    /// Status conditions.
+    pub conditions: Vec<Condition>,
+    /// `spec.selector.matchLabels`.
+    pub selector: BTreeMap<String, String>,
+    /// The images of its pod template's containers.
+    pub images: Vec<String>,
+}
+
+impl WorkloadView {
+    /// Whether the controller has seen the latest spec and every replica is updated, ready and
+    /// available.
+    pub fn settled(&self) -> bool {
+        self.observed_generation >= self.generation
+            && self.updated >= self.desired
+            && self.ready >= self.desired
+            && self.available >= self.desired
+    }
+
+    /// Whether `labels` match this workload's selector.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// One container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    /// Name.
+    pub name: String,
+    /// Passes readiness.
+    pub ready: bool,
+    /// Restarts.
+    pub restart_count: u32,
+    /// Why it is waiting (`CrashLoopBackOff`, `ImagePullBackOff`, ...).
+    pub waiting_reason: Option<String>,
+    /// The wait's message.
+    pub waiting_message: Option<String>,
+    /// How its current run ended, when it has: reason and exit code.
+    pub terminated: Option<(String, i32)>,
+    /// How its previous run ended: reason and exit code.
+    pub last_terminated: Option<(String, i32)>,
+    /// The image it runs.
+    pub image: String,
+}
+
+/// A pod as prpod reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    pub phase: String,
+    /// Pod IP, once it has one.
+    pub ip: Option<String>,
+    /// Being deleted.
+    pub terminating: bool,
+    /// Creation time.
+    pub created: Option<Timestamp>,
+    /// Containers (init containers first).
+    pub containers: Vec<ContainerView>,
+}
+
+impl PodView {
+    /// Whether every container is ready.
+    pub fn ready(&self) -> bool {
+        !self.containers.is_empty() && self.containers.iter().all(|c| c.ready)
+    }
+}
+
+/// A Warning event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarningView {
+    /// `Kind/name` of the object.
+    pub object: String,
+    /// Reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// Times seen.
+    pub count: u32,
+    /// When last seen.
+    pub last_seen: Option<Timestamp>,
+}
+
+/// What a namespace watch reports.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A workload was added or changed.
+    Workload(WorkloadView),
+    /// A pod was added or changed.
+    Pod(PodView),
+    /// A pod is gone.
+    PodGone(String),
+    /// Every object of this kind (`Pod`, `Deployment`, `StatefulSet`, `DaemonSet`, `Event`) that
+    /// existed when the watch started has been reported.
+    Listed(&'static str),
+    /// A Warning event was recorded.
+    Warning(WarningView),
+}
+
+/// A Service of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// ClusterIP (`None` for headless services).
+    pub cluster_ip: Option<String>,
+    /// Ports.
+    pub ports: Vec<u16>,
+}
+
+/// The answer of a SelfSubjectAccessReview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Allowed.
+    pub allowed: bool,
+    /// The authorizer's reason, when it gave one.
+    pub reason: Option<String>,
+}
+
+/// One `kubernetes.io/dockerconfigjson` entry: a registry host and the credentials for it.
+#[derive(Debug, Clone)]
+pub struct PullCredential {
+    /// Registry host (`host[:port]`), as in image references.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: Secret,
+}
+
+/// The `.dockerconfigjson` document for `creds` (one `auths` entry per registry host): what a
+/// `kubernetes.io/dockerconfigjson` Secret holds. It is a credential, so it comes back as one.
+pub fn dockerconfigjson(creds: &[PullCredential]) -> Secret {
+    use base64::Engine;
+    let mut auths = serde_json::Map::new();
+    for c in creds {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password.expose()));
+        auths
+            .insert(c.registry.clone(), json!({"username": c.username, "password": c.password.expose(), "auth": auth}));
+    }
+    Secret::new(json!({ "auths": auths }).to_string())
+}
+
+fn labels_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn release_of(meta: &ObjectMeta) -> Option<String> {
+    meta.annotations.as_ref().and_then(|a| a.get(HELM_RELEASE_ANNOTATION).cloned())
+}
+
+fn u(v: Option<i32>) -> u32 {
+    v.unwrap_or(0).max(0) as u32
+}
+
+fn images_of(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Vec<String> {
+    spec.map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect()).unwrap_or_default()
+}
+
+fn conditions<C>(list: Option<&Vec<C>>, f: impl Fn(&C) -> Condition) -> Vec<Condition> {
+    list.map(|l| l.iter().map(f).collect()).unwrap_or_default()
+}
+
+impl From<&Deployment> for WorkloadView {
+    fn from(d: &Deployment) -> WorkloadView {
+        let spec = d.spec.as_ref();
+        let st = d.status.as_ref();
+        WorkloadView {
+            kind: "Deployment".into(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            release: release_of(&d.metadata),
+            generation: d.metadata.generation.unwrap_or(0),
+            observed_generation: st.and_then(|s| s.observed_generation).unwrap_or(0),
+            desired: spec.and_then(|s| s.replicas).map_or(1, |r| r.max(0) as u32),
+            updated: u(st.and_then(|s| s.updated_replicas)),
+            ready: u(st.and_then(|s| s.ready_replicas)),
+            available: u(st.and_then(|s| s.available_replicas)),
+            conditions: conditions(st.and_then(|s| s.conditions.as_ref()), |c| Condition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            }),
+            selector: spec.and_then(|s| s.selector.match_labels.clone()).unwrap_or_default(),
+            images: images_of(spec.and_then(|s| s.template.spec.as_ref())),
+        }
+    }
+}
+
+impl From<&StatefulSet> for WorkloadView {
+    fn from(d: &StatefulSet) -> WorkloadView {
+        let spec = d.spec.as_ref();
+        let st = d.status.as_ref();
+        WorkloadView {
+            kind: "StatefulSet".into(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            release: release_of(&d.metadata),
+            generation: d.metadata.generation.unwrap_or(0),
+            observed_generation: st.and_then(|s| s.observed_generation).unwrap_or(0),
+            desired: spec.and_then(|s| s.replicas).map_or(1, |r| r.max(0) as u32),
+            updated: u(st.and_then(|s| s.updated_replicas)),
+            ready: u(st.and_then(|s| s.ready_replicas)),
+            // `availableReplicas` is 1.22+ for StatefulSets: fall back to ready on 1.20.
+            available: u(st.and_then(|s| s.available_replicas.or(s.ready_replicas))),
+            conditions: conditions(st.and_then(|s| s.conditions.as_ref()), |c| Condition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            }),
+            selector: spec.and_then(|s| s.selector.match_labels.clone()).unwrap_or_default(),
+            images: images_of(spec.and_then(|s| s.template.spec.as_ref())),
+        }
+    }
+}
+
+impl From<&DaemonSet> for WorkloadView {
+    fn from(d: &DaemonSet) -> WorkloadView {
+        let spec = d.spec.as_ref();
+        let st = d.status.as_ref();
+        WorkloadView {
+            kind: "DaemonSet".into(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            release: release_of(&d.metadata),
+            generation: d.metadata.generation.unwrap_or(0),
+            observed_generation: st.and_then(|s| s.observed_generation).unwrap_or(0),
+            desired: st.map_or(0, |s| s.desired_number_scheduled.max(0) as u32),
+            updated: u(st.and_then(|s| s.updated_number_scheduled)),
+            ready: st.map_or(0, |s| s.number_ready.max(0) as u32),
+            available: u(st.and_then(|s| s.number_available)),
+            conditions: conditions(st.and_then(|s| s.conditions.as_ref()), |c| Condition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            }),
+            selector: spec.and_then(|s| s.selector.match_labels.clone()).unwrap_or_default(),
+            images: images_of(spec.and_then(|s| s.template.spec.as_ref())),
+        }
+    }
+}
+
+impl From<&Pod> for PodView {
+    fn from(p: &Pod) -> PodView {
+        let st = p.status.as_ref();
+        let statuses = st
+            .map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()))
+            .into_iter()
+            .flatten();
+        let containers = statuses
+            .map(|c| {
+                let state = c.state.as_ref();
+                let waiting = state.and_then(|s| s.waiting.as_ref());
+                let term = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| {
+                    (t.reason.clone().unwrap_or_else(|| "Terminated".into()), t.exit_code)
+                };
+                ContainerView {
+                    name: c.name.clone(),
+                    ready: c.ready,
+                    restart_count: c.restart_count.max(0) as u32,
+                    waiting_reason: waiting.and_then(|w| w.reason.clone()),
+                    waiting_message: waiting.and_then(|w| w.message.clone()),
+                    terminated: state.and_then(|s| s.terminated.as_ref()).map(term),
+                    last_terminated: c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(term),
+                    image: c.image.clone(),
+                }
+            })
+            .collect();
+        PodView {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            labels: labels_of(&p.metadata),
+            phase: st.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into()),
+            ip: st.and_then(|s| s.pod_ip.clone()),
+            terminating: p.metadata.deletion_timestamp.is_some(),
+            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            containers,
+        }
+    }
+}
+
+fn warning_of(e: &KubeEvent) -> WarningView {
+    let o = &e.involved_object;
+    let last = e
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| e.event_time.as_ref().map(|t: &MicroTime| t.0))
+        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    WarningView {
+        object: format!("{}/{}", o.kind.clone().unwrap_or_default(), o.name.clone().unwrap_or_default()),
+        reason: e.reason.clone().unwrap_or_default(),
+        message: e.message.clone().unwrap_or_default(),
+        count: e.count.unwrap_or(1).max(1) as u32,
+        last_seen: last,
+    }
+}
+
+impl Kube {
+    /// Connects using `target` (an explicit kubeconfig and/or context), else `$KUBECONFIG` /
+    /// `~/.kube/config`, else the in-cluster ServiceAccount. No request is made yet.
+    pub async fn connect(target: &KubeTarget) -> Result<Kube, KubeError> {
+        let cfg_err = |why: String| KubeError::Config { why };
+        let options = KubeConfigOptions { context: target.context.clone(), ..Default::default() };
+        let config = match &target.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| cfg_err(format!("kubeconfig {}: {}", path.display(), chain(&e))))?;
+                Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| cfg_err(chain(&e)))?
+            }
+            None if target.context.is_some() => {
+                Config::from_kubeconfig(&options).await.map_err(|e| cfg_err(chain(&e)))?
+            }
+            None => Config::infer().await.map_err(|e| cfg_err(chain(&e)))?,
+        };
+        let server = config.cluster_url.to_string();
+        let default_namespace = config.default_namespace.clone();
+        let client = Client::try_from(config).map_err(|e| cfg_err(chain(&e)))?;
+        Ok(Kube { client, default_namespace, server })
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The namespace the config names by default.
+    pub fn default_namespace(&self) -> &str {
+        &self.default_namespace
+    }
+
+    /// The server's version, `v1.20.2`.
+    pub async fn server_version(&self) -> Result<String, KubeError> {
+        let info =
+            self.client.apiserver_version().await.map_err(|e| KubeError::from_kube("read the server version", e))?;
+        Ok(info.git_version)
+    }
+
+    /// The namespace's labels, or `None` when it does not exist.
+    pub async fn namespace_labels(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = api.get_opt(name).await.map_err(|e| KubeError::from_kube(format!("read namespace {name}"), e))?;
+        Ok(ns.map(|n| labels_of(&n.metadata)))
+    }
+
+    /// Creates namespace `name` with `labels` and `annotations`, or adds them to the existing
+    /// one (other labels are left alone).
+    pub async fn ensure_namespace(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let what = format!("create namespace {name}");
+        let existing = api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))?;
+        match existing {
+            None => {
+                let ns = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name.into()),
+                        labels: Some(labels.clone()),
+                        annotations: Some(annotations.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &ns).await {
+                    Ok(_) => Ok(()),
+                    // Another run created it between our read and our write: label it below.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        self.label_namespace(&api, name, labels, annotations).await
+                    }
+                    Err(e) => Err(KubeError::from_kube(&what, e)),
+                }
+            }
+            Some(ns) => {
+                let have = labels_of(&ns.metadata);
+                let have_ann = ns.metadata.annotations.clone().unwrap_or_default();
+                if labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                    && annotations.iter().all(|(k, v)| have_ann.get(k) == Some(v))
+                {
+                    return Ok(());
+                }
+                self.label_namespace(&api, name, labels, annotations).await
+            }
+        }
+    }
+
+    async fn label_namespace(
+        &self,
+        api: &Api<Namespace>,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), KubeError> {
+        let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
+        api.patch(
+            name,
+            &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| KubeError::from_kube(format!("label namespace {name}"), e))?;
+        Ok(())
+    }
+
+    /// Writes the registry pull credentials as the `kubernetes.io/dockerconfigjson` Secret `name`
+    /// in `namespace` (created or replaced).
+    pub async fn apply_pull_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        dockerconfigjson: &Secret,
+    ) -> Result<(), KubeError> {
+        let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = KubeSecret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "prpod".into())])),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            string_data: Some(BTreeMap::from([(".dockerconfigjson".into(), dockerconfigjson.expose().to_string())])),
+            ..Default::default()
+        };
+        let what = format!("write the registry pull Secret {namespace}/{name}");
+        let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.create(&pp, &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let patch = json!({"type": "kubernetes.io/dockerconfigjson",
+                    "stringData": {".dockerconfigjson": dockerconfigjson.expose()}});
+                api.patch(
+                    name,
+                    &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| KubeError::from_kube(&what, e))
+            }
+            Err(e) => Err(KubeError::from_kube(&what, e)),
+        }
+    }
+
+    /// Adds `secret` to the `imagePullSecrets` of ServiceAccount `account` in `namespace`,
+    /// creating the account when the controller has not made it yet. Every pod that runs as the
+    /// account (every pod of a chart that names no account of its own) then pulls with it.
+    pub async fn attach_pull_secret(&self, namespace: &str, account: &str, secret: &str) -> Result<(), KubeError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("attach the pull Secret to ServiceAccount {namespace}/{account}");
+        let pp = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        for _ in 0..5 {
+            match api.get_opt(account).await.map_err(|e| KubeError::from_kube(&what, e))? {
+                None => {
+                    let sa = ServiceAccount {
+                        metadata: ObjectMeta { name: Some(account.into()), ..Default::default() },
+                        image_pull_secrets: Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+                            name: secret.into(),
+                        }]),
+                        ..Default::default()
+                    };
+                    match api
+                        .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &sa)
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(KubeError::from_kube(&what, e)),
+                    }
+                }
+                Some(sa) => {
+                    let mut list: Vec<String> =
+                        sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect();
+                    if list.iter().any(|n| n == secret) {
+                        return Ok(());
+                    }
+                    list.push(secret.into());
+                    // The list is atomic: send it whole, guarded by the resourceVersion we read.
+                    let patch = json!({"metadata": {"resourceVersion": sa.metadata.resource_version},
+                        "imagePullSecrets": list.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()});
+                    match api.patch(account, &pp, &Patch::Merge(&patch)).await {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(KubeError::from_kube(&what, e)),
+                    }
+                }
+            }
+        }
+        Err(KubeError::Api { what, code: 409, message: "the ServiceAccount kept changing under us".into() })
+    }
+
+    /// The `imagePullSecrets` of ServiceAccount `account` (empty when it does not exist).
+    pub async fn pull_secrets_of(&self, namespace: &str, account: &str) -> Result<Vec<String>, KubeError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa = api
+            .get_opt(account)
+            .await
+            .map_err(|e| KubeError::from_kube(format!("read ServiceAccount {namespace}/{account}"), e))?;
+        Ok(sa.map(|s| s.image_pull_secrets.into_iter().flatten().map(|r| r.name).collect()).unwrap_or_default())
+    }
+
+    /// Whether the current identity may `verb` `resource` (in `group`, `""` for core) in
+    /// `namespace` (`None`: cluster-wide), with an optional `subresource` and object `name`.
+    pub async fn can_i(
+        &self,
+        namespace: Option<&str>,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Access, KubeError> {
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: namespace.map(str::to_string),
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    subresource: subresource.map(str::to_string),
+                    name: name.map(str::to_string),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| KubeError::from_kube("ask the cluster what prpod may do (SelfSubjectAccessReview)", e))?;
+        let st = out.status.unwrap_or_default();
+        Ok(Access { allowed: st.allowed, reason: st.reason.filter(|r| !r.is_empty()) })
+    }
+
+    /// The workloads in `namespace` that belong to Helm release `release`.
+    pub async fn release_workloads(&self, namespace: &str, release: &str) -> Result<Vec<WorkloadView>, KubeError> {
+        let what = format!("list the workloads of release {release} in {namespace}");
+        let lp = ListParams::default();
+        let mut out: Vec<WorkloadView> = Vec::new();
+        let d: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        out.extend(d.list(&lp).await.map_err(|e| KubeError::from_kube(&what, e))?.items.iter().map(WorkloadView::from));
+        let s: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        out.extend(s.list(&lp).await.map_err(|e| KubeError::from_kube(&what, e))?.items.iter().map(WorkloadView::from));
+        let ds: Api<DaemonSet> = Api::namespaced(self.client.clone(), namespace);
+        out.extend(
+            ds.list(&lp).await.map_err(|e| KubeError::from_kube(&what, e))?.items.iter().map(WorkloadView::from),
+        );
+        out.retain(|w| w.release.as_deref() == Some(release));
+        Ok(out)
+    }
+
+    /// The pods in `namespace`.
+    pub async fn pods(&self, namespace: &str) -> Result<Vec<PodView>, KubeError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| KubeError::from_kube(format!("list pods in {namespace}"), e))?;
+        Ok(list.items.iter().map(PodView::from).collect())
+    }
+
+    /// Warning events in `namespace`, oldest first.
+    pub async fn warnings(&self, namespace: &str) -> Result<Vec<WarningView>, KubeError> {
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), namespace);
+        let list = api
+            .list(&ListParams::default().fields("type=Warning"))
+            .await
+            .map_err(|e| KubeError::from_kube(format!("list events in {namespace}"), e))?;
+        let mut w: Vec<WarningView> = list.items.iter().map(warning_of).collect();
+        w.sort_by_key(|e| e.last_seen);
+        Ok(w)
+    }
+
+    /// The Services of release `release` in `namespace`.
+    pub async fn release_services(&self, namespace: &str, release: &str) -> Result<Vec<ServiceView>, KubeError> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| KubeError::from_kube(format!("list services in {namespace}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|s| release_of(&s.metadata).as_deref() == Some(release))
+            .map(|s| {
+                let spec = s.spec.as_ref();
+                ServiceView {
+                    name: s.metadata.name.clone().unwrap_or_default(),
+                    cluster_ip: spec.and_then(|x| x.cluster_ip.clone()).filter(|ip| ip != "None" && !ip.is_empty()),
+                    ports: spec
+                        .and_then(|x| x.ports.as_ref())
+                        .map(|p| p.iter().map(|p| p.port as u16).collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// The hosts of the Ingresses of release `release` in `namespace`.
+    pub async fn release_ingress_hosts(&self, namespace: &str, release: &str) -> Result<Vec<String>, KubeError> {
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), namespace);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| KubeError::from_kube(format!("list ingresses in {namespace}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|i| release_of(&i.metadata).as_deref() == Some(release))
+            .flat_map(|i| i.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()))
+            .collect())
+    }
+
+    /// The last `lines` lines of a container's log (`previous`: of its last terminated run).
+    pub async fn container_logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        previous: bool,
+        lines: i64,
+    ) -> Result<String, KubeError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let lp = LogParams {
+            container: Some(container.into()),
+            previous,
+            tail_lines: Some(lines),
+            limit_bytes: Some(16 * 1024),
+            ..Default::default()
+        };
+        api.logs(pod, &lp).await.map_err(|e| KubeError::from_kube(format!("read the log of {pod}/{container}"), e))
+    }
+
+    /// Sets the replicas of Deployment `name` (through its scale subresource).
+    pub async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> Result<(), KubeError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"spec": {"replicas": replicas}});
+        api.patch_scale(
+            name,
+            &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| KubeError::from_kube(format!("scale Deployment {namespace}/{name}"), e))?;
+        Ok(())
+    }
+
+    /// Watches workloads, pods and Warning events in `namespace`: first everything that exists,
+    /// then every change, until the stream is dropped. A watch, not a polling loop.
+    pub fn watch_namespace(&self, namespace: &str) -> impl Stream<Item = Result<Observed, KubeError>> + Send + 'static {
+        let ns = namespace.to_string();
+        let wc = watcher::Config::default();
+        let err = move |what: &'static str| {
+            let ns = ns.clone();
+            move |e: watcher::Error| match e {
+                watcher::Error::InitialListFailed(e)
+                | watcher::Error::WatchStartFailed(e)
+                | watcher::Error::WatchFailed(e) => KubeError::from_kube(format!("watch {what} in {ns}"), e),
+                other => KubeError::Unreachable { what: format!("watch {what} in {ns}"), why: other.to_string() },
+            }
+        };
+        let pods = watcher(Api::<Pod>::namespaced(self.client.clone(), namespace), wc.clone())
+            .map_err(err("pods"))
+            .map_ok(|ev| match ev {
+                watcher::Event::Delete(p) => vec![Observed::PodGone(p.metadata.name.unwrap_or_default())],
+                ev => observe(ev, "Pod", |p| Observed::Pod(PodView::from(p))),
+            })
+            .boxed();
+        let deployments = watcher(Api::<Deployment>::namespaced(self.client.clone(), namespace), wc.clone())
+            .map_err(err("deployments"))
+            .map_ok(|ev| observe(ev, "Deployment", |d| Observed::Workload(WorkloadView::from(d))))
+            .boxed();
+        let statefulsets = watcher(Api::<StatefulSet>::namespaced(self.client.clone(), namespace), wc.clone())
+            .map_err(err("statefulsets"))
+            .map_ok(|ev| observe(ev, "StatefulSet", |d| Observed::Workload(WorkloadView::from(d))))
+            .boxed();
+        let daemonsets = watcher(Api::<DaemonSet>::namespaced(self.client.clone(), namespace), wc.clone())
+            .map_err(err("daemonsets"))
+            .map_ok(|ev| observe(ev, "DaemonSet", |d| Observed::Workload(WorkloadView::from(d))))
+            .boxed();
+        let events = watcher(Api::<KubeEvent>::namespaced(self.client.clone(), namespace), wc.fields("type=Warning"))
+            .map_err(err("events"))
+            .map_ok(|ev| observe(ev, "Event", |e| Observed::Warning(warning_of(e))))
+            .boxed();
+        futures::stream::select_all([pods, deployments, statefulsets, daemonsets, events])
+            .map_ok(|v: Vec<Observed>| futures::stream::iter(v.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// Takes the deploy lock of `name` in `namespace` (a `coordination.k8s.io/v1` Lease) for
+    /// `holder`, waiting up to `wait` while another live holder has it. A holder that stopped
+    /// renewing for `ttl` is dead and its lease is taken over. Returns whether the lease was
+    /// taken over from a dead holder (so whatever it left half-done may be cleaned up).
+    pub async fn acquire_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LeaseTaken, KubeError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("take the deploy lock (Lease {namespace}/{name})");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = Timestamp::now();
+            let spec = LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(ttl.as_secs() as i32),
+                acquire_time: Some(MicroTime(now)),
+                renew_time: Some(MicroTime(now)),
+                ..Default::default()
+            };
+            let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+            match api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))? {
+                None => {
+                    let lease = Lease {
+                        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+                        spec: Some(spec),
+                    };
+                    match api.create(&pp, &lease).await {
+                        Ok(_) => return Ok(LeaseTaken { previous_holder: None }),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(KubeError::from_kube(&what, e)),
+                    }
+                }
+                Some(mut lease) => {
+                    let cur = lease.spec.clone().unwrap_or_default();
+                    let held_by = cur.holder_identity.clone().filter(|h| !h.is_empty());
+                    let expires =
+                        cur.renew_time.as_ref().map(|t| t.0).and_then(|t| {
+                            t.checked_add(jiff_secs(cur.lease_duration_seconds.unwrap_or(0) as i64)).ok()
+                        });
+                    let live =
+                        held_by.is_some() && held_by.as_deref() != Some(holder) && expires.is_some_and(|e| e > now);
+                    if live {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(KubeError::Timeout {
+                                what: format!(
+                                    "{what}: {} is deploying this preview; try again when it is done",
+                                    held_by.unwrap_or_default()
+                                ),
+                                after: wait,
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    lease.spec = Some(spec);
+                    match api.replace(name, &pp, &lease).await {
+                        Ok(_) => return Ok(LeaseTaken { previous_holder: held_by }),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => return Err(KubeError::from_kube(&what, e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews a held lease (best effort: a failed renewal is logged and retried next time).
+    pub async fn renew_lease(&self, namespace: &str, name: &str, holder: &str) {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"spec": {"holderIdentity": holder, "renewTime": MicroTime(Timestamp::now())}});
+        if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::warn!("failed to renew the deploy lock {namespace}/{name}: {e}");
+        }
+    }
+
+    /// Releases the lease (deletes it) if `holder` still holds it.
+    pub async fn release_lease(&self, namespace: &str, name: &str, holder: &str) {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        if let Ok(Some(l)) = api.get_opt(name).await
+            && l.spec.and_then(|s| s.holder_identity).as_deref() == Some(holder)
+            && let Err(e) = api.delete(name, &DeleteParams::default()).await
+        {
+            tracing::warn!("failed to release the deploy lock {namespace}/{name}: {e}");
+        }
+    }
+}
+
+/// The outcome of [`Kube::acquire_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTaken {
+    /// Who held the lease before (a run that died without releasing it), if anyone.
+    pub previous_holder: Option<String>,
+}
+
+fn jiff_secs(s: i64) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::from_secs(s)
+}
+
+/// The kinds [`Kube::watch_namespace`] reports `Listed` for.
+pub const WATCHED_KINDS: [&str; 5] = ["Pod", "Deployment", "StatefulSet", "DaemonSet", "Event"];
+
+fn observe<K>(ev: watcher::Event<K>, kind: &'static str, f: impl Fn(&K) -> Observed) -> Vec<Observed> {
+    match ev {
+        watcher::Event::Apply(k) | watcher::Event::InitApply(k) => vec![f(&k)],
+        watcher::Event::InitDone => vec![Observed::Listed(kind)],
+        watcher::Event::Init | watcher::Event::Delete(_) => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerconfigjson_has_auth_entries() {
+        let doc = dockerconfigjson(&[PullCredential {
+            registry: "127.0.0.1:5443".into(),
+            username: "user".into(),
+            password: Secret::new("pass"),
+        }]);
+        let v: serde_json::Value = serde_json::from_str(doc.expose()).unwrap();
+        assert_eq!(v["auths"]["127.0.0.1:5443"]["auth"], "dXNlcjpwYXNz");
+        assert_eq!(v["auths"]["127.0.0.1:5443"]["password"], "pass");
+        assert_eq!(format!("{doc}"), "<redacted>");
+    }
+
+    #[test]
+    fn settled_needs_every_count() {
+        let mut w = WorkloadView {
+            kind: "Deployment".into(),
+            name: "web".into(),
+            release: Some("pr-1".into()),
+            generation: 2,
+            observed_generation: 2,
+            desired: 3,
+            updated: 3,
+            ready: 3,
+            available: 3,
+            conditions: vec![],
+            selector: BTreeMap::from([("app".into(), "web".into())]),
+            images: vec![],
+        };
+        assert!(w.settled());
+        w.observed_generation = 1;
+        assert!(!w.settled());
+        w.observed_generation = 2;
+        w.available = 2;
+        assert!(!w.settled());
+        assert!(w.selects(&BTreeMap::from([("app".into(), "web".into()), ("x".into(), "y".into())])));
+        assert!(!w.selects(&BTreeMap::new()));
+    }
+}

@@ -1,0 +1,701 @@
+//! The deploy phase: the per-PR namespace (labelled as prpod's), the registry pull Secret, the
+//! deploy lock, and `helm upgrade --install --wait` with Helm's rollback on failure — watched
+//! while it runs, so a rollout that cannot succeed (CrashLoopBackOff, ImagePullBackOff) is
+//! stopped early and reported with the pod, the container, the reason and its last log lines.
+//!
+//! How a rollout ends:
+//! - Helm returns success: the release's new revision ([`Release`]).
+//! - A new pod fails for good (an image that cannot be pulled; a container in CrashLoopBackOff
+//!   after `crash_restarts` restarts; a pod that failed): prpod captures the evidence, then
+//!   interrupts Helm, which rolls the release back (Helm 4 `--rollback-on-failure`, Helm 3
+//!   `--atomic`) — exit code 5.
+//! - `timeout` passes (e.g. a readiness probe that never passes): the same, with the pods that
+//!   were not ready as evidence.
+//!
+//! The lock is a `coordination.k8s.io/v1` Lease per release in the namespace, renewed while the
+//! deploy runs. A release left `pending-*` by a run that was killed (its Lease expired unrenewed)
+//! is recovered before the upgrade: rolled back to its last good revision, or uninstalled when
+//! it never deployed. A `pending-*` release that no prpod run left behind (no expired Lease) is
+//! not touched: the error says what to run.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::clients::helm::{Helm, HelmError, HelmRelease, KubeTarget};
+use crate::clients::kube::{Kube, KubeError, Observed, PodView, PullCredential, WarningView, dockerconfigjson};
+use crate::error::{Classify, FailureKind};
+use crate::model::{PrContext, Release, ReleaseTarget};
+use crate::phases::chart::RenderedChart;
+
+/// `[deploy]`: the chart, Helm, the cluster and how long a rollout may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// A chart directory in the repository (relative to its root). Unset: the chart-generator
+    /// plugin makes one from `[app]`.
+    #[serde(default)]
+    pub chart: Option<PathBuf>,
+    /// Values files (relative to the repository root), applied in order after the chart's own.
+    #[serde(default)]
+    pub values: Vec<PathBuf>,
+    /// Values set on top of the files (`set = { "terminationGracePeriodSeconds" = 1 }`; dotted
+    /// TOML keys nest: `image.pullPolicy = "Always"`).
+    #[serde(default)]
+    pub set: toml::Table,
+    /// How long the rollout may take before prpod stops it and Helm rolls back, e.g. `"300s"`,
+    /// `"5m"`. Default 5 minutes.
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// Restarts after which a container in CrashLoopBackOff fails the rollout at once (0: wait
+    /// for the timeout). Default 2.
+    #[serde(default = "default_crash_restarts")]
+    pub crash_restarts: u32,
+    /// Helm binary (a name on PATH or a path). Default `helm`.
+    #[serde(default = "default_helm")]
+    pub helm: PathBuf,
+    /// kubeconfig file. Default: `$KUBECONFIG`, `~/.kube/config`, then in-cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context. Default: the current context.
+    #[serde(default)]
+    pub kube_context: Option<String>,
+    /// Name of the `kubernetes.io/dockerconfigjson` Secret prpod writes in the namespace and
+    /// attaches to its `default` ServiceAccount. Default `prpod-registry`.
+    #[serde(default = "default_pull_secret")]
+    pub pull_secret: String,
+    /// Log lines quoted per failing container. Default 20.
+    #[serde(default = "default_log_lines")]
+    pub log_lines: u32,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_crash_restarts() -> u32 {
+    2
+}
+fn default_helm() -> PathBuf {
+    PathBuf::from("helm")
+}
+fn default_pull_secret() -> String {
+    "prpod-registry".into()
+}
+fn default_log_lines() -> u32 {
+    20
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            chart: None,
+            values: vec![],
+            set: toml::Table::new(),
+            timeout: default_timeout(),
+            crash_restarts: default_crash_restarts(),
+            helm: default_helm(),
+            kubeconfig: None,
+            kube_context: None,
+            pull_secret: default_pull_secret(),
+            log_lines: default_log_lines(),
+        }
+    }
+}
+
+impl DeployConfig {
+    /// How Helm and the kube client reach the cluster.
+    pub fn kube_target(&self) -> KubeTarget {
+        KubeTarget { kubeconfig: self.kubeconfig.clone(), context: self.kube_context.clone() }
+    }
+}
+
+/// `"90s"`, `"5m"`, `"1h"` or a number of seconds.
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `300`, `"300s"`, `"5m"`, `"1h"`.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like `300s`, `5m` or `1h`"))?;
+        let secs = match unit {
+            "" | "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(format!("`{s}` is not a duration like `300s`, `5m` or `1h`")),
+        };
+        if secs == 0 {
+            return Err("a timeout of 0 would fail every deploy".into());
+        }
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// serde: a string or an integer.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => parse(&n.to_string()),
+            Raw::S(s) => parse(&s),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+
+    /// serde: as `"<secs>s"`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", d.as_secs()))
+    }
+}
+
+/// One container that made a rollout fail, with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodFailure {
+    /// Pod.
+    pub pod: String,
+    /// Container.
+    pub container: String,
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, `NotReady`, ...
+    pub reason: String,
+    /// Kubernetes' message, when it gave one.
+    pub message: Option<String>,
+    /// Exit code of its last run, when it ran.
+    pub exit_code: Option<i32>,
+    /// Restarts.
+    pub restarts: u32,
+    /// Its last log lines (of the previous run when it restarted).
+    pub log: Vec<String>,
+}
+
+impl std::fmt::Display for PodFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pod {} container {}: {}", self.pod, self.container, self.reason)?;
+        let mut extra = Vec::new();
+        if let Some(c) = self.exit_code {
+            extra.push(format!("exit code {c}"));
+        }
+        if self.restarts > 0 {
+            extra.push(format!("{} restarts", self.restarts));
+        }
+        if !extra.is_empty() {
+            write!(f, " ({})", extra.join(", "))?;
+        }
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if !self.log.is_empty() {
+            write!(f, "; its last log lines:")?;
+            for l in &self.log {
+                write!(f, "\n    | {l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a deploy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The rollout failed and Helm rolled the release back (exit 5).
+    #[error("{}", rolled_back_message(.release, .namespace, .reason, .failures, .restored))]
+    RolledBack {
+        /// Release.
+        release: String,
+        /// Namespace.
+        namespace: String,
+        /// What ended the rollout.
+        reason: String,
+        /// The containers that failed.
+        failures: Vec<PodFailure>,
+        /// The revision now current (after the rollback), if any.
+        restored: Option<u32>,
+        /// Recent Warning events.
+        warnings: Vec<String>,
+    },
+    /// Helm failed.
+    #[error(transparent)]
+    Helm(#[from] HelmError),
+    /// The cluster failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+fn rolled_back_message(
+    release: &str,
+    namespace: &str,
+    reason: &str,
+    failures: &[PodFailure],
+    restored: &Option<u32>,
+) -> String {
+    let back = match restored {
+        Some(r) => format!("Helm rolled it back (revision {r} now serves)"),
+        None => "Helm removed the failed first install".into(),
+    };
+    let mut s = format!("the deploy of release {release} in namespace {namespace} failed ({reason}) and {back}");
+    for f in failures {
+        s.push_str("\n  ");
+        s.push_str(&f.to_string());
+    }
+    s
+}
+
+impl Classify for DeployError {
+    fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            DeployError::RolledBack { .. } => Some(FailureKind::RolledBack),
+            DeployError::Helm(e) => e.failure_kind(),
+            DeployError::Kube(e) => e.failure_kind(),
+        }
+    }
+}
+
+/// Labels prpod puts on a preview's namespace, so teardown and people can find it.
+pub fn namespace_labels(ctx: &PrContext, release: &ReleaseTarget) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/managed-by".to_string(), "prpod".to_string()),
+        ("prpod.dev/release".to_string(), release.name.clone()),
+        ("prpod.dev/repository".to_string(), label_value(&ctx.repository)),
+    ]);
+    if let Some(n) = ctx.number {
+        l.insert("prpod.dev/pr".into(), n.to_string());
+    }
+    l
+}
+
+/// Annotations on the namespace: the values labels cannot hold exactly.
+pub fn namespace_annotations(ctx: &PrContext) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prpod.dev/repository".to_string(), ctx.repository.clone()),
+        ("prpod.dev/branch".to_string(), ctx.branch.clone()),
+        ("prpod.dev/commit".to_string(), ctx.sha.clone()),
+    ])
+}
+
+/// `owner/name` as a label value (`owner.name`: labels allow no `/`), at most 63 characters.
+pub fn label_value(s: &str) -> String {
+    let v: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '.' }).collect();
+    let v: String = v.chars().take(63).collect();
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// Creates (or labels) the namespace and, when the registry needs credentials, writes the pull
+/// Secret and attaches it to the namespace's `default` ServiceAccount — before any pod exists,
+/// so every pod of every chart that names no ServiceAccount of its own pulls with it (charts
+/// that do name one get `imagePullSecrets` in their values: see the chart phase).
+pub async fn prepare_namespace(
+    kube: &Kube,
+    ctx: &PrContext,
+    release: &ReleaseTarget,
+    pull: &[PullCredential],
+    config: &DeployConfig,
+) -> Result<(), KubeError> {
+    let ns = &release.namespace;
+    kube.ensure_namespace(ns, &namespace_labels(ctx, release), &namespace_annotations(ctx)).await?;
+    if !pull.is_empty() {
+        kube.apply_pull_secret(ns, &config.pull_secret, &dockerconfigjson(pull)).await?;
+        kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
+    }
+    Ok(())
+}
+
+/// The deploy lock of one release, renewed in the background until [`DeployLock::release`].
+pub struct DeployLock {
+    kube: Kube,
+    namespace: String,
+    name: String,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+    /// The run that held the lock before and died without releasing it, if any.
+    pub taken_over_from: Option<String>,
+}
+
+/// How long a lock outlives its holder's last renewal.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
+impl DeployLock {
+    /// Takes the lock of `release` for this run, waiting up to `wait` for another run to finish.
+    pub async fn acquire(
+        kube: &Kube,
+        ctx: &PrContext,
+        release: &ReleaseTarget,
+        wait: Duration,
+    ) -> Result<DeployLock, KubeError> {
+        let name = format!("prpod-deploy-{}", release.name);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let holder = format!("prpod/{}/{}/{}", host.trim(), std::process::id(), ctx.sha.get(..12).unwrap_or(&ctx.sha));
+        let taken = kube.acquire_lease(&release.namespace, &name, &holder, LOCK_TTL, wait).await?;
+        let (k, ns, n, h) = (kube.clone(), release.namespace.clone(), name.clone(), holder.clone());
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOCK_TTL / 3).await;
+                k.renew_lease(&ns, &n, &h).await;
+            }
+        });
+        Ok(DeployLock {
+            kube: kube.clone(),
+            namespace: release.namespace.clone(),
+            name,
+            holder,
+            renew,
+            taken_over_from: taken.previous_holder,
+        })
+    }
+
+    /// Releases the lock.
+    pub async fn release(self) {
+        self.renew.abort();
+        self.kube.release_lease(&self.namespace, &self.name, &self.holder).await;
+    }
+}
+
+impl Drop for DeployLock {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
+}
+
+/// Before an upgrade: a release stuck in `pending-*` is recovered when the lock shows the run
+/// that left it is dead, else reported with the fix. Returns a note saying what was done.
+pub async fn recover_pending(
+    helm: &Helm,
+    release: &ReleaseTarget,
+    lock: &DeployLock,
+    timeout: Duration,
+) -> Result<Option<String>, HelmError> {
+    let (name, ns) = (&release.name, &release.namespace);
+    let Some(current) = helm.status(name, ns).await? else { return Ok(None) };
+    if !current.status.starts_with("pending-") {
+        return Ok(None);
+    }
+    let history = helm.history(name, ns).await?;
+    let last_good = history
+        .iter()
+        .rev()
+        .find(|h| h.revision < current.revision && matches!(h.status.as_str(), "deployed" | "superseded"))
+        .map(|h| h.revision);
+    let Some(dead) = &lock.taken_over_from else {
+        let fix = match last_good {
+            Some(r) => format!(
+                "if no deploy of it is still running, roll it back with `helm rollback {name} {r} --namespace {ns}` \
+                 and run prpod again"
+            ),
+            None => format!(
+                "if no deploy of it is still running, remove it with `helm uninstall {name} --namespace {ns}` \
+                 and run prpod again"
+            ),
+        };
+        return Err(HelmError::Pending {
+            release: name.clone(),
+            namespace: ns.clone(),
+            status: current.status,
+            revision: current.revision,
+            fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
+        });
+    };
+    match last_good {
+        Some(r) => {
+            helm.rollback(name, ns, r, timeout).await?;
+            Ok(Some(format!(
+                "release was stuck in {} (revision {}) by a run that died ({dead}); rolled back to revision {r}",
+                current.status, current.revision
+            )))
+        }
+        None => {
+            helm.uninstall(name, ns, timeout).await?;
+            Ok(Some(format!(
+                "release was stuck in {} (revision {}) by a run that died ({dead}) and never deployed; uninstalled it",
+                current.status, current.revision
+            )))
+        }
+    }
+}
+
+/// What the deploy needs.
+pub struct DeployRequest<'a> {
+    /// Release and namespace.
+    pub release: &'a ReleaseTarget,
+    /// The rendered chart.
+    pub chart: &'a RenderedChart,
+    /// Timeouts and evidence settings.
+    pub config: &'a DeployConfig,
+}
+
+/// Tracks the pods of the namespace while Helm rolls out, to stop a rollout that cannot succeed
+/// and to name what failed.
+#[derive(Debug, Default)]
+struct Observer {
+    /// Pods that existed before the deploy (never blamed for its failure).
+    before: HashSet<String>,
+    listed: bool,
+    pods: BTreeMap<String, PodView>,
+    warnings: Vec<WarningView>,
+}
+
+/// Waiting reasons that mean an image will not be pulled without a change.
+const PULL_FAILURES: [&str; 3] = ["ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
+
+impl Observer {
+    fn apply(&mut self, o: Observed) {
+        match o {
+            Observed::Pod(p) => {
+                if !self.listed {
+                    self.before.insert(p.name.clone());
+                }
+                self.pods.insert(p.name.clone(), p);
+            }
+            Observed::PodGone(name) => {
+                // Keep the last state of a failed pod: it is the evidence.
+                let _ = name;
+            }
+            Observed::Listed("Pod") => self.listed = true,
+            Observed::Listed(_) => {}
+            Observed::Warning(w) => {
+                self.warnings.retain(|x| !(x.object == w.object && x.reason == w.reason));
+                self.warnings.push(w);
+            }
+            Observed::Workload(_) => {}
+        }
+    }
+
+    fn new_pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values().filter(|p| !self.before.contains(&p.name))
+    }
+
+    /// Containers of new pods that failed for good.
+    fn hard_failures(&self, crash_restarts: u32) -> Vec<PodFailure> {
+        let mut out = Vec::new();
+        for p in self.new_pods().filter(|p| !p.terminating) {
+            for c in &p.containers {
+                let reason = c.waiting_reason.as_deref().unwrap_or("");
+                let crash = reason == "CrashLoopBackOff" && crash_restarts > 0 && c.restart_count >= crash_restarts;
+                let pull = PULL_FAILURES.contains(&reason);
+                let failed_pod = p.phase == "Failed";
+                if crash || pull || failed_pod {
+                    let exit = c.terminated.as_ref().or(c.last_terminated.as_ref()).map(|t| t.1);
+                    let reason =
+                        if failed_pod && reason.is_empty() { "PodFailed".to_string() } else { reason.to_string() };
+                    out.push(failure(&p.name, &c.name, reason, c.waiting_message.clone(), exit, c.restart_count));
+                }
+            }
+        }
+        out
+    }
+
+    /// Containers of new pods that are not ready (what a timeout blames).
+    fn not_ready(&self) -> Vec<PodFailure> {
+        let mut out = Vec::new();
+        for p in self.new_pods().filter(|p| !p.terminating) {
+            if p.containers.is_empty() && p.phase == "Pending" {
+                out.push(failure(&p.name, "", "Pending".into(), None, None, 0));
+            }
+            for c in p.containers.iter().filter(|c| !c.ready) {
+                let reason = c.waiting_reason.clone().unwrap_or_else(|| match &c.terminated {
+                    Some((r, _)) => r.clone(),
+                    None => "NotReady (readiness probe not passing)".into(),
+                });
+                let exit = c.terminated.as_ref().or(c.last_terminated.as_ref()).map(|t| t.1);
+                out.push(failure(&p.name, &c.name, reason, c.waiting_message.clone(), exit, c.restart_count));
+            }
+        }
+        out
+    }
+}
+
+fn failure(
+    pod: &str,
+    container: &str,
+    reason: String,
+    message: Option<String>,
+    exit_code: Option<i32>,
+    restarts: u32,
+) -> PodFailure {
+    PodFailure { pod: pod.into(), container: container.into(), reason, message, exit_code, restarts, log: vec![] }
+}
+
+async fn evidence(kube: &Kube, namespace: &str, list: Vec<PodFailure>, lines: u32) -> Vec<PodFailure> {
+    let mut out = Vec::new();
+    for mut f in list.into_iter().take(5) {
+        if !f.container.is_empty() && !PULL_FAILURES.contains(&f.reason.as_str()) && f.reason != "ErrImagePull" {
+            let previous = f.restarts > 0;
+            let (pod, c) = (&f.pod, &f.container);
+            let text = match kube.container_logs(namespace, pod, c, previous, i64::from(lines)).await {
+                Ok(t) => Some(t),
+                Err(_) if previous => kube.container_logs(namespace, pod, c, false, i64::from(lines)).await.ok(),
+                Err(_) => None,
+            };
+            f.log = text.unwrap_or_default().lines().map(str::to_string).collect();
+        }
+        out.push(f);
+    }
+    out
+}
+
+/// `helm upgrade --install` for the rendered chart, watched until Helm returns. `note` tells a
+/// person what is going on (recoveries, the wait).
+pub async fn upgrade(
+    req: &DeployRequest<'_>,
+    helm: &Helm,
+    kube: &Kube,
+    note: &(dyn Fn(String) + Send + Sync),
+) -> Result<Release, DeployError> {
+    let (name, ns) = (&req.release.name, &req.release.namespace);
+    let previous = helm.status(name, ns).await?.filter(|r| r.status == "deployed").map(|r| r.revision);
+
+    // The watch is established (initial list done) before Helm starts, so every pod the
+    // upgrade creates is seen, and the pods that were there before are known.
+    let mut watch = Box::pin(kube.watch_namespace(ns));
+    let mut obs = Observer::default();
+    let list_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !obs.listed {
+        match tokio::time::timeout_at(list_deadline, watch.next()).await {
+            Ok(Some(Ok(o))) => obs.apply(o),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) | Err(_) => {
+                return Err(KubeError::Timeout {
+                    what: format!("list the pods of namespace {ns}"),
+                    after: Duration::from_secs(30),
+                }
+                .into());
+            }
+        }
+    }
+
+    // Helm's own timeout is a backstop: prpod stops the rollout at `timeout` itself, after it has
+    // captured the evidence (once Helm rolls back, the failed pods are gone).
+    let helm_timeout = req.config.timeout + Duration::from_secs(60);
+    let upgrade = helm.spawn_upgrade(name, &req.chart.dir, ns, &req.chart.values, helm_timeout)?;
+    let pid = upgrade.pid();
+    let done = upgrade.wait();
+    tokio::pin!(done);
+    let deadline = tokio::time::Instant::now() + req.config.timeout;
+    let started = Instant::now();
+    let mut stopped: Option<(String, Vec<PodFailure>)> = None;
+    let mut watch_ok = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut done => break r,
+            o = watch.next(), if watch_ok && stopped.is_none() => match o {
+                Some(Ok(o)) => {
+                    obs.apply(o);
+                    let hard = obs.hard_failures(req.config.crash_restarts);
+                    if !hard.is_empty() {
+                        let what = hard.iter().map(|h| format!("{} in pod {}", h.reason, h.pod)).collect::<Vec<_>>().join(", ");
+                        note(format!("rollout cannot succeed ({what}): stopping Helm, which rolls back"));
+                        let ev = evidence(kube, ns, hard, req.config.log_lines).await;
+                        interrupt(pid);
+                        stopped = Some(("a new pod failed".into(), ev));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("watching the rollout failed ({e}); waiting for Helm alone");
+                    watch_ok = false;
+                }
+                None => watch_ok = false,
+            },
+            _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+                let ev = evidence(kube, ns, obs.not_ready(), req.config.log_lines).await;
+                note(format!("rollout not done after {:?}: stopping Helm, which rolls back", req.config.timeout));
+                interrupt(pid);
+                stopped = Some((format!("not ready after {}s, the configured timeout", req.config.timeout.as_secs()), ev));
+            }
+        }
+    };
+    tracing::debug!("helm upgrade returned after {:?}", started.elapsed());
+    match result {
+        Ok(r) => Ok(Release {
+            name: r.name,
+            namespace: r.namespace,
+            revision: r.revision,
+            status: r.status,
+            chart: r.chart,
+            previous_revision: previous,
+        }),
+        Err(HelmError::RolledBack { stderr, .. }) => {
+            let (reason, failures) = match stopped {
+                Some(s) => s,
+                None => {
+                    let ev = evidence(
+                        kube,
+                        ns,
+                        obs.hard_failures(1).into_iter().chain(obs.not_ready()).collect(),
+                        req.config.log_lines,
+                    )
+                    .await;
+                    (stderr, ev)
+                }
+            };
+            let restored: Option<HelmRelease> = helm.status(name, ns).await.ok().flatten();
+            let warnings = obs
+                .warnings
+                .iter()
+                .rev()
+                .take(5)
+                .map(|w| format!("{} {}: {} (x{})", w.object, w.reason, w.message, w.count))
+                .collect();
+            Err(DeployError::RolledBack {
+                release: name.clone(),
+                namespace: ns.clone(),
+                reason,
+                failures,
+                restored: restored.filter(|r| r.status == "deployed").map(|r| r.revision),
+                warnings,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks Helm to stop (SIGTERM): it cancels its wait and rolls the release back.
+fn interrupt(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    // std has no signal API and `unsafe` is denied: `kill(1)` sends it.
+    if let Err(e) = std::process::Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status() {
+        tracing::warn!("failed to interrupt helm (pid {pid}): {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_text::parse("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration_text::parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration_text::parse("30").unwrap(), Duration::from_secs(30));
+        assert!(duration_text::parse("5 minutes").is_err());
+        assert!(duration_text::parse("0s").is_err());
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value("acme/web"), "acme.web");
+        assert_eq!(label_value("Acme/Ünï"), "Acme..n");
+    }
+
+    #[test]
+    fn failure_text_quotes_the_log() {
+        let f = PodFailure {
+            pod: "web-1".into(),
+            container: "web".into(),
+            reason: "CrashLoopBackOff".into(),
+            message: None,
+            exit_code: Some(3),
+            restarts: 2,
+            log: vec!["boom".into()],
+        };
+        assert_eq!(
+            f.to_string(),
+            "pod web-1 container web: CrashLoopBackOff (exit code 3, 2 restarts); its last log lines:\n    | boom"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The verify phase: after Helm returns, the release's workloads are watched (not polled) until
+//! each has every replica updated, ready and available — or the time left runs out — and the
+//! result, with the pods' phases, container waiting reasons and restart counts and the Warning
+//! events since the deploy began, becomes the `release-status` every verifier's `check-release`
+//! judges. An `error` finding fails the run: the release is rolled back to the revision before
+//! (or uninstalled, when this was its first), and prpod exits 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::clients::kube::{Kube, KubeError, Observed, PodView, WATCHED_KINDS, WarningView, WorkloadView};
+use crate::model::{
+    ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
+};
+use crate::plugins::{Plugin, PluginError};
+
+/// What the cluster showed of a release.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The release's workloads.
+    pub workloads: Vec<WorkloadView>,
+    /// Pods of the namespace that are not being deleted.
+    pub pods: Vec<PodView>,
+    /// Warning events.
+    pub warnings: Vec<WarningView>,
+}
+
+impl Snapshot {
+    /// The pods a workload selects.
+    pub fn pods_of<'a>(&'a self, w: &'a WorkloadView) -> impl Iterator<Item = &'a PodView> + 'a {
+        self.pods.iter().filter(move |p| !p.terminating && w.selects(&p.labels))
+    }
+
+    /// Whether every workload is settled and has no pods beyond its desired count (old pods of
+    /// a rollout still running).
+    pub fn settled(&self) -> bool {
+        self.workloads.iter().all(|w| w.settled() && self.pods_of(w).count() as u32 <= w.desired.max(1))
+    }
+
+    /// The `release-status` record plugins judge. Warnings older than `since` are left out.
+    pub fn release_status(&self, release: &ReleaseTarget, since: Option<Timestamp>) -> ReleaseStatus {
+        let workloads = self
+            .workloads
+            .iter()
+            .map(|w| WorkloadStatus {
+                kind: w.kind.clone(),
+                name: w.name.clone(),
+                desired: w.desired,
+                ready: w.ready,
+                available: w.available,
+                conditions: w.conditions.clone(),
+                pods: self.pods_of(w).map(pod_status).collect(),
+            })
+            .collect();
+        let warnings = self
+            .warnings
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.last_seen.is_none_or(|t| t >= s)))
+            .map(|e| WarningEvent {
+                object: e.object.clone(),
+                reason: e.reason.clone(),
+                message: e.message.clone(),
+                count: e.count,
+            })
+            .collect();
+        ReleaseStatus { release: release.clone(), workloads, warnings }
+    }
+}
+
+/// A pod as the WIT `pod-status` record has it.
+pub fn pod_status(p: &PodView) -> PodStatus {
+    PodStatus {
+        name: p.name.clone(),
+        phase: p.phase.clone(),
+        containers: p
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                ready: c.ready,
+                restart_count: c.restart_count,
+                waiting_reason: c.waiting_reason.clone(),
+                waiting_message: c.waiting_message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Reads the release's state once (for `prpod status`).
+pub async fn snapshot(kube: &Kube, release: &ReleaseTarget) -> Result<Snapshot, KubeError> {
+    let ns = &release.namespace;
+    let (workloads, pods, warnings) =
+        tokio::try_join!(kube.release_workloads(ns, &release.name), kube.pods(ns), kube.warnings(ns))?;
+    Ok(Snapshot { workloads, pods: pods.into_iter().filter(|p| !p.terminating).collect(), warnings })
+}
+
+/// Watches the release's workloads until they settle or `wait` passes, and returns what the
+/// cluster shows then. Running out of time is not an error here: the verifiers judge the state.
+pub async fn watch_until_settled(
+    kube: &Kube,
+    release: &ReleaseTarget,
+    wait: Duration,
+) -> Result<(Snapshot, bool), KubeError> {
+    let mut stream = Box::pin(kube.watch_namespace(&release.namespace));
+    let mut listed: BTreeSet<&'static str> = BTreeSet::new();
+    let mut workloads: BTreeMap<(String, String), WorkloadView> = BTreeMap::new();
+    let mut pods: BTreeMap<String, PodView> = BTreeMap::new();
+    let mut warnings: Vec<WarningView> = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let snapshot = |workloads: &BTreeMap<(String, String), WorkloadView>,
+                    pods: &BTreeMap<String, PodView>,
+                    warnings: &Vec<WarningView>| Snapshot {
+        workloads: workloads
+            .values()
+            .filter(|w| w.release.as_deref() == Some(release.name.as_str()))
+            .cloned()
+            .collect(),
+        pods: pods.values().filter(|p| !p.terminating).cloned().collect(),
+        warnings: warnings.clone(),
+    };
+    loop {
+        if listed.len() == WATCHED_KINDS.len() {
+            let s = snapshot(&workloads, &pods, &warnings);
+            if s.settled() {
+                return Ok((s, true));
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Ok((snapshot(&workloads, &pods, &warnings), false)),
+            Ok(None) => return Ok((snapshot(&workloads, &pods, &warnings), false)),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(o))) => match o {
+                Observed::Listed(k) => {
+                    listed.insert(k);
+                }
+                Observed::Workload(w) => {
+                    workloads.insert((w.kind.clone(), w.name.clone()), w);
+                }
+                Observed::Pod(p) => {
+                    pods.insert(p.name.clone(), p);
+                }
+                Observed::PodGone(name) => {
+                    pods.remove(&name);
+                }
+                Observed::Warning(w) => {
+                    warnings.retain(|x| !(x.object == w.object && x.reason == w.reason));
+                    warnings.push(w);
+                }
+            },
+        }
+    }
+}
+
+/// Runs every verifier's `check-release` (all of them) on `status`.
+pub fn check_release(
+    ctx: &PrContext,
+    status: &ReleaseStatus,
+    verifiers: &[Plugin],
+) -> Result<Vec<ReportedFinding>, PluginError> {
+    let mut out = Vec::new();
+    for v in verifiers {
+        for f in v.check_release(ctx, status)? {
+            out.push(ReportedFinding { plugin: v.name().to_string(), hook: "check-release".into(), finding: f });
+        }
+    }
+    Ok(out)
+}
+
+/// Where the preview answers: `http://HOST/` of the release's first Ingress host, else
+/// `http://CLUSTER-IP:PORT/` of its first Service (reachable from inside the cluster's network).
+pub async fn preview_url(kube: &Kube, release: &ReleaseTarget) -> Result<Option<String>, KubeError> {
+    let ns = &release.namespace;
+    if let Some(host) = kube.release_ingress_hosts(ns, &release.name).await?.into_iter().next() {
+        return Ok(Some(format!("http://{host}/")));
+    }
+    let services = kube.release_services(ns, &release.name).await?;
+    Ok(services.iter().find_map(|s| {
+        let ip = s.cluster_ip.as_ref()?;
+        let port = s.ports.first()?;
+        Some(if *port == 80 { format!("http://{ip}/") } else { format!("http://{ip}:{port}/") })
+    }))
+}
+
+/// The image digests the release's workloads run (`sha256:...`), for `prpod status`.
+pub fn digests(snapshot: &Snapshot) -> Vec<String> {
+    let mut out: Vec<String> = snapshot
+        .workloads
+        .iter()
+        .flat_map(|w| w.images.iter())
+        .filter_map(|i| i.split_once('@').map(|(_, d)| d.to_string()))
+        .collect();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::kube::ContainerView;
+
+    fn pod(name: &str, labels: &[(&str, &str)], ready: bool) -> PodView {
+        PodView {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            phase: "Running".into(),
+            ip: None,
+            terminating: false,
+            created: None,
+            containers: vec![ContainerView {
+                name: "web".into(),
+                ready,
+                restart_count: 0,
+                waiting_reason: None,
+                waiting_message: None,
+                terminated: None,
+                last_terminated: None,
+                image: "x".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn status_maps_pods_to_their_workload() {
+        let w = WorkloadView {
+            kind: "Deployment".into(),
+            name: "web".into(),
+            release: Some("pr-1".into()),
+            generation: 1,
+            observed_generation: 1,
+            desired: 1,
+            updated: 1,
+            ready: 1,
+            available: 1,
+            conditions: vec![],
+            selector: BTreeMap::from([("app".into(), "web".into())]),
+            images: vec!["r/web:pr-1@sha256:abc".into()],
+        };
+        let mut s = Snapshot {
+            workloads: vec![w],
+            pods: vec![pod("web-1", &[("app", "web")], true), pod("other", &[("app", "db")], true)],
+            warnings: vec![],
+        };
+        assert!(s.settled());
+        let rs = s.release_status(&ReleaseTarget { name: "pr-1".into(), namespace: "pr-1".into() }, None);
+        assert_eq!(rs.workloads[0].pods.len(), 1);
+        assert_eq!(digests(&s), vec!["sha256:abc".to_string()]);
+        // An old pod still running beside the new one: not settled yet.
+        s.pods.push(pod("web-0", &[("app", "web")], true));
+        assert!(!s.settled());
+    }
+}
