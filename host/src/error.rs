@@ -76,13 +76,30 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureK
         return Some(e.failure_kind());
     }
     // if let Some(e) = cause.downcast_ref::<crate::clients::git::GitError>() { return Some(e.failure_kind()); }
+    if let Some(e) = cause.downcast_ref::<crate::clients::helm::HelmError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::clients::kube::KubeError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::phases::deploy::DeployError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::phases::chart::ChartError>() {
+        return Some(e.failure_kind());
+    }
     None
 }
 
 /// The exit code for a failure: the first cause in the chain that knows its kind decides.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if let Some(p) = cause.downcast_ref::<PluginError>() {
+        // A plugin error may arrive wrapped (transparently) in a phase's error.
+        let plugin = cause.downcast_ref::<PluginError>().or_else(|| match cause.downcast_ref() {
+            Some(crate::phases::chart::ChartError::Plugin(p)) => Some(p),
+            _ => None,
+        });
+        if let Some(p) = plugin {
             return match p {
                 PluginError::Limit { .. }
                 | PluginError::Trap { .. }

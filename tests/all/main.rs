@@ -8,6 +8,7 @@
 mod chart;
 mod cli;
 mod fault_proxy;
+mod deploy;
 mod plugins;
 mod push;
 

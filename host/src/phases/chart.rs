@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::clients::helm::{Helm, HelmError, ValuesFiles};
+use crate::error::Classify;
 use crate::model::{
     AppSpec, EnvVar, Finding, ImageRef, Manifest, Port, PrContext, ReleaseTarget, ReportedFinding, Resources, Severity,
 };
@@ -117,6 +118,18 @@ pub enum ChartError {
     /// The rendered manifests did not parse.
     #[error("failed to read the manifests `helm template` rendered: {0}")]
     Manifests(String),
+}
+
+impl Classify for ChartError {
+    fn failure_kind(&self) -> Option<crate::error::FailureKind> {
+        match self {
+            ChartError::Helm(e) => e.failure_kind(),
+            // Plugin failures are classified by `exit_code_for` itself (exit 3).
+            ChartError::Plugin(_) => None,
+            ChartError::Write { .. } => Some(crate::error::FailureKind::Internal),
+            ChartError::NoChart { .. } | ChartError::Values { .. } | ChartError::Manifests(_) => None,
+        }
+    }
 }
 
 /// Where the chart came from.
@@ -251,7 +264,6 @@ pub fn injected_values(req: &ChartRequest<'_>) -> serde_json::Value {
             "tag": req.image.tag.clone().unwrap_or_default(),
             "digest": req.image.digest.clone().unwrap_or_default(),
         },
-        "podAnnotations": annotations,
         "prpod": {
             "image": image_reference(req.image),
             "release": req.release.name,

@@ -18,18 +18,19 @@
 //! it never deployed. A `pending-*` release that no prpod run left behind (no expired Lease) is
 //! not touched: the error says what to run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::clients::helm::{Helm, HelmError, HelmRelease, KubeTarget};
-use crate::clients::kube::{Kube, KubeError, Observed, PodView, PullCredential, WarningView, dockerconfigjson};
+use crate::clients::helm::{Helm, HelmError, KubeTarget};
+use crate::clients::kube::{Kube, KubeError, PullCredential, dockerconfigjson};
 use crate::error::{Classify, FailureKind};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::RenderedChart;
+pub use crate::phases::rollout::PodFailure;
+use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
 
 /// `[deploy]`: the chart, Helm, the cluster and how long a rollout may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -153,51 +154,6 @@ pub mod duration_text {
     /// serde: as `"<secs>s"`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}s", d.as_secs()))
-    }
-}
-
-/// One container that made a rollout fail, with the evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PodFailure {
-    /// Pod.
-    pub pod: String,
-    /// Container.
-    pub container: String,
-    /// `CrashLoopBackOff`, `ImagePullBackOff`, `NotReady`, ...
-    pub reason: String,
-    /// Kubernetes' message, when it gave one.
-    pub message: Option<String>,
-    /// Exit code of its last run, when it ran.
-    pub exit_code: Option<i32>,
-    /// Restarts.
-    pub restarts: u32,
-    /// Its last log lines (of the previous run when it restarted).
-    pub log: Vec<String>,
-}
-
-impl std::fmt::Display for PodFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pod {} container {}: {}", self.pod, self.container, self.reason)?;
-        let mut extra = Vec::new();
-        if let Some(c) = self.exit_code {
-            extra.push(format!("exit code {c}"));
-        }
-        if self.restarts > 0 {
-            extra.push(format!("{} restarts", self.restarts));
-        }
-        if !extra.is_empty() {
-            write!(f, " ({})", extra.join(", "))?;
-        }
-        if let Some(m) = &self.message {
-            write!(f, ": {m}")?;
-        }
-        if !self.log.is_empty() {
-            write!(f, "; its last log lines:")?;
-            for l in &self.log {
-                write!(f, "\n    | {l}")?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -429,145 +385,18 @@ pub struct DeployRequest<'a> {
     pub config: &'a DeployConfig,
 }
 
-/// Tracks the pods of the namespace while Helm rolls out, to stop a rollout that cannot succeed
-/// and to name what failed.
-#[derive(Debug, Default)]
-struct Observer {
-    /// Pods that existed before the deploy (never blamed for its failure).
-    before: HashSet<String>,
-    listed: bool,
-    pods: BTreeMap<String, PodView>,
-    warnings: Vec<WarningView>,
-}
-
-/// Waiting reasons that mean an image will not be pulled without a change.
-const PULL_FAILURES: [&str; 3] = ["ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
-
-impl Observer {
-    fn apply(&mut self, o: Observed) {
-        match o {
-            Observed::Pod(p) => {
-                if !self.listed {
-                    self.before.insert(p.name.clone());
-                }
-                self.pods.insert(p.name.clone(), p);
-            }
-            Observed::PodGone(name) => {
-                // Keep the last state of a failed pod: it is the evidence.
-                let _ = name;
-            }
-            Observed::Listed("Pod") => self.listed = true,
-            Observed::Listed(_) => {}
-            Observed::Warning(w) => {
-                self.warnings.retain(|x| !(x.object == w.object && x.reason == w.reason));
-                self.warnings.push(w);
-            }
-            Observed::Workload(_) => {}
-        }
-    }
-
-    fn new_pods(&self) -> impl Iterator<Item = &PodView> {
-        self.pods.values().filter(|p| !self.before.contains(&p.name))
-    }
-
-    /// Containers of new pods that failed for good.
-    fn hard_failures(&self, crash_restarts: u32) -> Vec<PodFailure> {
-        let mut out = Vec::new();
-        for p in self.new_pods().filter(|p| !p.terminating) {
-            for c in &p.containers {
-                let reason = c.waiting_reason.as_deref().unwrap_or("");
-                let crash = reason == "CrashLoopBackOff" && crash_restarts > 0 && c.restart_count >= crash_restarts;
-                let pull = PULL_FAILURES.contains(&reason);
-                let failed_pod = p.phase == "Failed";
-                if crash || pull || failed_pod {
-                    let exit = c.terminated.as_ref().or(c.last_terminated.as_ref()).map(|t| t.1);
-                    let reason =
-                        if failed_pod && reason.is_empty() { "PodFailed".to_string() } else { reason.to_string() };
-                    out.push(failure(&p.name, &c.name, reason, c.waiting_message.clone(), exit, c.restart_count));
-                }
-            }
-        }
-        out
-    }
-
-    /// Containers of new pods that are not ready (what a timeout blames).
-    fn not_ready(&self) -> Vec<PodFailure> {
-        let mut out = Vec::new();
-        for p in self.new_pods().filter(|p| !p.terminating) {
-            if p.containers.is_empty() && p.phase == "Pending" {
-                out.push(failure(&p.name, "", "Pending".into(), None, None, 0));
-            }
-            for c in p.containers.iter().filter(|c| !c.ready) {
-                let reason = c.waiting_reason.clone().unwrap_or_else(|| match &c.terminated {
-                    Some((r, _)) => r.clone(),
-                    None => "NotReady (readiness probe not passing)".into(),
-                });
-                let exit = c.terminated.as_ref().or(c.last_terminated.as_ref()).map(|t| t.1);
-                out.push(failure(&p.name, &c.name, reason, c.waiting_message.clone(), exit, c.restart_count));
-            }
-        }
-        out
-    }
-}
-
-fn failure(
-    pod: &str,
-    container: &str,
-    reason: String,
-    message: Option<String>,
-    exit_code: Option<i32>,
-    restarts: u32,
-) -> PodFailure {
-    PodFailure { pod: pod.into(), container: container.into(), reason, message, exit_code, restarts, log: vec![] }
-}
-
-async fn evidence(kube: &Kube, namespace: &str, list: Vec<PodFailure>, lines: u32) -> Vec<PodFailure> {
-    let mut out = Vec::new();
-    for mut f in list.into_iter().take(5) {
-        if !f.container.is_empty() && !PULL_FAILURES.contains(&f.reason.as_str()) && f.reason != "ErrImagePull" {
-            let previous = f.restarts > 0;
-            let (pod, c) = (&f.pod, &f.container);
-            let text = match kube.container_logs(namespace, pod, c, previous, i64::from(lines)).await {
-                Ok(t) => Some(t),
-                Err(_) if previous => kube.container_logs(namespace, pod, c, false, i64::from(lines)).await.ok(),
-                Err(_) => None,
-            };
-            f.log = text.unwrap_or_default().lines().map(str::to_string).collect();
-        }
-        out.push(f);
-    }
-    out
-}
-
-/// `helm upgrade --install` for the rendered chart, watched until Helm returns. `note` tells a
-/// person what is going on (recoveries, the wait).
+/// `helm upgrade --install` for the rendered chart, watched (through `watch`, started before
+/// this call so the pods that were there before are known) until Helm returns. `note` tells a
+/// person what is going on.
 pub async fn upgrade(
     req: &DeployRequest<'_>,
     helm: &Helm,
     kube: &Kube,
+    watch: &mut RolloutWatch,
     note: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Release, DeployError> {
     let (name, ns) = (&req.release.name, &req.release.namespace);
     let previous = helm.status(name, ns).await?.filter(|r| r.status == "deployed").map(|r| r.revision);
-
-    // The watch is established (initial list done) before Helm starts, so every pod the
-    // upgrade creates is seen, and the pods that were there before are known.
-    let mut watch = Box::pin(kube.watch_namespace(ns));
-    let mut obs = Observer::default();
-    let list_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !obs.listed {
-        match tokio::time::timeout_at(list_deadline, watch.next()).await {
-            Ok(Some(Ok(o))) => obs.apply(o),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(None) | Err(_) => {
-                return Err(KubeError::Timeout {
-                    what: format!("list the pods of namespace {ns}"),
-                    after: Duration::from_secs(30),
-                }
-                .into());
-            }
-        }
-    }
 
     // Helm's own timeout is a backstop: prpod stops the rollout at `timeout` itself, after it has
     // captured the evidence (once Helm rolls back, the failed pods are gone).
@@ -584,12 +413,11 @@ pub async fn upgrade(
         tokio::select! {
             r = &mut done => break r,
             o = watch.next(), if watch_ok && stopped.is_none() => match o {
-                Some(Ok(o)) => {
-                    obs.apply(o);
-                    let hard = obs.hard_failures(req.config.crash_restarts);
+                Some(Ok(())) => {
+                    let hard = watch.state.hard_failures(req.config.crash_restarts);
                     if !hard.is_empty() {
-                        let what = hard.iter().map(|h| format!("{} in pod {}", h.reason, h.pod)).collect::<Vec<_>>().join(", ");
-                        note(format!("rollout cannot succeed ({what}): stopping Helm, which rolls back"));
+                        let what: Vec<String> = hard.iter().map(|h| format!("{} in pod {}", h.reason, h.pod)).collect();
+                        note(format!("the rollout cannot succeed ({}): stopping Helm, which rolls back", what.join(", ")));
                         let ev = evidence(kube, ns, hard, req.config.log_lines).await;
                         interrupt(pid);
                         stopped = Some(("a new pod failed".into(), ev));
@@ -602,10 +430,10 @@ pub async fn upgrade(
                 None => watch_ok = false,
             },
             _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
-                let ev = evidence(kube, ns, obs.not_ready(), req.config.log_lines).await;
-                note(format!("rollout not done after {:?}: stopping Helm, which rolls back", req.config.timeout));
+                let ev = evidence(kube, ns, watch.state.not_ready(), req.config.log_lines).await;
+                note(format!("the rollout is not done after {}s: stopping Helm, which rolls back", req.config.timeout.as_secs()));
                 interrupt(pid);
-                stopped = Some((format!("not ready after {}s, the configured timeout", req.config.timeout.as_secs()), ev));
+                stopped = Some((format!("not ready within {}s, the configured timeout", req.config.timeout.as_secs()), ev));
             }
         }
     };
@@ -623,34 +451,40 @@ pub async fn upgrade(
             let (reason, failures) = match stopped {
                 Some(s) => s,
                 None => {
-                    let ev = evidence(
-                        kube,
-                        ns,
-                        obs.hard_failures(1).into_iter().chain(obs.not_ready()).collect(),
-                        req.config.log_lines,
-                    )
-                    .await;
-                    (stderr, ev)
+                    let mut list = watch.state.hard_failures(1);
+                    list.extend(watch.state.not_ready());
+                    (stderr, evidence(kube, ns, list, req.config.log_lines).await)
                 }
             };
-            let restored: Option<HelmRelease> = helm.status(name, ns).await.ok().flatten();
-            let warnings = obs
-                .warnings
-                .iter()
-                .rev()
-                .take(5)
-                .map(|w| format!("{} {}: {} (x{})", w.object, w.reason, w.message, w.count))
-                .collect();
-            Err(DeployError::RolledBack {
-                release: name.clone(),
-                namespace: ns.clone(),
-                reason,
-                failures,
-                restored: restored.filter(|r| r.status == "deployed").map(|r| r.revision),
-                warnings,
-            })
+            let restored = helm.status(name, ns).await.ok().flatten().filter(|r| r.status == "deployed");
+            Err(rolled_back(req.release, reason, failures, restored.map(|r| r.revision), &watch.state))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The error of a rollout that failed and was rolled back.
+pub fn rolled_back(
+    release: &ReleaseTarget,
+    reason: String,
+    failures: Vec<PodFailure>,
+    restored: Option<u32>,
+    seen: &Rollout,
+) -> DeployError {
+    let warnings = seen
+        .warnings
+        .iter()
+        .rev()
+        .take(5)
+        .map(|w| format!("{} {}: {} (x{})", w.object, w.reason, w.message, w.count))
+        .collect();
+    DeployError::RolledBack {
+        release: release.name.clone(),
+        namespace: release.namespace.clone(),
+        reason,
+        failures,
+        restored,
+        warnings,
     }
 }
 

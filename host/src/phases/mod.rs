@@ -13,6 +13,7 @@ pub mod context;
 pub mod deploy;
 pub mod push;
 pub mod source;
+pub mod rollout;
 pub mod verify;
 
 use serde::Serialize;

@@ -5,16 +5,15 @@
 //! judges. An `error` finding fails the run: the release is rolled back to the revision before
 //! (or uninstalled, when this was its first), and prpod exits 1.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::clients::kube::{Kube, KubeError, Observed, PodView, WATCHED_KINDS, WarningView, WorkloadView};
+use crate::clients::kube::{Kube, KubeError, PodView, WarningView, WorkloadView};
 use crate::model::{
     ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
 };
+use crate::phases::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::plugins::{Plugin, PluginError};
 
 /// What the cluster showed of a release.
@@ -97,60 +96,53 @@ pub async fn snapshot(kube: &Kube, release: &ReleaseTarget) -> Result<Snapshot, 
     Ok(Snapshot { workloads, pods: pods.into_iter().filter(|p| !p.terminating).collect(), warnings })
 }
 
-/// Watches the release's workloads until they settle or `wait` passes, and returns what the
-/// cluster shows then. Running out of time is not an error here: the verifiers judge the state.
-pub async fn watch_until_settled(
-    kube: &Kube,
+/// How the release looked when the verify phase stopped watching.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// What the cluster showed.
+    pub snapshot: Snapshot,
+    /// Every workload had all replicas updated, ready and available.
+    pub settled: bool,
+    /// Containers that failed for good (the rollout cannot succeed), if any.
+    pub failures: Vec<PodFailure>,
+}
+
+/// Keeps watching (the watch the deploy phase started) until the release's workloads settle, a
+/// new pod fails for good, or `wait` passes. Running out of time is not an error here: the
+/// verifiers judge the state.
+pub async fn settle(
+    watch: &mut RolloutWatch,
     release: &ReleaseTarget,
     wait: Duration,
-) -> Result<(Snapshot, bool), KubeError> {
-    let mut stream = Box::pin(kube.watch_namespace(&release.namespace));
-    let mut listed: BTreeSet<&'static str> = BTreeSet::new();
-    let mut workloads: BTreeMap<(String, String), WorkloadView> = BTreeMap::new();
-    let mut pods: BTreeMap<String, PodView> = BTreeMap::new();
-    let mut warnings: Vec<WarningView> = Vec::new();
+    crash_restarts: u32,
+) -> Result<Settled, KubeError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let snapshot = |workloads: &BTreeMap<(String, String), WorkloadView>,
-                    pods: &BTreeMap<String, PodView>,
-                    warnings: &Vec<WarningView>| Snapshot {
-        workloads: workloads
-            .values()
-            .filter(|w| w.release.as_deref() == Some(release.name.as_str()))
-            .cloned()
-            .collect(),
-        pods: pods.values().filter(|p| !p.terminating).cloned().collect(),
-        warnings: warnings.clone(),
-    };
     loop {
-        if listed.len() == WATCHED_KINDS.len() {
-            let s = snapshot(&workloads, &pods, &warnings);
-            if s.settled() {
-                return Ok((s, true));
+        if watch.state.all_listed() {
+            let snapshot = snapshot_of(&watch.state, release);
+            let failures = watch.state.hard_failures(crash_restarts);
+            if !failures.is_empty() {
+                return Ok(Settled { snapshot, settled: false, failures });
+            }
+            if snapshot.settled() {
+                return Ok(Settled { snapshot, settled: true, failures });
             }
         }
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => return Ok((snapshot(&workloads, &pods, &warnings), false)),
-            Ok(None) => return Ok((snapshot(&workloads, &pods, &warnings), false)),
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(()))) => {}
             Ok(Some(Err(e))) => return Err(e),
-            Ok(Some(Ok(o))) => match o {
-                Observed::Listed(k) => {
-                    listed.insert(k);
-                }
-                Observed::Workload(w) => {
-                    workloads.insert((w.kind.clone(), w.name.clone()), w);
-                }
-                Observed::Pod(p) => {
-                    pods.insert(p.name.clone(), p);
-                }
-                Observed::PodGone(name) => {
-                    pods.remove(&name);
-                }
-                Observed::Warning(w) => {
-                    warnings.retain(|x| !(x.object == w.object && x.reason == w.reason));
-                    warnings.push(w);
-                }
-            },
+            Ok(None) | Err(_) => {
+                return Ok(Settled { snapshot: snapshot_of(&watch.state, release), settled: false, failures: vec![] });
+            }
         }
+    }
+}
+
+fn snapshot_of(state: &Rollout, release: &ReleaseTarget) -> Snapshot {
+    Snapshot {
+        workloads: state.release_workloads(&release.name).cloned().collect(),
+        pods: state.live_pods().cloned().collect(),
+        warnings: state.warnings.clone(),
     }
 }
 
@@ -198,6 +190,8 @@ pub fn digests(snapshot: &Snapshot) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::clients::kube::ContainerView;
 

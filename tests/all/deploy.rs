@@ -1,0 +1,211 @@
+//! The deploy line below the CLI, on the service world: the chart phase renders what the deploy
+//! applies, the deploy phase installs with Helm into a labelled namespace whose pods pull from
+//! the TLS registry through the pull Secret prpod attached, verify reads a settled release, and
+//! a container that exits at once is stopped early, rolled back, and reported with its log.
+
+use std::time::{Duration, Instant};
+
+use prpod::clients::helm::{Helm, KubeTarget};
+use prpod::clients::kube::{Kube, PullCredential};
+use prpod::model::{DeployTarget, ImageRef, PrContext, ReleaseTarget, TagSet};
+use prpod::phases::chart::{self, AppConfig, ChartRequest};
+use prpod::phases::deploy::{self, DeployConfig, DeployError, DeployLock, DeployRequest};
+use prpod::phases::rollout::RolloutWatch;
+use prpod::phases::verify;
+use prpod::plugins::{PluginHost, PluginRef};
+use prpod::secret::Secret;
+use prpod_test_support::{World, world};
+
+use crate::context;
+
+/// The digest of the world's web image on the TLS registry (read with skopeo, not prpod).
+pub fn web_digest(w: &World) -> String {
+    let reg = &w.registry_tls;
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--format", "{{.Digest}}"])
+        .arg("--authfile")
+        .arg(reg.authfile.as_ref().unwrap())
+        .arg("--cert-dir")
+        .arg(reg.cert_dir.as_ref().unwrap())
+        .arg(format!("docker://{}", w.web_image_tls))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The web image as pods and the node name it (the registry's pod-side address).
+pub fn web_image(w: &World) -> ImageRef {
+    let path = w.web_image_tls.strip_prefix(&format!("{}/", w.registry_tls.host)).unwrap();
+    let (repo, tag) = path.rsplit_once(':').unwrap();
+    ImageRef {
+        repository: format!("{}/{repo}", w.registry_tls.host_pod),
+        tag: Some(tag.into()),
+        digest: Some(web_digest(w)),
+    }
+}
+
+fn pull_credentials(w: &World) -> Vec<PullCredential> {
+    let r = &w.registry_tls;
+    vec![PullCredential {
+        registry: r.host_pod.clone(),
+        username: r.user.clone().unwrap(),
+        password: Secret::new(r.password.clone().unwrap()),
+    }]
+}
+
+fn ctx_for(image: &ImageRef, release: &ReleaseTarget, registry: &str) -> PrContext {
+    let mut c = context(Some(1), "feature/deploy");
+    c.target = Some(DeployTarget {
+        registry: registry.into(),
+        image: image.clone(),
+        tags: TagSet { primary: "pr-1".into(), extra: vec![], cache_from: vec![], cache_to: None },
+        release: release.clone(),
+    });
+    c
+}
+
+fn test_config(timeout: Duration) -> DeployConfig {
+    let mut set = toml::Table::new();
+    set.insert("terminationGracePeriodSeconds".into(), toml::Value::Integer(1));
+    DeployConfig { timeout, set, ..DeployConfig::default() }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The default chart through the whole deploy line, then a chart whose container exits at once:
+/// stopped before the timeout, rolled back to revision 1 (which still serves), and reported with
+/// pod, container, reason and the container's log.
+#[test]
+fn deploy_verify_and_crash_rollback() {
+    let w = world();
+    let ns = prpod_test_support::unique_name("deploy-phase");
+    let release = ReleaseTarget { name: "pr-1".into(), namespace: ns.clone() };
+    let image = web_image(w);
+    let ctx = ctx_for(&image, &release, &w.registry_tls.host_pod);
+    let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
+    let _cleanup = NamespaceGuard(ns.clone());
+    rt().block_on(async {
+        let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
+        let kube = Kube::connect(&target).await.unwrap();
+        let host = PluginHost::new().unwrap();
+        let generator = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
+        let verifier = host.load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
+        let config = test_config(Duration::from_secs(90));
+        let app = AppConfig { port: w.web_port, health_path: Some("/".into()), ..AppConfig::default() };
+        let req = ChartRequest {
+            ctx: &ctx,
+            release: &release,
+            image: &image,
+            chart_dir: None,
+            values_files: vec![],
+            set: &config.set,
+            app: &app,
+            replicas: None,
+            pull_secret: Some(&config.pull_secret),
+        };
+        let rendered = chart::render(&req, &helm, Some(&generator)).await.unwrap();
+        assert!(rendered.rendered.contains(&format!("@{}", image.digest.as_ref().unwrap())), "{}", rendered.rendered);
+        let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).unwrap();
+        assert!(!chart::has_errors(&findings), "{findings:?}");
+
+        deploy::prepare_namespace(&kube, &ctx, &release, &pull_credentials(w), &config).await.unwrap();
+        let labels = kube.namespace_labels(&ns).await.unwrap().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "prpod");
+        assert_eq!(labels["prpod.dev/pr"], "1");
+        assert_eq!(labels["prpod.dev/repository"], "acme.web");
+        assert_eq!(kube.pull_secrets_of(&ns, "default").await.unwrap(), vec![config.pull_secret.clone()]);
+
+        let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(deploy::recover_pending(&helm, &release, &lock, config.timeout).await.unwrap(), None);
+        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config };
+        let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
+        let rel = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
+        assert_eq!((rel.revision, rel.status.as_str(), rel.previous_revision), (1, "deployed", None));
+        let settled = verify::settle(&mut watch, &release, Duration::from_secs(30), 2).await.unwrap();
+        assert!(settled.settled, "{settled:?}");
+        let status = settled.snapshot.release_status(&release, None);
+        assert_eq!(status.workloads.len(), 1);
+        assert_eq!(status.workloads[0].pods.len(), 1, "{status:?}");
+        let after = verify::check_release(&ctx, &status, std::slice::from_ref(&verifier)).unwrap();
+        assert!(!chart::has_errors(&after), "{after:?}");
+        let url = verify::preview_url(&kube, &release).await.unwrap().expect("a preview URL");
+        assert_eq!(curl(&url), w.web_body, "GET {url}");
+
+        // A chart whose container exits at once: stopped early, rolled back, evidence quoted.
+        let crash = crash_chart();
+        let req2 = ChartRequest { chart_dir: Some(crash.path().to_path_buf()), ..req.clone() };
+        let rendered2 = chart::render(&req2, &helm, None).await.unwrap();
+        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config };
+        let started = Instant::now();
+        let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
+        let err = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap_err();
+        let elapsed = started.elapsed();
+        let text = err.to_string();
+        let DeployError::RolledBack { failures, restored, .. } = &err else { panic!("{err:?}") };
+        assert!(elapsed < config.timeout, "stopped after {elapsed:?}, not before the timeout: {text}");
+        assert_eq!(*restored, Some(3), "{text}");
+        let f = failures.iter().find(|f| f.container == "crash").unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(f.reason, "CrashLoopBackOff", "{text}");
+        assert_eq!(f.exit_code, Some(3), "{text}");
+        assert!(f.log.iter().any(|l| l.contains("cannot start: no config")), "{text}");
+        assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 5);
+        lock.release().await;
+        // Revision 1's pod still serves.
+        assert_eq!(curl(&url), w.web_body, "GET {url} after the rollback");
+    });
+}
+
+/// A chart with the same Service as the default chart's (so the preview URL is the same) and a
+/// Deployment whose container exits at once.
+fn crash_chart() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("templates")).unwrap();
+    std::fs::write(d.join("Chart.yaml"), "apiVersion: v2\nname: crash\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        d.join("templates/app.yaml"),
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app.kubernetes.io/name: web, app.kubernetes.io/instance: {{ .Release.Name | quote }}}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: web, app.kubernetes.io/instance: {{ .Release.Name | quote }}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: crash
+          image: {{ .Values.prpod.image | quote }}
+          command: ["/bin/sh", "-c", "echo starting; echo cannot start: no config >&2; exit 3"]
+          ports: [{name: http, containerPort: 8080, protocol: TCP}]
+          readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app.kubernetes.io/name: web, app.kubernetes.io/instance: {{ .Release.Name | quote }}}
+  ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl").args(["-sf", "--max-time", "10", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Deletes the namespace when the test ends, pass or fail.
+pub struct NamespaceGuard(pub String);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let _ = world().kubectl(["delete", "namespace", &self.0, "--wait=false", "--ignore-not-found"]);
+    }
+}
