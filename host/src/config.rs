@@ -23,6 +23,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::phases::build::{BuildConfig, ImageConfig};
+use crate::phases::chart::AppConfig;
+use crate::phases::deploy::DeployConfig;
 use crate::phases::source::SourceConfig;
 use crate::plugins::{Limits, PluginRef, World};
 
@@ -89,10 +91,40 @@ pub struct PluginsConfig {
     /// `[plugins.chart-generator]` (default `builtin:chart-webapp`).
     #[serde(rename = "chart-generator", default)]
     pub chart_generator: PluginConfig,
-    /// `[plugins.verifier]` (default `builtin:verify-baseline`).
+    /// `[plugins.verifier]` (default `builtin:verify-baseline`), or several as
+    /// `[[plugins.verifier]]` (an org policy plus a team policy): every one runs.
     #[serde(default)]
-    pub verifier: PluginConfig,
+    pub verifier: Verifiers,
 }
+
+/// The verifier plugins: one table (`[plugins.verifier]`, as prpod has always read it) or an
+/// array of tables (`[[plugins.verifier]]`). Empty means the default, `builtin:verify-baseline`.
+#[derive(Debug, Clone, Default)]
+pub struct Verifiers(pub Vec<PluginConfig>);
+
+impl<'de> Deserialize<'de> for Verifiers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Verifiers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table `[plugins.verifier]` or an array of tables `[[plugins.verifier]]`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Verifiers, A::Error> {
+                let one = PluginConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Verifiers(vec![one]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Verifiers, A::Error> {
+                Ok(Verifiers(Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The plugin config of a world nobody configured.
+static UNCONFIGURED: PluginConfig =
+    PluginConfig { reference: None, limits: LimitOverrides { memory_mib: None, deadline_ms: None, output_mib: None } };
 
 /// The whole of `prpod.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,6 +145,12 @@ pub struct Config {
     /// `[build]`: which backend builds, and its settings.
     #[serde(default)]
     pub build: BuildConfig,
+    /// `[deploy]`: the chart, Helm, the cluster, the rollout timeout.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+    /// `[app]`: what the generated chart runs.
+    #[serde(default)]
+    pub app: AppConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -226,6 +264,15 @@ impl Config {
                 PluginRef::parse(r).map_err(|e| err(format!("`plugins.{world}.ref`: {e}")))?;
             }
         }
+        for (i, p) in config.plugins.verifier.0.iter().enumerate().skip(1) {
+            p.limits.check(|k| format!("plugins.verifier[{i}].limits.{k}")).map_err(err)?;
+            match &p.reference {
+                Some(r) => {
+                    PluginRef::parse(r).map(|_| ()).map_err(|e| err(format!("`plugins.verifier[{i}].ref`: {e}")))?
+                }
+                None => return Err(err(format!("`plugins.verifier[{i}]` has no `ref`"))),
+            }
+        }
         config.check().map_err(|e| match e {
             ConfigError::Value { key, why } => err(format!("`{key}`: {why}")),
             other => other,
@@ -239,6 +286,7 @@ impl Config {
         self.source.apply_env(env)?;
         self.image.apply_env(env)?;
         self.build.apply_env(env)?;
+        self.deploy.apply_env(env)?;
         self.check()
     }
 
@@ -246,7 +294,8 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         self.source.check()?;
         self.image.check()?;
-        self.build.check()
+        self.build.check()?;
+        self.deploy.check()
     }
 
     /// `path` resolved against the config file's directory (relative paths in the file are
@@ -261,7 +310,33 @@ impl Config {
         match world {
             World::TagPolicy => &self.plugins.tag_policy,
             World::ChartGenerator => &self.plugins.chart_generator,
-            World::Verifier => &self.plugins.verifier,
+            World::Verifier => self.plugins.verifier.0.first().unwrap_or(&UNCONFIGURED),
+        }
+    }
+
+    /// Every verifier plugin, in the order configured, with the limits each runs under.
+    pub fn verifiers(&self) -> Vec<(PluginRef, Limits)> {
+        if self.plugins.verifier.0.len() <= 1 {
+            return vec![(self.plugin_ref(World::Verifier), self.limits_for(World::Verifier))];
+        }
+        self.plugins
+            .verifier
+            .0
+            .iter()
+            .map(|p| {
+                let text = p.reference.as_deref().expect("checked by Config::load");
+                (self.resolve_ref(text), p.limits.apply(self.limits.apply(Limits::default())))
+            })
+            .collect()
+    }
+
+    fn resolve_ref(&self, text: &str) -> PluginRef {
+        match PluginRef::parse(text).expect("checked by Config::load") {
+            PluginRef::File { path, sha256 } if path.is_relative() => {
+                let base = self.path.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+                PluginRef::File { path: base.join(path), sha256 }
+            }
+            r => r,
         }
     }
 
@@ -279,13 +354,7 @@ impl Config {
             World::Verifier => "builtin:verify-baseline",
         };
         let text = self.plugin(world).reference.as_deref().unwrap_or(default);
-        match PluginRef::parse(text).expect("checked by Config::load") {
-            PluginRef::File { path, sha256 } if path.is_relative() => {
-                let base = self.path.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
-                PluginRef::File { path: base.join(path), sha256 }
-            }
-            r => r,
-        }
+        self.resolve_ref(text)
     }
 }
 
@@ -315,6 +384,27 @@ mod tests {
         assert!(e.contains("plugins.tag-policy.ref"), "{e}");
         let e = load("[plugins.tag-polcy]\n").unwrap_err().to_string();
         assert!(e.contains("tag-polcy"), "{e}");
+    }
+
+    #[test]
+    fn one_verifier_or_several() {
+        let c = load("[plugins.verifier]\nref = \"builtin:verify-baseline\"\n").unwrap();
+        assert_eq!(c.verifiers().len(), 1);
+        let c = load(
+            "[[plugins.verifier]]\nref = \"org.wasm\"\n[[plugins.verifier]]\nref = \"builtin:verify-baseline\"\nlimits = { deadline_ms = 9 }\n",
+        )
+        .unwrap();
+        let v = c.verifiers();
+        assert_eq!(v.len(), 2);
+        assert!(matches!(&v[0].0, PluginRef::File { path, .. } if path.ends_with("org.wasm")));
+        assert_eq!(v[1].1.deadline_ms, 9);
+        let e = load("[[plugins.verifier]]\nref = \"a.wasm\"\n[[plugins.verifier]]\nlimits = {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plugins.verifier[1]"), "{e}");
+        let e = load("[plugins.verifier]\nrf = \"a.wasm\"\n").unwrap_err().to_string();
+        assert!(e.contains("rf"), "{e}");
+        assert_eq!(load("").unwrap().verifiers()[0].0, PluginRef::Builtin("verify-baseline".into()));
     }
 
     #[test]

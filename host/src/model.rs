@@ -435,6 +435,7 @@ pub struct BuildSteps {
     pub executed: u32,
     /// Steps served from the layer cache.
     pub cached: u32,
+}
 
 /// A finding together with the verifier plugin that reported it (`prpod` for the host's own
 /// checks), as the JSON report lists it: the finding's fields plus `plugin`.

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 pub use crate::model::LayerStats;
-use crate::model::{Finding, PrContext, ReleaseTarget, Severity, TagSet};
+use crate::model::{PrContext, ReleaseTarget, ReportedFinding, Severity, TagSet};
 use crate::phases::Phase;
 
 /// How results are rendered.
@@ -82,7 +82,9 @@ pub enum Event {
         summary: String,
     },
     /// A verifier finding.
-    Finding(Phase, Finding),
+    Finding(Phase, ReportedFinding),
+    /// The phase is waiting on something outside prpod (a rollout): a spinner on a terminal.
+    Waiting(Phase, String),
 }
 
 /// The image a run produced, as the JSON report shows it.
@@ -114,12 +116,53 @@ pub struct RunReport {
     /// The Helm release (deploying commands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<ReleaseTarget>,
-    /// Verifier findings (deploying and planning commands).
+    /// Verifier findings, each naming its plugin (deploying and planning commands).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub findings: Option<Vec<Finding>>,
+    pub findings: Option<Vec<ReportedFinding>>,
     /// Where the preview answers, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview_url: Option<String>,
+    /// The image reference the chart deploys (`repository:tag@digest`; no digest in a plan made
+    /// before the build).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy_image: Option<String>,
+    /// The Helm revision now current (deploying commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    /// The chart: `name-version`, and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    /// What a plan would do, step by step (`prpod plan`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Vec<String>>,
+    /// The rendered manifests (`--show-manifests`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<String>,
+    /// Why the command failed: the error and its causes, and the exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReport>,
+}
+
+/// A failure as the JSON report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorReport {
+    /// The error.
+    pub error: String,
+    /// Its causes, outermost first.
+    pub causes: Vec<String>,
+    /// The exit code prpod ends with.
+    pub exit_code: u8,
+}
+
+impl ErrorReport {
+    /// The report of `err`.
+    pub fn of(err: &anyhow::Error) -> ErrorReport {
+        ErrorReport {
+            error: err.to_string(),
+            causes: err.chain().skip(1).map(|c| c.to_string()).collect(),
+            exit_code: crate::error::exit_code_for(err),
+        }
+    }
 }
 
 /// Prints results to stdout and progress and diagnostics to stderr. Cheap to clone: clones share
@@ -142,7 +185,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     phases: Vec<PhaseRecord>,
-    findings: Vec<Finding>,
+    findings: Vec<ReportedFinding>,
     bar: Option<(Phase, ProgressBar)>,
     /// Every event, when capturing (tests).
     captured: Option<Vec<Event>>,
@@ -188,7 +231,7 @@ impl Reporter {
     }
 
     /// Every finding reported so far.
-    pub fn findings(&self) -> Vec<Finding> {
+    pub fn findings(&self) -> Vec<ReportedFinding> {
         self.state().findings.clone()
     }
 
@@ -240,6 +283,19 @@ impl Reporter {
                 }
                 bar.set_position(*done);
             }
+            Event::Waiting(phase, msg) if self.inner.tty && self.inner.print => {
+                // A spinner (terminal only) until the phase finishes; CI logs get no animation.
+                let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+                spinner.set_style(
+                    ProgressStyle::with_template("  {prefix:<8} {spinner} {msg} ({elapsed})").expect("valid template"),
+                );
+                spinner.set_prefix(phase.name());
+                spinner.set_message(msg.clone());
+                spinner.enable_steady_tick(Duration::from_millis(120));
+                if let Some((_, old)) = state.bar.replace((*phase, spinner)) {
+                    old.finish_and_clear();
+                }
+            }
             _ => {}
         }
         if !self.inner.print {
@@ -266,15 +322,19 @@ impl Reporter {
                 let secs = format!("{:.2}s", duration.as_secs_f64());
                 Some(format!("{mark} {:<10} {secs:>7}  {summary}", phase.name()).trim_end().to_string())
             }
-            Event::Finding(phase, f) => {
+            Event::Finding(phase, r) => {
+                let f = &r.finding;
                 let sev = match f.severity {
                     Severity::Error => "error",
                     Severity::Warning => "warning",
                     Severity::Info => "info",
                 };
                 let object = f.object.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-                Some(format!("  {:<10} {sev} [{}] {}{object}", phase.name(), f.rule, f.message))
+                Some(format!("  {:<10} {sev} [{}] {}{object} — {}", phase.name(), f.rule, f.message, r.plugin))
             }
+            // On a terminal the spinner says it; elsewhere one line, once.
+            Event::Waiting(phase, msg) if !self.inner.tty => Some(format!("  {:<10} {msg}", phase.name())),
+            Event::Waiting(..) => None,
         }
     }
 
@@ -313,11 +373,39 @@ impl Reporter {
                 human_bytes(l.bytes_uploaded)
             )?;
         }
+        if let Some(i) = &report.deploy_image {
+            writeln!(out, "deploys  {i}")?;
+        }
+        if let Some(c) = &report.chart {
+            writeln!(out, "chart    {c}")?;
+        }
         if let Some(r) = &report.release {
-            writeln!(out, "release  {} in namespace {}", r.name, r.namespace)?;
+            match report.revision {
+                Some(rev) => writeln!(out, "release  {} revision {rev} in namespace {}", r.name, r.namespace)?,
+                None => writeln!(out, "release  {} in namespace {}", r.name, r.namespace)?,
+            }
+        }
+        if let Some(f) = &report.findings
+            && !f.is_empty()
+        {
+            let count = |s: Severity| f.iter().filter(|x| x.finding.severity == s).count();
+            writeln!(
+                out,
+                "findings {} error(s), {} warning(s), {} info",
+                count(Severity::Error),
+                count(Severity::Warning),
+                count(Severity::Info)
+            )?;
+        }
+        for step in report.plan.iter().flatten() {
+            writeln!(out, "plan     {step}")?;
         }
         if let Some(url) = &report.preview_url {
             writeln!(out, "preview  {url}")?;
+        }
+        if let Some(m) = &report.manifests {
+            writeln!(out, "---")?;
+            write!(out, "{m}")?;
         }
         Ok(())
     }
@@ -376,8 +464,13 @@ impl PhaseHandle {
     }
 
     /// Reports a verifier finding.
-    pub fn finding(&self, finding: Finding) {
+    pub fn finding(&self, finding: ReportedFinding) {
         self.reporter.emit(Event::Finding(self.phase, finding));
+    }
+
+    /// Says the phase is waiting on something outside prpod (a spinner on a terminal).
+    pub fn waiting(&self, message: impl Into<String>) {
+        self.reporter.emit(Event::Waiting(self.phase, message.into()));
     }
 
     /// A handle for reporting transfer progress from other tasks.
@@ -494,5 +587,178 @@ mod tests {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(200 * 1024 * 1024), "200.0 MiB");
+    }
+}
+
+/// `prpod status`: a release as it runs now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusReport {
+    /// Release and namespace.
+    pub release: Option<ReleaseTarget>,
+    /// Current revision.
+    pub revision: Option<u32>,
+    /// Helm's status of it (`deployed`, `failed`, `pending-upgrade`, ...).
+    pub status: Option<String>,
+    /// `name-version` of its chart.
+    pub chart: Option<String>,
+    /// The images its workloads run.
+    pub images: Vec<String>,
+    /// The digests of those images.
+    pub image_digests: Vec<String>,
+    /// Its workloads: kind, name, desired, ready, available.
+    pub workloads: Vec<WorkloadLine>,
+    /// Its pods.
+    pub pods: Vec<PodLine>,
+    /// Where the preview answers.
+    pub preview_url: Option<String>,
+    /// What `--replicas` did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaled: Option<String>,
+}
+
+/// One workload in `prpod status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadLine {
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Ready.
+    pub ready: u32,
+    /// Available.
+    pub available: u32,
+}
+
+/// One pod in `prpod status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodLine {
+    /// Name.
+    pub name: String,
+    /// Phase.
+    pub phase: String,
+    /// Ready containers.
+    pub ready: u32,
+    /// Containers.
+    pub containers: u32,
+    /// Restarts, all containers.
+    pub restarts: u32,
+    /// Seconds since it was created.
+    pub age_seconds: Option<u64>,
+    /// Why a container waits, if one does.
+    pub waiting: Option<String>,
+}
+
+/// `prpod doctor`: one line per check.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DoctorReport {
+    /// The checks, in the order they ran.
+    pub checks: Vec<Check>,
+    /// Whether a run would work (no check failed).
+    pub ok: bool,
+}
+
+/// One check of `prpod doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked (`helm`, `registry push access`, `rbac`...).
+    pub name: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: CheckStatus,
+    /// What was found (versions, the server, the missing rights).
+    pub detail: String,
+    /// What to do about a warning or failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look.
+    Warn,
+    /// A run would fail.
+    Fail,
+}
+
+fn age(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7200 => format!("{}m", s / 60),
+        Some(s) if s < 172_800 => format!("{}h", s / 3600),
+        Some(s) => format!("{}d", s / 86400),
+    }
+}
+
+impl Reporter {
+    /// Prints `prpod status`: JSON, or a summary and a pod table for people.
+    pub fn status_report(&self, r: &StatusReport) -> anyhow::Result<()> {
+        if self.inner.format == Format::Json {
+            return self.result(r);
+        }
+        let mut out = std::io::stdout().lock();
+        if let Some(rel) = &r.release {
+            let rev = r.revision.map(|v| format!(" revision {v}")).unwrap_or_default();
+            let st = r.status.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+            writeln!(out, "release  {}{rev}{st} in namespace {}", rel.name, rel.namespace)?;
+        }
+        if let Some(c) = &r.chart {
+            writeln!(out, "chart    {c}")?;
+        }
+        for i in &r.images {
+            writeln!(out, "image    {i}")?;
+        }
+        if let Some(u) = &r.preview_url {
+            writeln!(out, "preview  {u}")?;
+        }
+        if let Some(s) = &r.scaled {
+            writeln!(out, "scaled   {s}")?;
+        }
+        for w in &r.workloads {
+            writeln!(out, "{:<8} {} {}/{} ready, {} available", w.kind, w.name, w.ready, w.desired, w.available)?;
+        }
+        if !r.pods.is_empty() {
+            let width = r.pods.iter().map(|p| p.name.len()).max().unwrap_or(3).max(3);
+            writeln!(out, "{:<width$}  {:<9} {:<6} {:<9} AGE", "POD", "PHASE", "READY", "RESTARTS")?;
+            for p in &r.pods {
+                let waiting = p.waiting.as_deref().map(|w| format!("  ({w})")).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<width$}  {:<9} {:<6} {:<9} {}{waiting}",
+                    p.name,
+                    p.phase,
+                    format!("{}/{}", p.ready, p.containers),
+                    p.restarts,
+                    age(p.age_seconds)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints `prpod doctor`: JSON, or one line per check with its fix.
+    pub fn doctor_report(&self, r: &DoctorReport) -> anyhow::Result<()> {
+        if self.inner.format == Format::Json {
+            return self.result(r);
+        }
+        let mut out = std::io::stdout().lock();
+        for c in &r.checks {
+            let mark = match c.status {
+                CheckStatus::Ok => "✓",
+                CheckStatus::Warn => "!",
+                CheckStatus::Fail => "✗",
+            };
+            writeln!(out, "{mark} {:<24} {}", c.name, c.detail)?;
+            if let Some(f) = &c.fix {
+                writeln!(out, "  {:<24} fix: {f}", "")?;
+            }
+        }
+        writeln!(out, "{}", if r.ok { "a run would work" } else { "a run would fail: fix the ✗ lines above" })?;
+        Ok(())
     }
 }

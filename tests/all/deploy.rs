@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use prpod::clients::helm::{Helm, KubeTarget};
-use prpod::clients::kube::{Kube, PullCredential};
+use prpod::clients::kube::Kube;
+use prpod::clients::registry::CredentialResolver;
 use prpod::model::{DeployTarget, ImageRef, PrContext, ReleaseTarget, TagSet};
 use prpod::phases::chart::{self, AppConfig, ChartRequest};
 use prpod::phases::deploy::{self, DeployConfig, DeployError, DeployLock, DeployRequest};
@@ -45,13 +46,14 @@ pub fn web_image(w: &World) -> ImageRef {
     }
 }
 
-fn pull_credentials(w: &World) -> Vec<PullCredential> {
+/// The `.dockerconfigjson` for the TLS registry as pods name it, made by the host's resolver.
+async fn pull_secret(w: &World) -> Secret {
     let r = &w.registry_tls;
-    vec![PullCredential {
-        registry: r.host_pod.clone(),
-        username: r.user.clone().unwrap(),
-        password: Secret::new(r.password.clone().unwrap()),
-    }]
+    CredentialResolver::anonymous()
+        .with_secret(&r.host_pod, r.user.as_ref().unwrap(), Secret::new(r.password.clone().unwrap()), "the test")
+        .dockerconfigjson(&[&r.host_pod])
+        .await
+        .unwrap()
 }
 
 fn ctx_for(image: &ImageRef, release: &ReleaseTarget, registry: &str) -> PrContext {
@@ -111,7 +113,7 @@ fn deploy_verify_and_crash_rollback() {
         let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).unwrap();
         assert!(!chart::has_errors(&findings), "{findings:?}");
 
-        deploy::prepare_namespace(&kube, &ctx, &release, &pull_credentials(w), &config).await.unwrap();
+        deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();
         let labels = kube.namespace_labels(&ns).await.unwrap().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "prpod");
         assert_eq!(labels["prpod.dev/pr"], "1");

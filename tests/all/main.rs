@@ -7,8 +7,8 @@
 
 mod chart;
 mod cli;
-mod fault_proxy;
 mod deploy;
+mod fault_proxy;
 mod plugins;
 mod push;
 

@@ -90,7 +90,7 @@ pub async fn run(args: BuildArgs, mut config: Config, env: &Env, reporter: &Repo
         git_token: phases::source::token(&config.source, env)?,
         registry_password: if args.registry_password_stdin { Some(read_stdin_secret()?) } else { None },
     };
-    let inputs = Inputs { config: &config, context: &args.context, env, secrets: &secrets };
+    let inputs = Inputs { config: &config, context: &args.context, env, secrets: &secrets, mode: phases::Mode::Apply };
     let run = phases::walk(&inputs, Phase::Push, reporter).await?;
     let pushed = run.pushed.as_ref();
     reporter.run_report(&RunReport {
@@ -105,7 +105,7 @@ pub async fn run(args: BuildArgs, mut config: Config, env: &Env, reporter: &Repo
     Ok(EXIT_OK)
 }
 
-fn read_stdin_secret() -> anyhow::Result<Secret> {
+pub(crate) fn read_stdin_secret() -> anyhow::Result<Secret> {
     let mut s = String::new();
     std::io::stdin().read_to_string(&mut s).context("failed to read the registry password from stdin")?;
     let secret = Secret::new(s);

@@ -2,7 +2,10 @@
 //! the library. Nothing here prints except through [`Reporter`].
 
 pub mod build;
+pub mod doctor;
 pub mod plugin;
+pub mod run;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,16 @@ pub enum Command {
     Plugin(plugin::PluginCommand),
     /// Clone the PR's commit, build the image and push it under the tag-policy's tags.
     Build(build::BuildArgs),
+    /// The whole line for one PR commit: build, push, chart, checks, deploy, verify.
+    Run(run::RunArgs),
+    /// Everything `run` would do up to the pre-deploy findings, writing nothing anywhere.
+    Plan(run::PlanArgs),
+    /// The line from an image already pushed: chart, checks, deploy, verify.
+    Deploy(run::DeployArgs),
+    /// A PR's preview as it runs now; `--replicas N` scales it.
+    Status(status::StatusArgs),
+    /// Would a run work here? Tools, registry access, cluster access and rights.
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Cli {
@@ -47,6 +60,11 @@ impl Cli {
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd, &config, reporter),
             Command::Build(args) => runtime()?.block_on(build::run(args, config, &env, reporter)),
+            Command::Run(args) => runtime()?.block_on(run::run(args, config, &env, reporter)),
+            Command::Plan(args) => runtime()?.block_on(run::plan(args, config, &env, reporter)),
+            Command::Deploy(args) => runtime()?.block_on(run::deploy(args, config, &env, reporter)),
+            Command::Status(args) => runtime()?.block_on(status::run(args, config, &env, reporter)),
+            Command::Doctor(args) => runtime()?.block_on(doctor::run(args, config, &env, reporter)),
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct HistoryEntry {
     pub status: String,
     /// `name-version` of its chart.
     pub chart: String,
+    /// The chart's appVersion.
+    #[serde(default)]
+    pub app_version: Option<String>,
     /// What Helm did.
     #[serde(default)]
     pub description: String,
@@ -412,18 +415,29 @@ impl Helm {
         self.spawn_upgrade(release, chart, namespace, values, timeout)?.wait().await
     }
 
-    /// `helm status`: the release's latest revision, or `None` when there is no such release.
+    /// The release's latest revision (`helm history --max 1`, which, unlike `helm status`, names
+    /// the chart on Helm 3 and 4 alike), or `None` when there is no such release.
     pub async fn status(&self, release: &str, namespace: &str) -> Result<Option<HelmRelease>, HelmError> {
-        let mut cmd = self.command(&["status", release, "--namespace", namespace, "--output", "json"]);
+        let mut cmd = self.command(&["history", release, "--max", "1", "--namespace", namespace, "--output", "json"]);
         cmd.args(self.cluster_args());
-        let out = self.run(cmd, "status", release, QUICK).await?;
+        let out = self.run(cmd, "history", release, QUICK).await?;
         if !out.ok {
             if out.stderr.contains("not found") {
                 return Ok(None);
             }
-            return Err(HelmError::Failed { command: "status", release: release.into(), stderr: out.stderr });
+            return Err(HelmError::Failed { command: "history", release: release.into(), stderr: out.stderr });
         }
-        parse_release(&out.stdout, "status").map(Some)
+        let entries: Vec<HistoryEntry> = serde_json::from_str(&out.stdout)
+            .map_err(|e| HelmError::Output { command: "history", why: e.to_string() })?;
+        Ok(entries.into_iter().last().map(|h| HelmRelease {
+            name: release.into(),
+            namespace: namespace.into(),
+            revision: h.revision,
+            status: h.status,
+            chart: h.chart,
+            app_version: h.app_version.filter(|v| !v.is_empty()),
+            description: h.description,
+        }))
     }
 
     /// `helm history`: every stored revision, oldest first (empty when there is no release).

@@ -299,30 +299,6 @@ pub struct Access {
     pub reason: Option<String>,
 }
 
-/// One `kubernetes.io/dockerconfigjson` entry: a registry host and the credentials for it.
-#[derive(Debug, Clone)]
-pub struct PullCredential {
-    /// Registry host (`host[:port]`), as in image references.
-    pub registry: String,
-    /// User name.
-    pub username: String,
-    /// Password or token.
-    pub password: Secret,
-}
-
-/// The `.dockerconfigjson` document for `creds` (one `auths` entry per registry host): what a
-/// `kubernetes.io/dockerconfigjson` Secret holds. It is a credential, so it comes back as one.
-pub fn dockerconfigjson(creds: &[PullCredential]) -> Secret {
-    use base64::Engine;
-    let mut auths = serde_json::Map::new();
-    for c in creds {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password.expose()));
-        auths
-            .insert(c.registry.clone(), json!({"username": c.username, "password": c.password.expose(), "auth": auth}));
-    }
-    Secret::new(json!({ "auths": auths }).to_string())
-}
-
 fn labels_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
 }
@@ -988,19 +964,6 @@ fn observe<K>(ev: watcher::Event<K>, kind: &'static str, f: impl Fn(&K) -> Obser
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dockerconfigjson_has_auth_entries() {
-        let doc = dockerconfigjson(&[PullCredential {
-            registry: "127.0.0.1:5443".into(),
-            username: "user".into(),
-            password: Secret::new("pass"),
-        }]);
-        let v: serde_json::Value = serde_json::from_str(doc.expose()).unwrap();
-        assert_eq!(v["auths"]["127.0.0.1:5443"]["auth"], "dXNlcjpwYXNz");
-        assert_eq!(v["auths"]["127.0.0.1:5443"]["password"], "pass");
-        assert_eq!(format!("{doc}"), "<redacted>");
-    }
 
     #[test]
     fn settled_needs_every_count() {

@@ -3,6 +3,6 @@
 //! [`crate::secret::Secret`], and never call phases. Test support reuses them instead of keeping
 //! its own copies.
 
-pub mod registry;
 pub mod helm;
 pub mod kube;
+pub mod registry;

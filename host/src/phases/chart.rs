@@ -435,6 +435,15 @@ pub fn digest_findings(manifests: &[Manifest], image: &ImageRef) -> Vec<Reported
         .collect()
 }
 
+/// `name-version` of the chart in `dir` (from its `Chart.yaml`).
+pub fn chart_name(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("Chart.yaml")).unwrap_or_default();
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
+    let field =
+        |k: &str| v.get(k).and_then(|x| x.as_str().map(str::to_string).or_else(|| x.as_f64().map(|f| f.to_string())));
+    format!("{}-{}", field("name").unwrap_or_else(|| "chart".into()), field("version").unwrap_or_default())
+}
+
 /// Whether any finding is an error.
 pub fn has_errors(findings: &[ReportedFinding]) -> bool {
     findings.iter().any(|f| f.finding.severity == Severity::Error)

@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::clients::helm::{Helm, HelmError, KubeTarget};
-use crate::clients::kube::{Kube, KubeError, PullCredential, dockerconfigjson};
+use crate::clients::kube::{Kube, KubeError};
 use crate::error::{Classify, FailureKind};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::RenderedChart;
 pub use crate::phases::rollout::PodFailure;
 use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
+use crate::secret::Secret;
 
 /// `[deploy]`: the chart, Helm, the cluster and how long a rollout may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +104,42 @@ impl Default for DeployConfig {
             pull_secret: default_pull_secret(),
             log_lines: default_log_lines(),
         }
+    }
+}
+
+impl crate::config::Section for DeployConfig {
+    fn apply_env(&mut self, env: &crate::config::Env) -> Result<(), crate::config::ConfigError> {
+        env.apply("PRPOD_HELM", "deploy.helm", &mut self.helm)?;
+        env.apply_opt("PRPOD_KUBE_CONTEXT", "deploy.kube_context", &mut self.kube_context)?;
+        env.apply_opt("PRPOD_KUBECONFIG", "deploy.kubeconfig", &mut self.kubeconfig)?;
+        env.apply_opt("PRPOD_DEPLOY_CHART", "deploy.chart", &mut self.chart)?;
+        if let Some(v) = env.get("PRPOD_DEPLOY_TIMEOUT") {
+            self.timeout = duration_text::parse(v).map_err(|why| crate::config::ConfigError::Env {
+                var: "PRPOD_DEPLOY_TIMEOUT".into(),
+                key: "deploy.timeout".into(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), crate::config::ConfigError> {
+        let bad = |key: &str, why: String| Err(crate::config::ConfigError::Value { key: key.into(), why });
+        if !crate::plugins::validate::is_dns1123_label(&self.pull_secret, 253) {
+            return bad("deploy.pull_secret", format!("`{}` is not a valid Secret name", self.pull_secret));
+        }
+        if self.log_lines > 1000 {
+            return bad("deploy.log_lines", format!("{} is more than 1000", self.log_lines));
+        }
+        for p in self.chart.iter().chain(&self.values) {
+            if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return bad(
+                    if self.values.contains(p) { "deploy.values" } else { "deploy.chart" },
+                    format!("`{}` must be a path inside the repository (relative, no `..`)", p.display()),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -251,16 +288,31 @@ pub async fn prepare_namespace(
     kube: &Kube,
     ctx: &PrContext,
     release: &ReleaseTarget,
-    pull: &[PullCredential],
+    dockerconfigjson: Option<&Secret>,
     config: &DeployConfig,
 ) -> Result<(), KubeError> {
     let ns = &release.namespace;
     kube.ensure_namespace(ns, &namespace_labels(ctx, release), &namespace_annotations(ctx)).await?;
-    if !pull.is_empty() {
-        kube.apply_pull_secret(ns, &config.pull_secret, &dockerconfigjson(pull)).await?;
+    if let Some(doc) = dockerconfigjson {
+        kube.apply_pull_secret(ns, &config.pull_secret, doc).await?;
         kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
     }
     Ok(())
+}
+
+/// Undoes a deploy the verify phase failed: back to the revision before it, or, when it was the
+/// release's first, uninstalls it. Returns the revision that now serves, if any.
+pub async fn roll_back(helm: &Helm, deployed: &Release, timeout: Duration) -> Result<Option<u32>, HelmError> {
+    match deployed.previous_revision {
+        Some(r) => {
+            helm.rollback(&deployed.name, &deployed.namespace, r, timeout).await?;
+            Ok(helm.status(&deployed.name, &deployed.namespace).await?.map(|s| s.revision))
+        }
+        None => {
+            helm.uninstall(&deployed.name, &deployed.namespace, timeout).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// The deploy lock of one release, renewed in the background until [`DeployLock::release`].

@@ -12,8 +12,8 @@ pub mod chart;
 pub mod context;
 pub mod deploy;
 pub mod push;
-pub mod source;
 pub mod rollout;
+pub mod source;
 pub mod verify;
 
 use serde::Serialize;
@@ -92,6 +92,19 @@ pub struct Inputs<'a> {
     pub env: &'a Env,
     /// Credentials, handed to the clients that need them.
     pub secrets: &'a Secrets,
+    /// Apply, or only plan.
+    pub mode: Mode,
+}
+
+/// Whether a walk changes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Build, push, deploy.
+    #[default]
+    Apply,
+    /// `prpod plan`: the steps that only read run as in a real run; each step that would write
+    /// (build, push, the cluster) is skipped and says what it would do.
+    Plan,
 }
 
 /// The credentials of a run, each for exactly one client.
@@ -119,6 +132,8 @@ pub struct Run {
     pub tags: Option<TagSet>,
     /// The tag-policy's release.
     pub release: Option<ReleaseTarget>,
+    /// The image repository (normalised), registry host included.
+    pub repository: Option<String>,
     /// The checked-out commit.
     pub checkout: Option<Checkout>,
     /// The built image.
@@ -150,8 +165,13 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
     run.tags = Some(tags.clone());
     run.release = Some(release);
+    run.repository = Some(repository.clone());
     if last == Phase::Tags {
         return Ok(run);
+    }
+
+    if inputs.mode == Mode::Plan {
+        return plan_build(inputs, ctx, repository, tags, run, reporter).await;
     }
 
     let phase = reporter.phase(Phase::Source);
@@ -175,4 +195,278 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     phase.finish(push::summary(&pushed));
     run.pushed = Some(pushed);
     Ok(run)
+}
+
+/// The build half of a plan: the source is read only when the chart lives in the repository
+/// (`[deploy] chart`); the build and the push say what they would do.
+async fn plan_build(
+    inputs: &Inputs<'_>,
+    ctx: PrContext,
+    repository: String,
+    tags: TagSet,
+    mut run: Run,
+    reporter: &Reporter,
+) -> anyhow::Result<Run> {
+    let phase = reporter.phase(Phase::Source);
+    let sha12 = ctx.sha.get(..12).unwrap_or(&ctx.sha);
+    if inputs.config.deploy.chart.is_some() {
+        let checkout = source::fetch_checkout(&ctx, &inputs.config.source, inputs.secrets, &phase).await?;
+        phase.finish(source::summary(&checkout));
+        run.checkout = Some(checkout);
+    } else {
+        phase.skip(format!("would fetch {sha12} from {}", ctx.repository_url));
+    }
+    reporter
+        .phase(Phase::Build)
+        .skip(format!("would build {repository} from {sha12} (backend {})", inputs.config.build.backend.name()));
+    let all: Vec<&str> = std::iter::once(&tags.primary).chain(&tags.extra).map(String::as_str).collect();
+    reporter.phase(Phase::Push).skip(format!("would push {repository} as {}", all.join(", ")));
+    Ok(run)
+}
+
+/// What the deploy half of the line (chart, deploy, verify) starts from.
+pub struct DeliverInputs<'a> {
+    /// The PR context.
+    pub ctx: &'a PrContext,
+    /// The tag-policy's tags.
+    pub tags: &'a TagSet,
+    /// The tag-policy's release.
+    pub release: &'a ReleaseTarget,
+    /// The image to deploy: repository, primary tag, and its digest (`None` only in a plan).
+    pub image: crate::model::ImageRef,
+    /// Where `[deploy] chart` and `values` are found: the checkout (run, plan) or the repository
+    /// directory given to `deploy`.
+    pub chart_root: Option<&'a std::path::Path>,
+    /// `--replicas`.
+    pub replicas: Option<u32>,
+    /// The `.dockerconfigjson` pods pull the image with, when the registry needs credentials.
+    pub pull_secret: Option<Secret>,
+    /// Apply, or only plan.
+    pub mode: Mode,
+}
+
+/// What the deploy half produced.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// The chart (`name-version`, and where it came from).
+    pub chart: Option<String>,
+    /// `helm template`'s output.
+    pub rendered: Option<String>,
+    /// Every verifier finding, before and after the deploy.
+    pub findings: Vec<crate::model::ReportedFinding>,
+    /// An `error` finding stopped the run (nothing deployed, or the deploy was rolled back).
+    pub blocked: bool,
+    /// The release after the deploy.
+    pub release: Option<crate::model::Release>,
+    /// Where the preview answers.
+    pub preview_url: Option<String>,
+    /// What a plan would do.
+    pub plan: Vec<String>,
+}
+
+/// Chart, pre-deploy findings, deploy and verify (the second half of the line), shared by `run`,
+/// `deploy` and `plan`. In [`Mode::Plan`] nothing is written anywhere: the chart is rendered and
+/// checked, and the deploy says what it would do (reading the release's current revision when
+/// the cluster answers).
+pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Reporter) -> anyhow::Result<Delivered> {
+    use crate::clients::helm::Helm;
+    use crate::clients::kube::Kube;
+    use crate::model::DeployTarget;
+
+    let mut out = Delivered::default();
+    let host = PluginHost::new()?;
+    let dc = &config.deploy;
+    let (release, ctx_in) = (input.release, input.ctx);
+
+    // --- chart: generate or take, render, check ---------------------------------------------
+    let phase = reporter.phase(Phase::Chart);
+    let target = dc.kube_target();
+    let helm = Helm::detect(&dc.helm, target.clone()).await?;
+    let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
+    let mut ctx = ctx_in.clone();
+    ctx.target = Some(DeployTarget {
+        registry: registry.to_string(),
+        image: input.image.clone(),
+        tags: input.tags.clone(),
+        release: release.clone(),
+    });
+    let chart_dir = match (&dc.chart, input.chart_root) {
+        (Some(c), Some(root)) => Some(root.join(c)),
+        (Some(c), None) => Some(config.resolve_path(c)),
+        (None, _) => None,
+    };
+    let values_files = dc
+        .values
+        .iter()
+        .map(|v| match input.chart_root {
+            Some(root) => root.join(v),
+            None => config.resolve_path(v),
+        })
+        .collect();
+    let generator = match chart_dir {
+        Some(_) => None,
+        None => Some(
+            host.load(&config.plugin_ref(World::ChartGenerator))?.with_limits(config.limits_for(World::ChartGenerator)),
+        ),
+    };
+    let mut verifiers = Vec::new();
+    for (r, limits) in config.verifiers() {
+        verifiers.push(host.load(&r)?.with_limits(limits));
+    }
+    let req = chart::ChartRequest {
+        ctx: &ctx,
+        release,
+        image: &input.image,
+        chart_dir,
+        values_files,
+        set: &dc.set,
+        app: &config.app,
+        replicas: input.replicas,
+        pull_secret: input.pull_secret.as_ref().map(|_| dc.pull_secret.as_str()),
+    };
+    let rendered = chart::render(&req, &helm, generator.as_ref()).await?;
+    let chart_name = chart::chart_name(&rendered.dir);
+    let from = match &rendered.source {
+        chart::ChartSource::Generated { plugin } => format!("generated by {plugin}"),
+        chart::ChartSource::Directory { path } => match input.chart_root.and_then(|r| path.strip_prefix(r).ok()) {
+            Some(rel) => format!("from the repository's {}", rel.display()),
+            None => format!("from {}", path.display()),
+        },
+    };
+    out.chart = Some(format!("{chart_name} ({from})"));
+    out.rendered = Some(rendered.rendered.clone());
+    let findings = chart::check_manifests(&ctx, &rendered, &input.image, &verifiers)?;
+    for f in &findings {
+        phase.finding(f.clone());
+    }
+    let errors = findings.iter().filter(|f| f.finding.severity == crate::model::Severity::Error).count();
+    out.findings = findings;
+    let kinds: Vec<String> = rendered.manifests.iter().map(|m| format!("{}/{}", m.kind, m.name)).collect();
+    let names: Vec<&str> = verifiers.iter().map(|v| v.name()).collect();
+    phase.finish(format!(
+        "{chart_name} {from}, Helm {}: {}; {errors} error finding(s) ({} and prpod's checks)",
+        helm.version(),
+        kinds.join(", "),
+        names.join(", ")
+    ));
+    if errors > 0 {
+        out.blocked = true;
+        reporter.phase(Phase::Deploy).skip("blocked by error findings: nothing was deployed");
+        return Ok(out);
+    }
+
+    // --- plan: what the deploy would do -----------------------------------------------------
+    if input.mode == Mode::Plan {
+        let phase = reporter.phase(Phase::Deploy);
+        let current = match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            helm.status(&release.name, &release.namespace),
+        )
+        .await
+        {
+            Ok(Ok(Some(r))) => format!(
+                "upgrade release {} in namespace {} from revision {} ({})",
+                release.name, release.namespace, r.revision, r.status
+            ),
+            Ok(Ok(None)) => format!("install release {} in namespace {} (new)", release.name, release.namespace),
+            Ok(Err(e)) => format!(
+                "install or upgrade release {} in namespace {} (its state is unknown: {e})",
+                release.name, release.namespace
+            ),
+            Err(_) => format!(
+                "install or upgrade release {} in namespace {} (the cluster did not answer)",
+                release.name, release.namespace
+            ),
+        };
+        out.plan.push(format!("would {current} with Helm {}", helm.version()));
+        if input.pull_secret.is_some() {
+            out.plan.push(format!(
+                "would write the pull Secret {} and attach it to the namespace's default ServiceAccount",
+                dc.pull_secret
+            ));
+        }
+        out.plan.push(format!("would wait up to {}s for the rollout, then run check-release", dc.timeout.as_secs()));
+        phase.skip(out.plan[0].clone());
+        reporter.phase(Phase::Verify).skip("would check the rollout");
+        return Ok(out);
+    }
+
+    // --- deploy -----------------------------------------------------------------------------
+    let phase = reporter.phase(Phase::Deploy);
+    let started = std::time::Instant::now();
+    let kube = Kube::connect(&target).await?;
+    let since = k8s_openapi::jiff::Timestamp::now();
+    deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await?;
+    let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
+    if let Some(note) = deploy::recover_pending(&helm, release, &lock, dc.timeout).await? {
+        phase.note(note);
+    }
+    let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
+    phase.waiting(format!(
+        "helm upgrade --install {} (Helm {}): waiting for the rollout",
+        release.name,
+        helm.version()
+    ));
+    let dreq = deploy::DeployRequest { release, chart: &rendered, config: dc };
+    let note = |m: String| phase.note(m);
+    let deployed = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &note).await?;
+    phase.finish(format!(
+        "release {} revision {} in namespace {} ({})",
+        deployed.name, deployed.revision, deployed.namespace, deployed.chart
+    ));
+    out.release = Some(deployed.clone());
+
+    // --- verify -----------------------------------------------------------------------------
+    let phase = reporter.phase(Phase::Verify);
+    phase.waiting("waiting for every replica to be ready");
+    let left = dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
+    let settled = verify::settle(&mut watch, release, left, dc.crash_restarts).await?;
+    let status = settled.snapshot.release_status(release, Some(since));
+    let after = verify::check_release(&ctx, &status, &verifiers)?;
+    for f in &after {
+        phase.finding(f.clone());
+    }
+    let errors = after.iter().filter(|f| f.finding.severity == crate::model::Severity::Error).count();
+    out.findings.extend(after);
+    if !settled.failures.is_empty() || errors > 0 {
+        let failures = rollout::evidence(&kube, &release.namespace, settled.failures.clone(), dc.log_lines).await;
+        let restored = deploy::roll_back(&helm, &deployed, dc.timeout).await?;
+        phase.note(match restored {
+            Some(r) => format!("rolled back to revision {r}"),
+            None => "uninstalled the failed first install".into(),
+        });
+        lock.release().await;
+        if !failures.is_empty() {
+            return Err(deploy::rolled_back(
+                release,
+                "a new pod failed after Helm returned".into(),
+                failures,
+                restored,
+                &watch.state,
+            )
+            .into());
+        }
+        out.blocked = true;
+        out.release = None;
+        return Ok(out);
+    }
+    lock.release().await;
+    out.preview_url = verify::preview_url(&kube, release).await?;
+    let pods: usize = status.workloads.iter().map(|w| w.pods.len()).sum();
+    let ready: u32 = status.workloads.iter().map(|w| w.ready).sum();
+    phase.finish(format!(
+        "{ready} ready of {pods} pod(s){}{}",
+        if settled.settled { "" } else { " (not settled in time)" },
+        out.preview_url.as_deref().map(|u| format!("; {u}")).unwrap_or_default()
+    ));
+    Ok(out)
+}
+
+/// The `[registry]` settings (credential sources, CA, plain-HTTP hosts), with `PRPOD_REGISTRY_*`
+/// applied.
+pub fn registry_config(_config: &Config) -> crate::clients::registry::RegistryConfig {
+    // Until `[registry]` is part of prpod.toml, its keys come from the environment alone.
+    let mut r = crate::clients::registry::RegistryConfig::default();
+    r.apply_env(|k| std::env::var(k).ok());
+    r
 }

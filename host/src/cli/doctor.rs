@@ -1,0 +1,318 @@
+//! `prpod doctor`: would a run work here? Tools and their versions, the registry (reachable, and
+//! the credentials may push: a push-scope request on the repository), the cluster (reachable,
+//! its version) and every right a deploy needs in the target namespace (SelfSubjectAccessReview).
+//! Each failure says how to fix it; the exit code is 0 only when nothing failed.
+
+use std::time::Duration;
+
+use clap::Args;
+use futures::future::join_all;
+
+use super::run::DeployFlags;
+use super::status::release_target;
+use super::{EXIT_FINDINGS, EXIT_OK};
+use crate::clients::helm::{Helm, HelmMajor};
+use crate::clients::kube::Kube;
+use crate::clients::registry::{Credentials, ImageName, RegistryClient};
+use crate::config::{Config, Env};
+use crate::phases::build::Backend;
+use crate::phases::context::ContextFlags;
+use crate::phases::{self};
+use crate::report::{Check, CheckStatus, DoctorReport, Reporter};
+
+/// `prpod doctor` arguments.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The pull request whose namespace the rights are checked in (`--pr N` is enough).
+    #[command(flatten)]
+    pub context: ContextFlags,
+    /// Check rights in this namespace instead of the tag-policy's.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Image repository (`[image] repository`).
+    #[arg(long, value_name = "REPOSITORY")]
+    pub image: Option<String>,
+    /// Cluster settings.
+    #[command(flatten)]
+    pub deploy: DeployFlags,
+}
+
+fn ok(name: &str, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Ok, detail: detail.into(), fix: None }
+}
+fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Fail, detail: detail.into(), fix: Some(fix.into()) }
+}
+fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Warn, detail: detail.into(), fix: Some(fix.into()) }
+}
+
+/// The first line `cmd args` prints, or why it could not run.
+async fn version_of(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(cmd).args(args).stdin(std::process::Stdio::null()).output(),
+    )
+    .await
+    .map_err(|_| "did not answer within 10 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if out.status.success() { Ok(line) } else { Err(line) }
+}
+
+/// One right a deploy needs.
+struct Right {
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: Option<&'static str>,
+    why: &'static str,
+}
+
+const fn r(verb: &'static str, group: &'static str, resource: &'static str, why: &'static str) -> Right {
+    Right { verb, group, resource, subresource: None, why }
+}
+
+/// Every right a deploy of the default chart needs in the namespace (Helm keeps releases in
+/// Secrets; prpod writes the pull Secret, the ServiceAccount's pull secrets, its Lease; watches
+/// workloads, pods and events; reads logs; `status --replicas` scales).
+fn rights(ingress: bool) -> Vec<Right> {
+    let mut v = Vec::new();
+    for verb in ["get", "list", "create", "update", "patch", "delete"] {
+        v.push(r(verb, "", "secrets", "Helm stores releases in Secrets; prpod writes the pull Secret"));
+    }
+    for verb in ["get", "create", "patch"] {
+        v.push(r(verb, "", "serviceaccounts", "the pull Secret is attached to the default ServiceAccount"));
+    }
+    for verb in ["get", "create", "update", "patch", "delete"] {
+        v.push(r(verb, "coordination.k8s.io", "leases", "the deploy lock"));
+    }
+    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
+        v.push(r(verb, "apps", "deployments", "the chart's Deployment"));
+    }
+    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
+        v.push(r(verb, "", "services", "the chart's Service"));
+    }
+    if ingress {
+        for verb in ["get", "list", "create", "update", "patch", "delete"] {
+            v.push(r(verb, "networking.k8s.io", "ingresses", "the chart's Ingress"));
+        }
+    }
+    for verb in ["list", "watch"] {
+        v.push(r(verb, "apps", "statefulsets", "watching the rollout"));
+        v.push(r(verb, "apps", "daemonsets", "watching the rollout"));
+        v.push(r(verb, "", "pods", "watching the rollout"));
+        v.push(r(verb, "", "events", "Warning events for the verifiers"));
+    }
+    v.push(Right {
+        verb: "get",
+        group: "",
+        resource: "pods",
+        subresource: Some("log"),
+        why: "quoting a failing container's log",
+    });
+    v.push(Right {
+        verb: "patch",
+        group: "apps",
+        resource: "deployments",
+        subresource: Some("scale"),
+        why: "prpod status --replicas",
+    });
+    v
+}
+
+/// Runs `prpod doctor`.
+pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
+    args.deploy.apply(&mut config)?;
+    if let Some(i) = &args.image {
+        config.image.repository = Some(i.clone());
+    }
+    let mut checks = Vec::new();
+
+    // --- tools ---------------------------------------------------------------------------
+    match version_of("git", &["--version"]).await {
+        Ok(v) => checks.push(ok("git", v)),
+        Err(e) => checks.push(fail("git", format!("not usable: {e}"), "install git (apt-get install git)")),
+    }
+    let target = config.deploy.kube_target();
+    match Helm::detect(&config.deploy.helm, target.clone()).await {
+        Ok(h) => {
+            let how = match h.major() {
+                HelmMajor::V4 => "Helm 4: --rollback-on-failure, server-side apply",
+                HelmMajor::V3 => "Helm 3: --atomic",
+            };
+            checks.push(ok("helm", format!("{} {} ({how})", h.binary().display(), h.version())));
+        }
+        Err(e) => checks.push(fail(
+            "helm",
+            e.to_string(),
+            "install Helm 3.x or 4.x (https://helm.sh/docs/intro/install/) or set `[deploy] helm` / PRPOD_HELM",
+        )),
+    }
+    let backend = config.build.backend;
+    let buildah = version_of("buildah", &["--version"]).await;
+    let buildx = version_of("docker", &["buildx", "version"]).await;
+    let builder_check = |name: &str, r: &Result<String, String>, needed: bool, fix: &str| match r {
+        Ok(v) => ok(name, v.clone()),
+        Err(e) if needed => fail(name, format!("not usable: {e}"), fix.to_string()),
+        Err(_) => {
+            ok(name, format!("not installed (only needed for `[build] backend = \"{name}\"` or Dockerfiles with RUN)"))
+        }
+    };
+    checks.push(builder_check("buildah", &buildah, backend == Backend::Buildah, "apt-get install buildah runc"));
+    checks.push(builder_check(
+        "buildx",
+        &buildx,
+        backend == Backend::Buildx,
+        "install Docker with the buildx plugin, or use `[build] backend = \"buildah\"`",
+    ));
+
+    // --- registry ------------------------------------------------------------------------
+    match &config.image.repository {
+        None => checks.push(fail(
+            "registry",
+            "no image repository configured",
+            "set `[image] repository` in prpod.toml (e.g. ghcr.io/acme/web), PRPOD_IMAGE, or pass --image",
+        )),
+        Some(repo) => checks.extend(registry_checks(&config, repo).await),
+    }
+
+    // --- cluster and rights --------------------------------------------------------------
+    match Kube::connect(&target).await {
+        Err(e) => checks.push(fail(
+            "cluster",
+            e.to_string(),
+            "point KUBECONFIG / --kubeconfig / --kube-context at the cluster",
+        )),
+        Ok(kube) => match kube.server_version().await {
+            Err(e) => {
+                checks.push(fail("cluster", e.to_string(), "check the kubeconfig's server, certificate and token"))
+            }
+            Ok(v) => {
+                checks.push(ok("cluster", format!("{} answers, Kubernetes {v}", kube.server())));
+                let namespace = match &args.namespace {
+                    Some(n) => Ok(n.clone()),
+                    None => release_target(None, None, &args.context, &config, env).map(|(r, _)| r.namespace),
+                };
+                match namespace {
+                    Err(e) => checks.push(fail(
+                        "rbac",
+                        format!("no target namespace: {e}"),
+                        "pass --pr N (the tag-policy names the namespace) or --namespace NS",
+                    )),
+                    Ok(ns) => checks.extend(rbac_checks(&kube, &ns, config.app.ingress_host.is_some()).await),
+                }
+            }
+        },
+    }
+
+    let ok_all = checks.iter().all(|c| c.status != CheckStatus::Fail);
+    reporter.doctor_report(&DoctorReport { checks, ok: ok_all })?;
+    // 1, like error findings: a check failed; the report says which and how to fix it.
+    Ok(if ok_all { EXIT_OK } else { EXIT_FINDINGS })
+}
+
+async fn registry_checks(config: &Config, repo: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let name = match ImageName::parse(repo) {
+        Ok(n) => n.value,
+        Err(e) => return vec![fail("registry", e.to_string(), "fix `[image] repository`")],
+    };
+    let host = name.api_host().to_string();
+    let registry = phases::registry_config(config);
+    let resolver = match registry.credentials(&host, false) {
+        Ok(r) => r,
+        Err(e) => return vec![fail("registry credentials", e.to_string(), "see the README's registry credentials")],
+    };
+    let resolved = resolver.resolve(&host).await;
+    if let Ok(r) = &resolved
+        && let Credentials::Basic { password, .. } = &r.credentials
+        && host == "ghcr.io"
+        && password.expose().starts_with("github_pat_")
+    {
+        out.push(warn(
+            "ghcr token",
+            "the token looks like a fine-grained personal access token (github_pat_…), which GHCR has not accepted for pushes",
+            "use a classic PAT with write:packages, or a GitHub App / GITHUB_TOKEN with `packages: write`",
+        ));
+    }
+    let source = resolved.as_ref().map(|r| r.source.clone()).unwrap_or_default();
+    let client = match registry.options().and_then(|o| RegistryClient::new(o, resolver.clone())) {
+        Ok(c) => c,
+        Err(e) => return vec![fail("registry", e.to_string(), "fix `[registry]`")],
+    };
+    match client.check_push_access(&name).await {
+        Ok(()) => out.push(ok("registry push access", format!("{repo}: may push (credentials {source})"))),
+        Err(e) => out.push(fail(
+            "registry push access",
+            e.to_string(),
+            "give prpod credentials that may push there: PRPOD_REGISTRY_USER + PRPOD_REGISTRY_PASSWORD, \
+             --registry-password-stdin, or a docker config.json",
+        )),
+    }
+    out
+}
+
+async fn rbac_checks(kube: &Kube, ns: &str, ingress: bool) -> Vec<Check> {
+    let mut out = Vec::new();
+    // The namespace itself: read it; create it when missing, label it when there.
+    let exists = kube.namespace_labels(ns).await;
+    let ns_verbs: &[&str] = match &exists {
+        Ok(Some(_)) => &["get", "patch"],
+        _ => &["get", "create"],
+    };
+    let mut missing = Vec::new();
+    for verb in ns_verbs {
+        match kube.can_i(None, verb, "", "namespaces", None, Some(ns)).await {
+            Ok(a) if a.allowed => {}
+            Ok(_) => missing.push(format!("{verb} namespaces/{ns}")),
+            Err(e) => {
+                return vec![fail(
+                    "rbac",
+                    e.to_string(),
+                    "prpod needs to create SelfSubjectAccessReviews (every identity may by default)",
+                )];
+            }
+        }
+    }
+    let list = rights(ingress);
+    let answers =
+        join_all(list.iter().map(|r| kube.can_i(Some(ns), r.verb, r.group, r.resource, r.subresource, None))).await;
+    let mut whys = Vec::new();
+    for (r, a) in list.iter().zip(answers) {
+        match a {
+            Ok(a) if a.allowed => {}
+            Ok(_) => {
+                let res = match r.subresource {
+                    Some(s) => format!("{}/{s}", r.resource),
+                    None => r.resource.to_string(),
+                };
+                let res = if r.group.is_empty() { res } else { format!("{res}.{}", r.group) };
+                missing.push(format!("{} {res}", r.verb));
+                if !whys.contains(&r.why) {
+                    whys.push(r.why);
+                }
+            }
+            Err(e) => return vec![fail("rbac", e.to_string(), "check the cluster's authorization")],
+        }
+    }
+    if missing.is_empty() {
+        out.push(ok(
+            "rbac",
+            format!("every right a deploy needs in namespace {ns} ({} checked)", list.len() + ns_verbs.len()),
+        ));
+    } else {
+        out.push(fail(
+            "rbac",
+            format!("missing in namespace {ns}: {} (needed for: {})", missing.join(", "), whys.join("; ")),
+            format!(
+                "bind prpod's identity to a Role in {ns} granting them, e.g. `kubectl create role prpod-deploy -n {ns} \
+                 --verb=get,list,watch,create,update,patch,delete --resource=secrets,serviceaccounts,services,\
+                 deployments.apps,deployments.apps/scale,statefulsets.apps,daemonsets.apps,pods,pods/log,events,\
+                 leases.coordination.k8s.io` and a RoleBinding (namespaces need a ClusterRole)"
+            ),
+        ));
+    }
+    out
+}

@@ -1,0 +1,165 @@
+//! `prpod status`: a PR's preview as it runs now — release, revision, chart, image digest, pods
+//! (phase, ready, restarts, age), the preview URL; `--replicas N` scales its Deployment and waits
+//! for the rollout.
+
+use anyhow::Context;
+use clap::Args;
+
+use super::EXIT_OK;
+use super::run::DeployFlags;
+use crate::clients::helm::Helm;
+use crate::clients::kube::Kube;
+use crate::config::{Config, Env};
+use crate::model::{Event, PrContext, ReleaseTarget};
+use crate::phases::context::ContextFlags;
+use crate::phases::{self, rollout, verify};
+use crate::plugins::{PluginHost, World};
+use crate::report::{PodLine, Reporter, StatusReport, WorkloadLine};
+
+/// `prpod status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pull request (`--pr N` alone is enough for the default tag-policy).
+    #[command(flatten)]
+    pub context: ContextFlags,
+    /// Release name, instead of asking the tag-policy (needs --namespace too).
+    #[arg(long, requires = "namespace")]
+    pub release: Option<String>,
+    /// Namespace, instead of asking the tag-policy.
+    #[arg(long, requires = "release")]
+    pub namespace: Option<String>,
+    /// Cluster settings, and `--replicas N`: scale the release's Deployment and wait for it.
+    #[command(flatten)]
+    pub deploy: DeployFlags,
+    /// The Deployment to scale, when the release has several.
+    #[arg(long, value_name = "NAME")]
+    pub deployment: Option<String>,
+}
+
+/// The release a PR's preview lives in: given, or the tag-policy's for the context (the full
+/// context when flags or GitHub Actions give one; `--pr N` alone otherwise).
+pub fn release_target(
+    release: Option<&str>,
+    namespace: Option<&str>,
+    flags: &ContextFlags,
+    config: &Config,
+    env: &Env,
+) -> anyhow::Result<(ReleaseTarget, Option<PrContext>)> {
+    if let (Some(r), Some(n)) = (release, namespace) {
+        return Ok((ReleaseTarget { name: r.into(), namespace: n.into() }, None));
+    }
+    let ctx = match phases::context::resolve(flags, &config.source, env) {
+        Ok(c) => c,
+        Err(e) => {
+            let n =
+                flags.pr.with_context(|| format!("no PR context ({e}); pass --pr N, or --release and --namespace"))?;
+            PrContext {
+                repository_url: String::new(),
+                repository: String::new(),
+                number: Some(n),
+                branch: flags.branch.clone().unwrap_or_default(),
+                base_branch: flags.base.clone(),
+                sha: flags.sha.clone().unwrap_or_default(),
+                event: Event::Manual,
+                labels: vec![],
+                author: String::new(),
+                draft: false,
+                fork: false,
+                target: None,
+            }
+        }
+    };
+    let plugin =
+        PluginHost::new()?.load(&config.plugin_ref(World::TagPolicy))?.with_limits(config.limits_for(World::TagPolicy));
+    Ok((plugin.release(&ctx)?, Some(ctx)))
+}
+
+/// Runs `prpod status`.
+pub async fn run(args: StatusArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
+    args.deploy.apply(&mut config)?;
+    let (release, _) = release_target(args.release.as_deref(), args.namespace.as_deref(), &args.context, &config, env)?;
+    let target = config.deploy.kube_target();
+    let (helm, kube) = tokio::try_join!(
+        async { Helm::detect(&config.deploy.helm, target.clone()).await.map_err(anyhow::Error::from) },
+        async { Kube::connect(&target).await.map_err(anyhow::Error::from) },
+    )?;
+    let current = helm.status(&release.name, &release.namespace).await?.with_context(|| {
+        format!(
+            "there is no release {} in namespace {} (nothing deployed for this PR yet?)",
+            release.name, release.namespace
+        )
+    })?;
+    let mut report = StatusReport {
+        release: Some(release.clone()),
+        revision: Some(current.revision),
+        status: Some(current.status.clone()),
+        chart: Some(current.chart.clone()),
+        ..StatusReport::default()
+    };
+
+    if let Some(n) = args.deploy.replicas {
+        let snap = verify::snapshot(&kube, &release).await?;
+        let deployments: Vec<_> = snap.workloads.iter().filter(|w| w.kind == "Deployment").collect();
+        let name = match (&args.deployment, deployments.as_slice()) {
+            (Some(d), _) => d.clone(),
+            (None, [one]) => one.name.clone(),
+            (None, []) => anyhow::bail!("release {} has no Deployment to scale", release.name),
+            (None, many) => anyhow::bail!(
+                "release {} has {} Deployments ({}): name one with --deployment",
+                release.name,
+                many.len(),
+                many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
+        kube.scale_deployment(&release.namespace, &name, n).await?;
+        let settled = verify::settle(&mut watch, &release, config.deploy.timeout, config.deploy.crash_restarts).await?;
+        let ok = settled.settled
+            && settled.snapshot.workloads.iter().any(|w| w.name == name && w.desired == n && w.available >= n);
+        anyhow::ensure!(
+            ok && settled.failures.is_empty(),
+            "Deployment {name} did not reach {n} available replicas within {}s{}",
+            config.deploy.timeout.as_secs(),
+            settled.failures.iter().map(|f| format!("\n  {f}")).collect::<String>()
+        );
+        report.scaled =
+            Some(format!("Deployment {name} to {n} replicas (until the next deploy, which applies the chart's count)"));
+    }
+
+    let snap = verify::snapshot(&kube, &release).await?;
+    report.images = snap.workloads.iter().flat_map(|w| w.images.clone()).collect();
+    report.images.dedup();
+    report.image_digests = verify::digests(&snap);
+    report.workloads = snap
+        .workloads
+        .iter()
+        .map(|w| WorkloadLine {
+            kind: w.kind.clone(),
+            name: w.name.clone(),
+            desired: w.desired,
+            ready: w.ready,
+            available: w.available,
+        })
+        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut pods: Vec<PodLine> = snap
+        .workloads
+        .iter()
+        .flat_map(|w| snap.pods_of(w))
+        .map(|p| PodLine {
+            name: p.name.clone(),
+            phase: p.phase.clone(),
+            ready: p.containers.iter().filter(|c| c.ready).count() as u32,
+            containers: p.containers.len() as u32,
+            restarts: p.containers.iter().map(|c| c.restart_count).sum(),
+            age_seconds: p.created.map(|c| now.duration_since(c).as_secs().max(0) as u64),
+            waiting: p.containers.iter().find_map(|c| c.waiting_reason.clone()),
+        })
+        .collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods.dedup_by(|a, b| a.name == b.name);
+    report.pods = pods;
+    report.preview_url = verify::preview_url(&kube, &release).await?;
+    reporter.status_report(&report)?;
+    Ok(EXIT_OK)
+}
