@@ -151,6 +151,9 @@ pub struct Config {
     /// `[app]`: what the generated chart runs.
     #[serde(default)]
     pub app: AppConfig,
+    /// `[registry]`: registry credentials, TLS and push settings.
+    #[serde(default)]
+    pub registry: crate::clients::registry::RegistryConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -287,6 +290,7 @@ impl Config {
         self.image.apply_env(env)?;
         self.build.apply_env(env)?;
         self.deploy.apply_env(env)?;
+        self.registry.apply_env(env)?;
         self.check()
     }
 
@@ -295,7 +299,8 @@ impl Config {
         self.source.check()?;
         self.image.check()?;
         self.build.check()?;
-        self.deploy.check()
+        self.deploy.check()?;
+        self.registry.check()
     }
 
     /// `path` resolved against the config file's directory (relative paths in the file are

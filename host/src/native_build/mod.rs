@@ -212,6 +212,17 @@ pub async fn build(
     })?;
     let out = &req.out_dir;
     if out.exists() {
+        // Only ever replace an earlier image layout (or an empty directory): a mistyped out_dir
+        // must not delete someone's files.
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty && !out.join("oci-layout").is_file() {
+            return Err(NativeBuildError::Write {
+                path: out.clone(),
+                source: std::io::Error::other(
+                    "the directory exists and is not an OCI image layout; refusing to replace it",
+                ),
+            });
+        }
         std::fs::remove_dir_all(out).map_err(|source| NativeBuildError::Write { path: out.clone(), source })?;
     }
     std::fs::create_dir_all(out).map_err(|source| NativeBuildError::Write { path: out.clone(), source })?;

@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{CredentialResolver, PasswordSource, RegistryError, RegistryOptions, RetryPolicy};
+use crate::config::{ConfigError, Env, Section};
+use crate::secret::Secret;
 
 /// The `[registry]` table. Every key is optional; see the README for defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -48,7 +50,7 @@ impl RegistryConfig {
     /// Fills unset keys from `PRPOD_REGISTRY_USER`, `PRPOD_REGISTRY_CA`,
     /// `PRPOD_REGISTRY_PLAIN_HTTP` (flags > environment > file: call this after the file and
     /// before applying flags).
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+    pub fn apply_vars(&mut self, env: impl Fn(&str) -> Option<String>) {
         let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if let Some(u) = non_empty("PRPOD_REGISTRY_USER") {
             self.username = Some(u);
@@ -86,30 +88,77 @@ impl RegistryConfig {
     }
 
     /// The credential resolver for a run that pushes to `push_host`: explicit credentials from
-    /// `password_stdin`, else `password_file`, else `password_env` (when set) bound to that
-    /// host; a docker config for every host.
-    pub fn credentials(&self, push_host: &str, password_stdin: bool) -> Result<CredentialResolver, RegistryError> {
+    /// `stdin_password` (`--registry-password-stdin`, already read by the CLI), else
+    /// `password_file`, else `password_env` (when that variable is set) bound to that host; a
+    /// docker config for every host.
+    pub fn credentials(
+        &self,
+        push_host: &str,
+        stdin_password: Option<Secret>,
+    ) -> Result<CredentialResolver, RegistryError> {
         let mut r = match &self.docker_config {
             Some(p) => CredentialResolver::anonymous().with_docker_config(p),
             None => CredentialResolver::anonymous().with_default_docker_config(),
         };
         let env_name = self.password_env.clone().unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string());
-        let source = if password_stdin {
-            Some(PasswordSource::Stdin)
+        let (password, source) = if let Some(p) = stdin_password {
+            (p, "stdin".to_string())
         } else if let Some(f) = &self.password_file {
-            Some(PasswordSource::File(f.clone()))
+            let s = PasswordSource::File(f.clone());
+            (s.read()?, s.describe())
         } else if std::env::var_os(&env_name).is_some() || self.password_env.is_some() {
-            Some(PasswordSource::Env(env_name))
+            let s = PasswordSource::Env(env_name);
+            (s.read()?, s.describe())
         } else {
-            None
+            return Ok(r);
         };
-        if let Some(source) = source {
-            let username = self.username.as_deref().ok_or_else(|| RegistryError::Credentials {
-                source_desc: source.describe(),
-                detail: "a password was given but no username: set `registry.username` or PRPOD_REGISTRY_USER".into(),
-            })?;
-            r = r.with_password(push_host, username, &source)?;
-        }
+        let username = self.username.as_deref().ok_or_else(|| RegistryError::Credentials {
+            source_desc: source.clone(),
+            detail: "a password was given but no username: set `registry.username` or PRPOD_REGISTRY_USER".into(),
+        })?;
+        r = r.with_secret(push_host, username, password, &source);
         Ok(r)
+    }
+}
+
+impl Section for RegistryConfig {
+    fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        self.apply_vars(|k| env.get(k).map(str::to_string));
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.options().map(|_| ()).map_err(|e| match e {
+            RegistryError::Config(why) => ConfigError::Value { key: "registry".into(), why },
+            other => ConfigError::Value { key: "registry".into(), why: other.to_string() },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_fills_unset_keys_and_ranges_are_checked() {
+        let mut c: RegistryConfig = toml::from_str("username = \"file\"\nplain_http = [\"a:1\"]\nretries = 3").unwrap();
+        c.apply_vars(|k| match k {
+            "PRPOD_REGISTRY_USER" => Some("env".into()),
+            "PRPOD_REGISTRY_PLAIN_HTTP" => Some("127.0.0.1:5000, localhost:5000".into()),
+            "PRPOD_REGISTRY_CA" => Some(String::new()),
+            _ => None,
+        });
+        assert_eq!(c.username.as_deref(), Some("env"));
+        assert_eq!(c.plain_http, vec!["127.0.0.1:5000", "localhost:5000"]);
+        assert_eq!(c.ca_file, None, "an empty variable counts as unset");
+        assert_eq!(c.options().unwrap().retry.attempts, 3);
+        let bad: RegistryConfig = toml::from_str("concurrency = 0").unwrap();
+        assert!(bad.options().unwrap_err().to_string().contains("registry.concurrency"));
+        let unknown = toml::from_str::<RegistryConfig>("pasword_env = \"X\"").unwrap_err().to_string();
+        assert!(unknown.contains("pasword_env"), "{unknown}");
+        // A password without a username is an error naming both fixes.
+        let c = RegistryConfig { password_file: Some("/dev/null".into()), ..Default::default() };
+        let e = c.credentials("r.example", Some(Secret::new("pw"))).unwrap_err().to_string();
+        assert!(e.contains("registry.username") && e.contains("stdin") && !e.contains("pw\""), "{e}");
     }
 }

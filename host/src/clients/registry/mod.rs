@@ -144,6 +144,12 @@ impl RegistryClient {
         &self.t.opts
     }
 
+    /// A `.dockerconfigjson` with this client's credentials for each of `hosts` (those it has
+    /// credentials for), for a Kubernetes `kubernetes.io/dockerconfigjson` pull Secret.
+    pub async fn dockerconfigjson(&self, hosts: &[&str]) -> Result<crate::secret::Secret, RegistryError> {
+        self.t.credentials_resolver().dockerconfigjson(hosts).await
+    }
+
     pub(crate) fn transport(&self) -> &Transport {
         &self.t
     }
@@ -176,13 +182,21 @@ impl RegistryClient {
 
     /// The digest of `reference`'s manifest (HEAD), or `None` when the tag does not exist.
     pub async fn manifest_digest(&self, reference: &ImageReference) -> Result<Option<String>, RegistryError> {
+        self.manifest_digest_with(reference, &[pull_scope(reference.name.repository())], &no_notice).await
+    }
+
+    pub(crate) async fn manifest_digest_with(
+        &self,
+        reference: &ImageReference,
+        scopes: &[String],
+        notify: &(dyn Fn(RetryNotice) + Send + Sync),
+    ) -> Result<Option<String>, RegistryError> {
         let name = &reference.name;
         let host = name.api_host();
-        let scopes = [pull_scope(name.repository())];
         let url = self.url(name, &format!("manifests/{}", reference.manifest_ref()));
         self.t
-            .retry(host, &format!("look up {reference}"), &no_notice, || async {
-                let resp = self.t.send(host, &scopes, self.t.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT)).await?;
+            .retry(host, &format!("look up {reference}"), notify, || async {
+                let resp = self.t.send(host, scopes, self.t.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT)).await?;
                 match resp.status() {
                     StatusCode::NOT_FOUND => Ok(None),
                     s if s.is_success() => Ok(header(&resp, "docker-content-digest")),

@@ -149,8 +149,23 @@ impl RegistryClient {
         let notify = |n: RetryNotice| {
             let _ = events.send(PushEvent::Retrying(n));
         };
+        // One HEAD for the manifest by digest first: a repository that has the manifest has
+        // every blob it references (the registry refuses a manifest with missing blobs), so a
+        // re-push skips the blob checks entirely; and this first request learns the auth
+        // challenge alone, before the concurrent requests start.
+        let by_digest =
+            super::ImageReference { name: target.clone(), tag: None, digest: Some(image.digest().to_string()) };
+        let present = self.manifest_digest_with(&by_digest, &scopes, &notify).await?.is_some();
         let config_digest = image.blobs().first().map(|(d, _)| d.digest.clone());
-        let outcomes: Vec<(bool, BlobOutcome, u64)> = futures_util::stream::iter(image.blobs())
+        let blobs: &[(OciDescriptor, BlobSource)] = if present { &[] } else { image.blobs() };
+        if present {
+            for (desc, _) in image.blobs() {
+                let size = desc.size.max(0) as u64;
+                let _ =
+                    events.send(PushEvent::Blob { digest: desc.digest.clone(), size, outcome: BlobOutcome::Skipped });
+            }
+        }
+        let outcomes: Vec<(bool, BlobOutcome, u64)> = futures_util::stream::iter(blobs)
             .map(|(desc, source)| {
                 let scopes = &scopes;
                 let notify = &notify;
@@ -166,6 +181,9 @@ impl RegistryClient {
             .try_collect()
             .await?;
         let mut layers = LayerStats::default();
+        if present {
+            layers.skipped = image.blobs().len().saturating_sub(1) as u32;
+        }
         for (is_config, outcome, size) in outcomes {
             if outcome == BlobOutcome::Pushed {
                 layers.bytes_uploaded += size;

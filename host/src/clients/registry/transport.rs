@@ -110,6 +110,10 @@ impl Transport {
         Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) })
     }
 
+    pub(crate) fn credentials_resolver(&self) -> &CredentialResolver {
+        &self.creds
+    }
+
     /// `https://HOST` or, for hosts configured as plain HTTP, `http://HOST`.
     pub(crate) fn base_url(&self, host: &str) -> String {
         let plain = self.opts.plain_http.iter().any(|h| h == host);
@@ -272,7 +276,10 @@ impl Transport {
                 return Err(Attempt::Reauth);
             }
         }
-        let detail = self.scrub(host, body.trim());
+        let detail = match self.scrub(host, body.trim()) {
+            d if d.is_empty() => "Unauthorized".to_string(),
+            d => d,
+        };
         if anonymous {
             return Err(Attempt::Fail(RegistryError::Unauthorized {
                 host: host.to_string(),
