@@ -221,7 +221,7 @@ async fn registry_checks(config: &Config, repo: &str) -> Vec<Check> {
     };
     let host = name.api_host().to_string();
     let registry = phases::registry_config(config);
-    let resolver = match registry.credentials(&host, false) {
+    let resolver = match registry.credentials(&host, None) {
         Ok(r) => r,
         Err(e) => return vec![fail("registry credentials", e.to_string(), "see the README's registry credentials")],
     };

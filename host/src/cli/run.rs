@@ -271,15 +271,7 @@ fn parse_pinned(text: &str) -> anyhow::Result<ImageReference> {
 fn credentials(config: &Config, repository: &str, secrets: &Secrets) -> anyhow::Result<CredentialResolver> {
     let host = ImageName::parse(repository)?.value.api_host().to_string();
     let registry = phases::registry_config(config);
-    let mut r = registry.credentials(&host, false)?;
-    if let Some(p) = &secrets.registry_password {
-        let user = registry
-            .username
-            .clone()
-            .context("--registry-password-stdin needs a username: set `[registry] username` or PRPOD_REGISTRY_USER")?;
-        r = r.with_secret(&host, &user, p.clone(), "stdin");
-    }
-    Ok(r)
+    Ok(registry.credentials(&host, secrets.registry_password.clone())?)
 }
 
 /// The `.dockerconfigjson` for `host`, or `None` when the registry needs no credentials.

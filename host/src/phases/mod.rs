@@ -464,9 +464,10 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
 
 /// The `[registry]` settings (credential sources, CA, plain-HTTP hosts), with `PRPOD_REGISTRY_*`
 /// applied.
-pub fn registry_config(_config: &Config) -> crate::clients::registry::RegistryConfig {
-    // Until `[registry]` is part of prpod.toml, its keys come from the environment alone.
-    let mut r = crate::clients::registry::RegistryConfig::default();
-    r.apply_env(|k| std::env::var(k).ok());
+pub fn registry_config(config: &Config) -> crate::clients::registry::RegistryConfig {
+    // `[registry]` from prpod.toml; the variables again in case the config was not read through
+    // `Config::apply_env` (they beat the file either way).
+    let mut r = config.registry.clone();
+    r.apply_vars(|k| std::env::var(k).ok());
     r
 }
