@@ -19,11 +19,29 @@ fn main() -> ExitCode {
         )
         .init();
     let reporter = Reporter::new(cli.output);
-    match cli.run(&reporter) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let err = anyhow::Error::new(e).context("failed to start the async runtime");
+            reporter.error(&err);
+            return ExitCode::from(prpod::error::EXIT_INTERNAL);
+        }
+    };
+    match runtime.block_on(cli.run(&reporter)) {
         Ok(code) => ExitCode::from(code),
+        // Whoever read our output went away (`prpod ... | head`): nothing left to say to them.
+        Err(err) if is_broken_pipe(&err) => ExitCode::from(prpod::error::EXIT_OK),
         Err(err) => {
             reporter.error(&err);
             ExitCode::from(exit_code_for(&err))
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().and_then(|e| e.io_error_kind())
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

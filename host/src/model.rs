@@ -64,6 +64,47 @@ pub struct PrContext {
     pub target: Option<DeployTarget>,
 }
 
+impl PrContext {
+    /// Checks what the host promises plugins about a context: `repository_url` carries no
+    /// credentials. A URL with user info (`https://x-access-token:TOKEN@host/...`) would hand a
+    /// token to every plugin; the token belongs in `PRPOD_GIT_TOKEN` (or `--git-token-file`).
+    pub fn check(&self) -> Result<(), String> {
+        if url_has_userinfo(&self.repository_url) {
+            return Err(format!(
+                "repository_url `{}` carries user info (credentials); give the URL without them \
+                 (`https://host/owner/name.git`) and the token through PRPOD_GIT_TOKEN or --git-token-file, \
+                 so that no plugin, log or report ever sees it",
+                redact_userinfo(&self.repository_url)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url` (`scheme://[userinfo@]host/...`) has a user info part.
+pub fn url_has_userinfo(url: &str) -> bool {
+    authority(url).is_some_and(|(_, a)| a.contains('@'))
+}
+
+/// `url` with any user info replaced by `***`, for messages.
+pub fn redact_userinfo(url: &str) -> String {
+    match authority(url) {
+        Some((start, a)) if a.contains('@') => {
+            let at = a.rfind('@').expect("checked");
+            format!("{}***{}", &url[..start], &url[start + at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The authority part of a `scheme://authority/...` URL, and where it starts.
+fn authority(url: &str) -> Option<(usize, &str)> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some((start, &rest[..end]))
+}
+
 /// A reference to a container image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -466,4 +507,19 @@ pub struct Release {
     /// The revision that was current before this deploy, if any.
     #[serde(default)]
     pub previous_revision: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_credentials_are_found_and_redacted() {
+        assert!(url_has_userinfo("https://x-access-token:ghs_abc@github.com/acme/web.git"));
+        assert!(url_has_userinfo("http://user@127.0.0.1:47580/web.git"));
+        assert!(!url_has_userinfo("https://github.com/acme/web.git"));
+        assert!(!url_has_userinfo("https://github.com/acme/we@b.git"));
+        assert!(!url_has_userinfo("git@github.com:acme/web.git"));
+        assert_eq!(redact_userinfo("https://x:ghs_abc@github.com/a.git"), "https://***@github.com/a.git");
+    }
 }

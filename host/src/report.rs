@@ -312,7 +312,7 @@ impl Reporter {
     fn human_line(&self, event: &Event) -> Option<String> {
         match event {
             Event::Started(_) | Event::Progress { .. } => None,
-            Event::Note(phase, msg) => Some(format!("  {:<10} {msg}", phase.name())),
+            Event::Note(phase, msg) => Some(format!("  {:<10} {}", phase.name(), crate::untrusted::escape(msg))),
             Event::Finished { phase, status, duration, summary } => {
                 let mark = match status {
                     PhaseStatus::Ok => "✓",
@@ -329,20 +329,32 @@ impl Reporter {
                     Severity::Warning => "warning",
                     Severity::Info => "info",
                 };
-                let object = f.object.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-                Some(format!("  {:<10} {sev} [{}] {}{object} — {}", phase.name(), f.rule, f.message, r.plugin))
+                // A finding is a plugin's text: escaped, so it cannot drive the terminal.
+                let esc = crate::untrusted::escape;
+                let object = f.object.as_deref().map(|o| format!(" ({})", esc(o))).unwrap_or_default();
+                Some(format!(
+                    "  {:<10} {sev} [{}] {}{object} — {}",
+                    phase.name(),
+                    esc(&f.rule),
+                    esc(&f.message),
+                    esc(&r.plugin)
+                ))
             }
             // On a terminal the spinner says it; elsewhere one line, once.
-            Event::Waiting(phase, msg) if !self.inner.tty => Some(format!("  {:<10} {msg}", phase.name())),
+            Event::Waiting(phase, msg) if !self.inner.tty => {
+                Some(format!("  {:<10} {}", phase.name(), crate::untrusted::escape(msg)))
+            }
             Event::Waiting(..) => None,
         }
     }
 
-    /// Prints a result document as pretty JSON on stdout.
+    /// Prints a result document as pretty JSON on stdout (strings escaped so that nothing a
+    /// plugin returned can drive a terminal; see [`crate::untrusted`]).
     pub fn result<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value)?;
+        crate::untrusted::to_json_writer(&mut out, value, true)?;
         writeln!(out)?;
+        out.flush()?;
         Ok(())
     }
 
@@ -410,7 +422,9 @@ impl Reporter {
         Ok(())
     }
 
-    /// Reports a failure: the error and its causes.
+    /// Reports a failure: the error and its causes. Messages may quote plugins, servers and
+    /// child processes, so they are escaped for the terminal. Write errors (a closed pipe) are
+    /// ignored: there is no one left to tell.
     pub fn error(&self, err: &anyhow::Error) {
         if let Some((_, bar)) = self.state().bar.take() {
             bar.finish_and_clear();
@@ -419,12 +433,15 @@ impl Reporter {
         match self.inner.format {
             Format::Json => {
                 let doc = serde_json::json!({ "error": err.to_string(), "causes": causes });
-                println!("{doc}");
+                let mut out = std::io::stdout().lock();
+                let _ = crate::untrusted::to_json_writer(&mut out, &doc, false);
+                let _ = writeln!(out);
             }
             Format::Human => {
-                eprintln!("error: {err}");
+                let mut out = std::io::stderr().lock();
+                let _ = writeln!(out, "error: {}", crate::untrusted::escape(&err.to_string()));
                 for c in causes {
-                    eprintln!("  caused by: {c}");
+                    let _ = writeln!(out, "  caused by: {}", crate::untrusted::escape(&c));
                 }
             }
         }

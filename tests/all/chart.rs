@@ -57,9 +57,9 @@ fn full_app() -> AppSpec {
     }
 }
 
-fn generate(app: &AppSpec, dir: &Path) {
+async fn generate(app: &AppSpec, dir: &Path) {
     let plugin = PluginHost::new().unwrap().load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
-    for f in plugin.generate(&ctx(), app).unwrap() {
+    for f in plugin.generate(&ctx(), app).await.unwrap() {
         let p = dir.join(&f.path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, f.content).unwrap();
@@ -84,10 +84,10 @@ fn lint_and_template(helm3: bool, dir: &Path) -> String {
     ok(helm().args(["template", "pr-42"]).arg(dir).args(["--namespace", "pr-42"]).output().unwrap(), "helm template")
 }
 
-#[test]
-fn default_chart_matches_golden_and_passes_the_default_verifier() {
+#[tokio::test]
+async fn default_chart_matches_golden_and_passes_the_default_verifier() {
     let dir = tempfile::tempdir().unwrap();
-    generate(&full_app(), dir.path());
+    generate(&full_app(), dir.path()).await;
     let rendered = lint_and_template(false, dir.path());
 
     let golden = repo_root().join("tests/golden/chart-webapp.yaml");
@@ -121,7 +121,7 @@ fn default_chart_matches_golden_and_passes_the_default_verifier() {
     }
 
     let verifier = PluginHost::new().unwrap().load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
-    let findings = verifier.check_manifests(&ctx(), &manifests).unwrap();
+    let findings = verifier.check_manifests(&ctx(), &manifests).await.unwrap();
     let errors: Vec<_> = findings.iter().filter(|f| f.severity == Severity::Error).collect();
     assert!(errors.is_empty(), "the default verifier rejects the default chart: {errors:?}");
 }
@@ -143,8 +143,8 @@ fn collect_ports<'a>(v: &'a serde_yaml::Value, out: &mut Vec<&'a serde_yaml::Val
     }
 }
 
-#[test]
-fn minimal_chart_lints_with_helm_4_and_helm_3() {
+#[tokio::test]
+async fn minimal_chart_lints_with_helm_4_and_helm_3() {
     let app = AppSpec {
         name: "api".into(),
         image: ImageRef { repository: "127.0.0.1:5443/acme/api".into(), tag: Some("pr-42".into()), digest: None },
@@ -157,7 +157,7 @@ fn minimal_chart_lints_with_helm_4_and_helm_3() {
     };
     for helm3 in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        generate(&app, dir.path());
+        generate(&app, dir.path()).await;
         let rendered = lint_and_template(helm3, dir.path());
         assert!(!rendered.contains("kind: Ingress"), "no ingress host, no Ingress");
         assert!(rendered.contains("image: \"127.0.0.1:5443/acme/api:pr-42\""), "{rendered}");
@@ -167,8 +167,8 @@ fn minimal_chart_lints_with_helm_4_and_helm_3() {
 /// The default chart really runs: Helm 4 (server-side apply against Kubernetes 1.20) installs
 /// it with `--wait`, the pod answers HTTP on its IP, and the default verifier's post-deploy
 /// hook, fed the live Deployment status, finds nothing wrong.
-#[test]
-fn default_chart_deploys_and_serves_with_helm_4() {
+#[tokio::test]
+async fn default_chart_deploys_and_serves_with_helm_4() {
     let w = world();
     let ns = w.namespace("chart-deploy");
     let (repository, tag) = w.web_image_plain.rsplit_once(':').expect("web image has a tag");
@@ -188,7 +188,7 @@ fn default_chart_deploys_and_serves_with_helm_4() {
         ingress_host: None,
     };
     let dir = tempfile::tempdir().unwrap();
-    generate(&app, dir.path());
+    generate(&app, dir.path()).await;
     let home = HelmHome::new();
     ok(
         w.helm_cmd(&home)
@@ -234,7 +234,7 @@ fn default_chart_deploys_and_serves_with_helm_4() {
     };
     assert_eq!(status.workloads[0].available, 1, "{deploy}");
     let verifier = PluginHost::new().unwrap().load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
-    let findings = verifier.check_release(&context(Some(42), "feature/login"), &status).unwrap();
+    let findings = verifier.check_release(&context(Some(42), "feature/login"), &status).await.unwrap();
     assert!(findings.iter().all(|f| f.severity != Severity::Error), "{findings:?}");
     ok(w.helm_cmd(&home).args(["uninstall", "pr-42", "--namespace", &ns.name]).output().unwrap(), "helm uninstall");
 }

@@ -110,7 +110,7 @@ fn deploy_verify_and_crash_rollback() {
         };
         let rendered = chart::render(&req, &helm, Some(&generator)).await.unwrap();
         assert!(rendered.rendered.contains(&format!("@{}", image.digest.as_ref().unwrap())), "{}", rendered.rendered);
-        let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).unwrap();
+        let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).await.unwrap();
         assert!(!chart::has_errors(&findings), "{findings:?}");
 
         deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();
@@ -131,7 +131,7 @@ fn deploy_verify_and_crash_rollback() {
         let status = settled.snapshot.release_status(&release, None);
         assert_eq!(status.workloads.len(), 1);
         assert_eq!(status.workloads[0].pods.len(), 1, "{status:?}");
-        let after = verify::check_release(&ctx, &status, std::slice::from_ref(&verifier)).unwrap();
+        let after = verify::check_release(&ctx, &status, std::slice::from_ref(&verifier)).await.unwrap();
         assert!(!chart::has_errors(&after), "{after:?}");
         let url = verify::preview_url(&kube, &release).await.unwrap().expect("a preview URL");
         assert_eq!(curl(&url), w.web_body, "GET {url}");

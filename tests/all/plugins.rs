@@ -23,18 +23,20 @@ fn hostile_ctx(mode: &str, labels: &[String]) -> PrContext {
 }
 
 /// After any failure the same plugin must still work: a fresh store per call.
-fn assert_healthy(plugin: &Plugin) {
-    let tags =
-        plugin.compute_tags(&context(Some(7), "feature/x"), "r.example/app").expect("normal call after a failure");
+async fn assert_healthy(plugin: &Plugin) {
+    let tags = plugin
+        .compute_tags(&context(Some(7), "feature/x"), "r.example/app")
+        .await
+        .expect("normal call after a failure");
     assert_eq!(tags.primary, "pr-7");
 }
 
-#[test]
-fn builtin_tag_default_gives_the_seed_scheme() {
+#[tokio::test]
+async fn builtin_tag_default_gives_the_seed_scheme() {
     let p = load("builtin:tag-default");
     assert_eq!(p.worlds(), vec![World::TagPolicy]);
     let ctx = context(Some(42), "Feature/Login_Page");
-    let tags = p.compute_tags(&ctx, "127.0.0.1:5443/acme/web").unwrap();
+    let tags = p.compute_tags(&ctx, "127.0.0.1:5443/acme/web").await.unwrap();
     assert_eq!(
         tags,
         TagSet {
@@ -44,145 +46,145 @@ fn builtin_tag_default_gives_the_seed_scheme() {
             cache_to: Some("cache-feature-login_page".into()),
         }
     );
-    let release = p.release(&ctx).unwrap();
+    let release = p.release(&ctx).await.unwrap();
     assert_eq!((release.name.as_str(), release.namespace.as_str()), ("pr-42", "pr-42"));
 
-    let no_pr = p.compute_tags(&context(None, "fix/bug"), "r/app").unwrap();
+    let no_pr = p.compute_tags(&context(None, "fix/bug"), "r/app").await.unwrap();
     assert_eq!(no_pr.primary, "pr-fix-bug");
 }
 
-#[test]
-fn builtin_worlds_are_what_they_say() {
+#[tokio::test]
+async fn builtin_worlds_are_what_they_say() {
     assert_eq!(load("builtin:chart-webapp").worlds(), vec![World::ChartGenerator]);
     assert_eq!(load("builtin:verify-baseline").worlds(), vec![World::Verifier]);
-    let e = load("builtin:tag-default").check_manifests(&context(Some(1), "b"), &[]).unwrap_err();
+    let e = load("builtin:tag-default").check_manifests(&context(Some(1), "b"), &[]).await.unwrap_err();
     assert!(matches!(e, PluginError::WrongWorld { world: World::Verifier, .. }), "{e}");
 }
 
-#[test]
-fn infinite_loop_is_stopped_at_the_deadline() {
+#[tokio::test]
+async fn infinite_loop_is_stopped_at_the_deadline() {
     let p = hostile().with_limits(Limits { deadline_ms: 300, ..Limits::default() });
     let start = Instant::now();
-    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").await.unwrap_err();
     let took = start.elapsed();
     assert!(matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), hook: "compute-tags", .. }), "{e}");
     assert!(took < Duration::from_millis(300) + Duration::from_secs(1), "stopped after {took:?}");
     assert!(took >= Duration::from_millis(290), "stopped too early: {took:?}");
     assert!(e.to_string().contains("deadline of 300 ms"), "{e}");
     assert!(e.to_string().contains("test_hostile.wasm"), "{e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn default_deadline_is_two_seconds() {
+#[tokio::test]
+async fn default_deadline_is_two_seconds() {
     let p = hostile();
     let start = Instant::now();
-    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("loop", &[]), "r/app").await.unwrap_err();
     let took = start.elapsed();
     assert!(e.to_string().contains("deadline of 2000 ms"), "{e}");
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(3), "{took:?}");
 }
 
-#[test]
-fn memory_growth_is_stopped_at_the_limit() {
+#[tokio::test]
+async fn memory_growth_is_stopped_at_the_limit() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("memory", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("memory", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Limit { limit: LimitKind::Memory(_), .. }), "{e}");
     assert!(e.to_string().contains("memory limit of 64 MiB"), "{e}");
     assert!(e.to_string().contains("memory_mib"), "the fix is named: {e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 
     let small = hostile().with_limits(Limits { memory_mib: 4, ..Limits::default() });
-    let e = small.compute_tags(&hostile_ctx("memory", &[]), "r/app").unwrap_err();
+    let e = small.compute_tags(&hostile_ctx("memory", &[]), "r/app").await.unwrap_err();
     assert!(e.to_string().contains("memory limit of 4 MiB"), "{e}");
 }
 
-#[test]
-fn filesystem_is_not_reachable() {
+#[tokio::test]
+async fn filesystem_is_not_reachable() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("read-file", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("read-file", &[]), "r/app").await.unwrap_err();
     let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
     assert!(message.starts_with("read-file:"), "{message}");
     assert!(!message.contains("root:"), "{message}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn network_is_not_reachable() {
+#[tokio::test]
+async fn network_is_not_reachable() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("socket", &[format!("port={port}")]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("socket", &[format!("port={port}")]), "r/app").await.unwrap_err();
     let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
     assert!(message.starts_with("socket:"), "{message}");
     assert!(listener.accept().is_err(), "the plugin reached a host socket");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn environment_is_empty() {
+#[tokio::test]
+async fn environment_is_empty() {
     // The test process has PATH (and HOME) set; the plugin must see neither.
     assert!(std::env::var_os("PATH").is_some());
     let p = hostile();
     for var in ["PATH", "HOME"] {
-        let e = p.compute_tags(&hostile_ctx("env", &[format!("env={var}")]), "r/app").unwrap_err();
+        let e = p.compute_tags(&hostile_ctx("env", &[format!("env={var}")]), "r/app").await.unwrap_err();
         let PluginError::Returned { message, .. } = &e else { panic!("expected the plugin's own error, got {e}") };
         assert!(message.starts_with("env:"), "{message}");
     }
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn printing_100_mb_hits_the_output_limit() {
+#[tokio::test]
+async fn printing_100_mb_hits_the_output_limit() {
     let p = hostile();
     let start = Instant::now();
-    let e = p.compute_tags(&hostile_ctx("print", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("print", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Limit { limit: LimitKind::Output(_), .. }), "{e}");
     assert!(e.to_string().contains("output limit of 16 MiB"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn log_flood_hits_the_output_limit() {
+#[tokio::test]
+async fn log_flood_hits_the_output_limit() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("log-flood", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("log-flood", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Limit { limit: LimitKind::Output(_), .. }), "{e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn trap_is_an_error_not_a_crash() {
+#[tokio::test]
+async fn trap_is_an_error_not_a_crash() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("trap", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("trap", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Trap { hook: "compute-tags", .. }), "{e}");
     assert!(e.to_string().contains("unreachable"), "{e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn panic_message_reaches_the_error() {
+#[tokio::test]
+async fn panic_message_reaches_the_error() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("panic", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("panic", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Trap { .. }), "{e}");
     assert!(e.to_string().contains("hostile panic"), "{e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn invalid_tag_is_rejected_with_the_value() {
+#[tokio::test]
+async fn invalid_tag_is_rejected_with_the_value() {
     let p = hostile();
-    let e = p.compute_tags(&hostile_ctx("bad-tag", &[]), "r/app").unwrap_err();
+    let e = p.compute_tags(&hostile_ctx("bad-tag", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::InvalidOutput { what: "tag", .. }), "{e}");
     assert!(e.to_string().contains("\"not a valid tag!\""), "{e}");
-    assert_healthy(&p);
+    assert_healthy(&p).await;
 }
 
-#[test]
-fn invalid_release_name_is_rejected_with_the_value() {
+#[tokio::test]
+async fn invalid_release_name_is_rejected_with_the_value() {
     let p = hostile();
-    let e = p.release(&hostile_ctx("bad-release", &[])).unwrap_err();
+    let e = p.release(&hostile_ctx("bad-release", &[])).await.unwrap_err();
     assert!(matches!(e, PluginError::InvalidOutput { what: "release name", .. }), "{e}");
     assert!(e.to_string().contains("Bad_Release"), "{e}");
 }

@@ -193,7 +193,7 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
                 checks.push(ok("cluster", format!("{} answers, Kubernetes {v}", kube.server())));
                 let namespace = match &args.namespace {
                     Some(n) => Ok(n.clone()),
-                    None => release_target(None, None, &args.context, &config, env).map(|(r, _)| r.namespace),
+                    None => release_target(None, None, &args.context, &config, env).await.map(|(r, _)| r.namespace),
                 };
                 match namespace {
                     Err(e) => checks.push(fail(

@@ -52,19 +52,19 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Runs the command; returns the process exit code.
-    pub fn run(self, reporter: &Reporter) -> anyhow::Result<u8> {
+    /// Runs the command (on the caller's tokio runtime); returns the process exit code.
+    pub async fn run(self, reporter: &Reporter) -> anyhow::Result<u8> {
         let env = Env::from_process();
         let mut config = load_config(self.config.as_deref())?;
         config.apply_env(&env)?;
         match self.command {
-            Command::Plugin(cmd) => plugin::run(cmd, &config, reporter),
-            Command::Build(args) => runtime()?.block_on(build::run(args, config, &env, reporter)),
-            Command::Run(args) => runtime()?.block_on(run::run(args, config, &env, reporter)),
-            Command::Plan(args) => runtime()?.block_on(run::plan(args, config, &env, reporter)),
-            Command::Deploy(args) => runtime()?.block_on(run::deploy(args, config, &env, reporter)),
-            Command::Status(args) => runtime()?.block_on(status::run(args, config, &env, reporter)),
-            Command::Doctor(args) => runtime()?.block_on(doctor::run(args, config, &env, reporter)),
+            Command::Plugin(cmd) => plugin::run(cmd, &config, reporter).await,
+            Command::Build(args) => build::run(args, config, &env, reporter).await,
+            Command::Run(args) => run::run(args, config, &env, reporter).await,
+            Command::Plan(args) => run::plan(args, config, &env, reporter).await,
+            Command::Deploy(args) => run::deploy(args, config, &env, reporter).await,
+            Command::Status(args) => status::run(args, config, &env, reporter).await,
+            Command::Doctor(args) => doctor::run(args, config, &env, reporter).await,
         }
     }
 }
@@ -75,9 +75,4 @@ fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None if Path::new("prpod.toml").is_file() => Config::load(Path::new("prpod.toml")),
         None => Ok(Config::default()),
     }
-}
-
-// Until the plugin runtime makes `Cli::run` async, pipeline commands get their own runtime.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

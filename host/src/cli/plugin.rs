@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{EXIT_FINDINGS, EXIT_OK};
 use crate::config::{Config, LimitOverrides};
 use crate::model::{AppSpec, Manifest, PrContext, ReleaseStatus, Severity};
-use crate::plugins::{Plugin, PluginHost, PluginRef, World};
+use crate::plugins::{Plugin, PluginHost, PluginRef, World, chart};
 use crate::report::Reporter;
 
 /// Plugin subcommands.
@@ -28,9 +28,12 @@ pub enum PluginCommand {
     Export {
         /// `builtin:<name>`.
         reference: String,
-        /// File to write.
+        /// File to write (refused when it exists, unless --force).
         #[arg(short, long)]
         out: PathBuf,
+        /// Overwrite `--out` when it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -103,11 +106,11 @@ pub enum CallCommand {
 }
 
 /// Runs a plugin subcommand.
-pub fn run(cmd: PluginCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
+pub async fn run(cmd: PluginCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
     match cmd {
         PluginCommand::Check { reference } => check(&reference, reporter),
-        PluginCommand::Export { reference, out } => export(&reference, &out, reporter),
-        PluginCommand::Call(call) => run_call(call, config, reporter),
+        PluginCommand::Export { reference, out, force } => export(&reference, &out, force, reporter),
+        PluginCommand::Call(call) => run_call(call, config, reporter).await,
     }
 }
 
@@ -135,12 +138,24 @@ fn check(reference: &str, reporter: &Reporter) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn export(reference: &str, out: &Path, reporter: &Reporter) -> anyhow::Result<u8> {
+fn export(reference: &str, out: &Path, force: bool, reporter: &Reporter) -> anyhow::Result<u8> {
     let PluginRef::Builtin(name) = PluginRef::parse(reference)? else {
         bail!("`{reference}` is not a builtin; export takes builtin:<name> (it copies no other files)");
     };
     let (bytes, sha256) = PluginRef::Builtin(name.clone()).read()?;
-    std::fs::write(out, &bytes).with_context(|| format!("failed to write {}", out.display()))?;
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        bail!("refusing to overwrite {}: it exists; pick another path or pass --force", out.display());
+    }
+    // Written beside the target and renamed over it: a failure never leaves half a component
+    // under the name, and with --force a symlink at `out` is replaced, not followed.
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("failed to write {}", out.display()))?;
+    std::io::Write::write_all(&mut tmp, &bytes).with_context(|| format!("failed to write {}", out.display()))?;
+    let persisted = if force { tmp.persist(out) } else { tmp.persist_noclobber(out) };
+    persisted.map_err(|e| e.error).with_context(|| format!("failed to write {}", out.display()))?;
     reporter.result(&json!({
         "plugin": format!("builtin:{name}"),
         "path": out,
@@ -162,19 +177,26 @@ fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> a
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {what} {}", path.display()))?;
+    let text = crate::input::read_text_file(path, crate::input::MAX_JSON_BYTES, what)?;
     serde_json::from_str(&text).with_context(|| {
         format!("failed to parse {what} {} (the README's \"JSON inputs\" section shows its fields)", path.display())
     })
 }
 
-fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
+/// A PR context file: JSON, and no credentials in it.
+fn read_context(path: &Path) -> anyhow::Result<PrContext> {
+    let ctx: PrContext = read_json(path, "PR context")?;
+    ctx.check().map_err(|why| anyhow::anyhow!("PR context {}: {why}", path.display()))?;
+    Ok(ctx)
+}
+
+async fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
     match call {
         CallCommand::TagPolicy { reference, context, image, limits } => {
-            let ctx: PrContext = read_json(&context, "PR context")?;
+            let ctx = read_context(&context)?;
             let plugin = load(&reference, World::TagPolicy, config, &limits)?;
-            let tags = plugin.compute_tags(&ctx, &image)?;
-            let release = plugin.release(&ctx)?;
+            let tags = plugin.compute_tags(&ctx, &image).await?;
+            let release = plugin.release(&ctx).await?;
             reporter.result(&json!({
                 "primary": tags.primary,
                 "extra": tags.extra,
@@ -185,23 +207,14 @@ fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::
             Ok(EXIT_OK)
         }
         CallCommand::ChartGenerator { reference, context, app, out, limits } => {
-            let ctx: PrContext = read_json(&context, "PR context")?;
+            let ctx = read_context(&context)?;
             let app: AppSpec = read_json(&app, "app spec")?;
-            if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                bail!(
-                    "refusing to write the chart into {}: it is not an empty directory; pick a new one",
-                    out.display()
-                );
-            }
+            // Checked before the plugin runs (so a bad --out costs nothing) and again when the
+            // chart is renamed into place (so nothing planted meanwhile is overwritten).
+            chart::check_out_dir(&out)?;
             let plugin = load(&reference, World::ChartGenerator, config, &limits)?;
-            let files = plugin.generate(&ctx, &app)?;
-            for f in &files {
-                let path = out.join(&f.path);
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-                }
-                std::fs::write(&path, &f.content).with_context(|| format!("failed to write {}", path.display()))?;
-            }
+            let files = plugin.generate(&ctx, &app).await?;
+            chart::write_chart(&out, &files)?;
             reporter.result(&json!({
                 "out": out,
                 "files": files.iter().map(|f| &f.path).collect::<Vec<_>>(),
@@ -209,19 +222,18 @@ fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> anyhow::
             Ok(EXIT_OK)
         }
         CallCommand::Verifier { reference, context, manifests, status, limits } => {
-            let ctx: PrContext = read_json(&context, "PR context")?;
+            let ctx = read_context(&context)?;
             let plugin = load(&reference, World::Verifier, config, &limits)?;
             let (hook, findings) = match (manifests, status) {
                 (Some(path), _) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("failed to read manifests {}", path.display()))?;
+                    let text = crate::input::read_text_file(&path, crate::input::MAX_JSON_BYTES, "manifests")?;
                     let manifests = Manifest::parse_all(&text)
                         .with_context(|| format!("failed to parse manifests {}", path.display()))?;
-                    ("check-manifests", plugin.check_manifests(&ctx, &manifests)?)
+                    ("check-manifests", plugin.check_manifests(&ctx, &manifests).await?)
                 }
                 (None, Some(path)) => {
                     let status: ReleaseStatus = read_json(&path, "release status")?;
-                    ("check-release", plugin.check_release(&ctx, &status)?)
+                    ("check-release", plugin.check_release(&ctx, &status).await?)
                 }
                 (None, None) => bail!("give --manifests FILE.yaml or --status STATUS.json"),
             };

@@ -38,7 +38,7 @@ pub struct StatusArgs {
 
 /// The release a PR's preview lives in: given, or the tag-policy's for the context (the full
 /// context when flags or GitHub Actions give one; `--pr N` alone otherwise).
-pub fn release_target(
+pub async fn release_target(
     release: Option<&str>,
     namespace: Option<&str>,
     flags: &ContextFlags,
@@ -71,13 +71,14 @@ pub fn release_target(
     };
     let plugin =
         PluginHost::new()?.load(&config.plugin_ref(World::TagPolicy))?.with_limits(config.limits_for(World::TagPolicy));
-    Ok((plugin.release(&ctx)?, Some(ctx)))
+    Ok((plugin.release(&ctx).await?, Some(ctx)))
 }
 
 /// Runs `prpod status`.
 pub async fn run(args: StatusArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, _) = release_target(args.release.as_deref(), args.namespace.as_deref(), &args.context, &config, env)?;
+    let (release, _) =
+        release_target(args.release.as_deref(), args.namespace.as_deref(), &args.context, &config, env).await?;
     let target = config.deploy.kube_target();
     let (helm, kube) = tokio::try_join!(
         async { Helm::detect(&config.deploy.helm, target.clone()).await.map_err(anyhow::Error::from) },

@@ -301,7 +301,7 @@ pub async fn render(
         None => {
             let generator = generator.expect("a chart generator when no chart directory is configured");
             let app = app_spec(req.ctx, req.release, req.app, req.image, req.replicas);
-            let files = generator.generate(req.ctx, &app)?;
+            let files = generator.generate(req.ctx, &app).await?;
             let dir = helm.scratch_dir("chart")?;
             write_chart(&dir, &files)?;
             (ChartSource::Generated { plugin: generator.name().to_string() }, dir)
@@ -327,22 +327,21 @@ pub async fn render(
 }
 
 fn write_chart(dir: &Path, files: &[crate::model::ChartFile]) -> Result<(), ChartError> {
-    // A previous generation in the same scratch directory must not leave stale templates.
+    // A previous generation in the same scratch directory must not leave stale templates; the
+    // plugin boundary's writer (cap-std, temporary directory renamed into place) does the rest.
     let _ = std::fs::remove_dir_all(dir);
-    for f in files {
-        let p = dir.join(&f.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|source| ChartError::Write { path: parent.to_path_buf(), source })?;
-        }
-        std::fs::write(&p, &f.content).map_err(|source| ChartError::Write { path: p.clone(), source })?;
-    }
-    Ok(())
+    crate::plugins::chart::write_chart(dir, files).map_err(|e| ChartError::Write {
+        path: dir.to_path_buf(),
+        source: match e {
+            crate::plugins::chart::WriteChartError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// Runs every verifier's `check-manifests` on the rendered chart (all of them, even after one
 /// reports an error), plus prpod's own check that the chart runs the image by digest.
-pub fn check_manifests(
+pub async fn check_manifests(
     ctx: &PrContext,
     chart: &RenderedChart,
     image: &ImageRef,
@@ -350,7 +349,7 @@ pub fn check_manifests(
 ) -> Result<Vec<ReportedFinding>, PluginError> {
     let mut out = digest_findings(&chart.manifests, image);
     for v in verifiers {
-        for f in v.check_manifests(ctx, &chart.manifests)? {
+        for f in v.check_manifests(ctx, &chart.manifests).await? {
             out.push(ReportedFinding { plugin: v.name().to_string(), hook: "check-manifests".into(), finding: f });
         }
     }

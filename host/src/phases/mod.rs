@@ -160,8 +160,8 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let repository = build::image_repository(&inputs.config.image, &phase)?;
     let plugin = host.load(&inputs.config.plugin_ref(World::TagPolicy))?;
     let plugin = plugin.with_limits(inputs.config.limits_for(World::TagPolicy));
-    let tags = plugin.compute_tags(&ctx, &repository)?;
-    let release = plugin.release(&ctx)?;
+    let tags = plugin.compute_tags(&ctx, &repository).await?;
+    let release = plugin.release(&ctx).await?;
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
     run.tags = Some(tags.clone());
     run.release = Some(release);
@@ -335,7 +335,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     };
     out.chart = Some(format!("{chart_name} ({from})"));
     out.rendered = Some(rendered.rendered.clone());
-    let findings = chart::check_manifests(&ctx, &rendered, &input.image, &verifiers)?;
+    let findings = chart::check_manifests(&ctx, &rendered, &input.image, &verifiers).await?;
     for f in &findings {
         phase.finding(f.clone());
     }
@@ -422,7 +422,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let left = dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
     let settled = verify::settle(&mut watch, release, left, dc.crash_restarts).await?;
     let status = settled.snapshot.release_status(release, Some(since));
-    let after = verify::check_release(&ctx, &status, &verifiers)?;
+    let after = verify::check_release(&ctx, &status, &verifiers).await?;
     for f in &after {
         phase.finding(f.clone());
     }

@@ -147,14 +147,14 @@ fn snapshot_of(state: &Rollout, release: &ReleaseTarget) -> Snapshot {
 }
 
 /// Runs every verifier's `check-release` (all of them) on `status`.
-pub fn check_release(
+pub async fn check_release(
     ctx: &PrContext,
     status: &ReleaseStatus,
     verifiers: &[Plugin],
 ) -> Result<Vec<ReportedFinding>, PluginError> {
     let mut out = Vec::new();
     for v in verifiers {
-        for f in v.check_release(ctx, status)? {
+        for f in v.check_release(ctx, status).await? {
             out.push(ReportedFinding { plugin: v.name().to_string(), hook: "check-release".into(), finding: f });
         }
     }

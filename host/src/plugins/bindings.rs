@@ -13,6 +13,7 @@ pub(crate) mod generated {
             path: "../wit",
             world: "tag-policy",
             imports: { default: trappable },
+            exports: { default: async },
         });
     }
     pub(crate) mod chart_generator {
@@ -20,6 +21,7 @@ pub(crate) mod generated {
             path: "../wit",
             world: "chart-generator",
             imports: { default: trappable },
+            exports: { default: async },
             with: {
                 "prpod:plugin/types": crate::plugins::bindings::generated::tag_policy::prpod::plugin::types,
                 "prpod:plugin/logging": crate::plugins::bindings::generated::tag_policy::prpod::plugin::logging,
@@ -31,6 +33,7 @@ pub(crate) mod generated {
             path: "../wit",
             world: "verifier",
             imports: { default: trappable },
+            exports: { default: async },
             with: {
                 "prpod:plugin/types": crate::plugins::bindings::generated::tag_policy::prpod::plugin::types,
                 "prpod:plugin/logging": crate::plugins::bindings::generated::tag_policy::prpod::plugin::logging,
@@ -39,11 +42,11 @@ pub(crate) mod generated {
     }
 }
 
-pub(crate) use generated::chart_generator::ChartGeneratorPre;
-pub(crate) use generated::tag_policy::TagPolicyPre;
+pub(crate) use generated::chart_generator::ChartGeneratorIndices;
+pub(crate) use generated::tag_policy::TagPolicyIndices;
 pub(crate) use generated::tag_policy::prpod::plugin::logging;
 pub(crate) use generated::tag_policy::prpod::plugin::types as wit;
-pub(crate) use generated::verifier::VerifierPre;
+pub(crate) use generated::verifier::VerifierIndices;
 
 impl From<&model::Event> for wit::Event {
     fn from(e: &model::Event) -> Self {
@@ -74,21 +77,9 @@ impl From<&model::TagSet> for wit::TagSet {
     }
 }
 
-impl From<wit::TagSet> for model::TagSet {
-    fn from(t: wit::TagSet) -> Self {
-        model::TagSet { primary: t.primary, extra: t.extra, cache_from: t.cache_from, cache_to: t.cache_to }
-    }
-}
-
 impl From<&model::ReleaseTarget> for wit::ReleaseTarget {
     fn from(r: &model::ReleaseTarget) -> Self {
         wit::ReleaseTarget { name: r.name.clone(), namespace: r.namespace.clone() }
-    }
-}
-
-impl From<wit::ReleaseTarget> for model::ReleaseTarget {
-    fn from(r: wit::ReleaseTarget) -> Self {
-        model::ReleaseTarget { name: r.name, namespace: r.namespace }
     }
 }
 
@@ -140,12 +131,6 @@ impl From<&model::AppSpec> for wit::AppSpec {
     }
 }
 
-impl From<wit::ChartFile> for model::ChartFile {
-    fn from(f: wit::ChartFile) -> Self {
-        model::ChartFile { path: f.path, content: f.content }
-    }
-}
-
 impl From<&model::Manifest> for wit::Manifest {
     fn from(m: &model::Manifest) -> Self {
         wit::Manifest {
@@ -154,21 +139,6 @@ impl From<&model::Manifest> for wit::Manifest {
             name: m.name.clone(),
             namespace: m.namespace.clone(),
             text: m.text.clone(),
-        }
-    }
-}
-
-impl From<wit::Finding> for model::Finding {
-    fn from(f: wit::Finding) -> Self {
-        model::Finding {
-            severity: match f.severity {
-                wit::Severity::Info => model::Severity::Info,
-                wit::Severity::Warning => model::Severity::Warning,
-                wit::Severity::Error => model::Severity::Error,
-            },
-            rule: f.rule,
-            message: f.message,
-            object: f.object,
         }
     }
 }
@@ -227,6 +197,21 @@ impl From<&model::ReleaseStatus> for wit::ReleaseStatus {
                     count: e.count,
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<wit::Finding> for model::Finding {
+    fn from(f: wit::Finding) -> Self {
+        model::Finding {
+            severity: match f.severity {
+                wit::Severity::Info => model::Severity::Info,
+                wit::Severity::Warning => model::Severity::Warning,
+                wit::Severity::Error => model::Severity::Error,
+            },
+            rule: f.rule,
+            message: f.message,
+            object: f.object,
         }
     }
 }

@@ -1,30 +1,53 @@
 //! The on-disk cache of compiled plugins: the one module allowed `unsafe`.
 //!
-//! Compiling a component with Cranelift takes hundreds of milliseconds; loading its compiled
-//! form takes about one. Entries are keyed by the sha256 of the component's bytes, the wasmtime
-//! version and the engine's compatibility hash, so a second `prpod` process (or a CI job with a
-//! warm cache) never recompiles, and an upgraded prpod never loads another engine's code.
+//! Compiling a component with Cranelift takes hundreds of milliseconds (seconds for an 18 MB
+//! Python plugin); loading its compiled form takes about one. But a compiled entry is native
+//! code that `Component::deserialize` runs without any check (wasmtime's own CLI only loads
+//! one behind `--allow-precompiled`), and CI systems restore cache directories across jobs,
+//! fork PRs included, under the same uid. So the cache trusts no file it did not authenticate:
 //!
-//! Safety: `Component::deserialize_file` trusts its input to be wasmtime's own output. This
-//! module only ever deserializes files it wrote itself into a directory it created with mode
-//! 0700, under a name derived from the hash of the source bytes; files are written to a
-//! temporary name and renamed into place, so a crash never leaves a torn entry under a real
-//! name. Anyone who can write to the cache directory can already replace the prpod binary's
-//! inputs, so the cache adds no new trust boundary.
+//! - **Every entry carries a MAC**: HMAC-SHA256 over the plugin's sha256, the engine key
+//!   (wasmtime version + the engine's compatibility hash) and the compiled bytes, keyed by a
+//!   secret that does not live in the cache directory: `PRPOD_CACHE_KEY` when set (for CI
+//!   caches shared between trusted jobs), else a random key created 0600 under the user's
+//!   config directory (`~/.config/prpod/cache-key`). An entry that fails the MAC — tampered
+//!   code, another plugin's entry copied under this one's name, a torn or truncated file — is
+//!   never deserialized: the plugin is recompiled and the entry replaced, with a warning.
+//! - **Ownership, as ssh treats its keys**: the cache directory and the entry must be owned by
+//!   the current user and not writable by group or others; otherwise prpod warns and compiles
+//!   in memory, touching nothing there.
+//! - **Writes never follow a planted path**: entries are written to a `tempfile` (`O_EXCL`,
+//!   random name) and renamed into place; entries and lock files are opened `O_NOFOLLOW`.
+//! - **One compile per entry**: a lock file per entry (`flock`) makes N processes that need
+//!   the same uncached plugin compile it once; the others wait and load the result.
+//!
+//! Cache failures only ever cost speed: they are logged and the component is compiled in memory.
 #![allow(unsafe_code)]
 
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// What every entry file starts with, before its MAC.
+const MAGIC: &[u8; 8] = b"PRPODC01";
+const MAC_LEN: usize = 32;
 
 /// Where compiled components are kept; `None` disables the cache.
 #[derive(Debug, Clone)]
 pub(crate) struct ComponentCache {
     dir: Option<PathBuf>,
 }
+
+/// The key that authenticates cache entries.
+struct CacheKey(Vec<u8>);
 
 impl ComponentCache {
     /// `$PRPOD_CACHE_DIR`, else `$XDG_CACHE_HOME/prpod`, else `~/.cache/prpod`; then
@@ -38,61 +61,312 @@ impl ComponentCache {
         ComponentCache { dir: base.map(|b| b.join("components")) }
     }
 
-    fn entry(&self, engine: &Engine, sha256: &str) -> Option<PathBuf> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let version = env!("PRPOD_WASMTIME_VERSION");
-        self.dir.as_ref().map(|d| d.join(format!("{sha256}-wasmtime{version}-{:016x}.cwasm", h.finish())))
-    }
-
-    /// The compiled component for `bytes` (whose sha256 is `sha256`), from the cache when
-    /// present, else compiled now and stored. Cache failures only cost speed: they are logged
-    /// and the component is compiled in memory.
+    /// The compiled component for `bytes` (whose sha256 is `sha256`), from the cache when an
+    /// authentic entry is there, else compiled now and stored.
     pub(crate) fn load_or_compile(&self, engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
-        let Some(path) = self.entry(engine, sha256) else {
-            return Component::new(engine, bytes);
+        let Some(dir) = &self.dir else {
+            return compile(engine, bytes, sha256);
         };
-        if path.is_file() {
-            // SAFETY: see the module docs; the file is our own serialized output for these bytes.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => {
-                    tracing::debug!(path = %path.display(), "loaded compiled plugin from cache");
-                    return Ok(c);
-                }
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e}"),
+        let key = match cache_key() {
+            Ok(k) => k,
+            Err(why) => {
+                warn_once(&format!("not using the plugin cache: {why}; compiling in memory"));
+                return compile(engine, bytes, sha256);
             }
+        };
+        if let Err(why) = ensure_private_dir(dir) {
+            warn_once(&format!("not using the plugin cache {}: {why}; compiling in memory", dir.display()));
+            return compile(engine, bytes, sha256);
         }
-        let component = Component::new(engine, bytes)?;
+        let engine_key = engine_key(engine);
+        let entry = dir.join(format!("{sha256}-{engine_key}.cwasm"));
+        let mac_input = MacInput { key, sha256, engine_key: &engine_key };
+
+        if let Some(c) = self.try_load(engine, &entry, &mac_input) {
+            return Ok(c);
+        }
+        // Not there (or refused): compile under the entry's lock, so that concurrent processes
+        // needing the same plugin compile it once; whoever waited finds the entry written.
+        let lock = match open_lock(&entry) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(path = %entry.display(), "could not lock the plugin cache entry ({e}); compiling without it");
+                None
+            }
+        };
+        if lock.is_some()
+            && let Some(c) = self.try_load(engine, &entry, &mac_input)
+        {
+            return Ok(c);
+        }
+        let component = compile(engine, bytes, sha256)?;
         match component.serialize() {
             Ok(compiled) => {
-                if let Err(e) = write_atomically(&path, &compiled) {
-                    tracing::warn!(path = %path.display(), "could not cache compiled plugin: {e}");
+                if let Err(e) = write_entry(dir, &entry, &mac_input, &compiled) {
+                    tracing::warn!(path = %entry.display(), "could not cache the compiled plugin: {e}");
                 }
             }
-            Err(e) => tracing::warn!("could not serialize compiled plugin: {e}"),
+            Err(e) => tracing::warn!("could not serialize the compiled plugin: {e}"),
         }
+        drop(lock);
         Ok(component)
+    }
+
+    /// The entry's component if the file is there, ours, private, and authentic. Every
+    /// refusal but "not there" is a warning: someone or something changed the cache.
+    fn try_load(&self, engine: &Engine, entry: &Path, mac: &MacInput<'_>) -> Option<Component> {
+        let compiled = match read_entry(entry) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::warn!(path = %entry.display(), "refusing plugin cache entry: {why}; recompiling and replacing it");
+                return None;
+            }
+        };
+        let Some(code) = mac.verify(&compiled) else {
+            tracing::warn!(
+                path = %entry.display(),
+                "refusing plugin cache entry: its MAC does not match (tampered, copied from another plugin, written \
+                 with another cache key, or torn); recompiling and replacing it"
+            );
+            return None;
+        };
+        // SAFETY: `code` was authenticated above: it is the output of `Component::serialize`
+        // that this cache key's holder wrote for exactly this plugin (sha256) and engine.
+        match unsafe { Component::deserialize(engine, code) } {
+            Ok(c) => {
+                tracing::debug!(path = %entry.display(), "loaded compiled plugin from cache");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.display(), "ignoring unusable plugin cache entry: {e}; recompiling");
+                None
+            }
+        }
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache entries live in a directory");
-    create_private_dir(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
+fn compile(engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+    tracing::debug!(sha256, "compiling plugin");
+    Component::new(engine, bytes)
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// The wasmtime version and the engine's compatibility hash: an upgraded prpod (or one with
+/// different engine settings) never loads another engine's code.
+fn engine_key(engine: &Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("wasmtime{}-{:016x}", env!("PRPOD_WASMTIME_VERSION"), h.finish())
+}
+
+struct MacInput<'a> {
+    key: &'static CacheKey,
+    sha256: &'a str,
+    engine_key: &'a str,
+}
+
+impl MacInput<'_> {
+    fn mac(&self) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key.0).expect("HMAC takes any key length");
+        // Length-prefixed, so no two (sha256, engine key) pairs feed the same bytes.
+        for part in [self.sha256.as_bytes(), self.engine_key.as_bytes()] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The compiled code inside `file` when its MAC is right.
+    fn verify<'f>(&self, file: &'f [u8]) -> Option<&'f [u8]> {
+        let rest = file.strip_prefix(MAGIC.as_slice())?;
+        if rest.len() < MAC_LEN {
+            return None;
+        }
+        let (tag, code) = rest.split_at(MAC_LEN);
+        let mut mac = self.mac();
+        mac.update(code);
+        mac.verify_slice(tag).ok().map(|()| code)
+    }
+}
+
+/// The current user's uid.
+fn uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Refuses what is not ours or is writable by others.
+fn check_private(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+    if meta.uid() != uid() {
+        return Err(format!("{what} is owned by uid {}, not by the current user (uid {})", meta.uid(), uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("{what} is writable by group or others (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// Creates the cache directory 0700 when missing; refuses one that is not ours or not private.
+fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        return Err(format!("cannot create it: {e}"));
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    check_private(&meta, "the directory")
 }
 
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = format!(".tmp-{}-{:?}", std::process::id(), std::thread::current().id());
-    let path = dir.join(name.replace(['(', ')'], ""));
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-    Ok((path, file))
+/// The entry's bytes; `None` when there is none; `Err` when there is one we must not trust.
+fn read_entry(entry: &Path) -> Result<Option<Vec<u8>>, String> {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(entry)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open it ({e}); a symlink is never followed")),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    check_private(&meta, "the entry")?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
+}
+
+/// The per-entry lock, held until dropped.
+fn open_lock(entry: &Path) -> std::io::Result<File> {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(PathBuf::from(name))?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Writes MAGIC + MAC + code to a fresh temporary file (`O_EXCL`, random name, 0600) and
+/// renames it over the entry: readers see the old entry or the new one, never a torn one, and
+/// whatever was planted at the entry's name (a symlink included) is replaced, not followed.
+fn write_entry(dir: &Path, entry: &Path, mac: &MacInput<'_>, code: &[u8]) -> std::io::Result<()> {
+    let mut tag = mac.mac();
+    tag.update(code);
+    let tag = tag.finalize().into_bytes();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    tmp.write_all(MAGIC)?;
+    tmp.write_all(&tag)?;
+    tmp.write_all(code)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(entry).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The cache key: `PRPOD_CACHE_KEY`, else the user's key file (created on first use).
+fn cache_key() -> Result<&'static CacheKey, String> {
+    static KEY: OnceLock<Result<CacheKey, String>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        if let Some(v) = std::env::var_os("PRPOD_CACHE_KEY") {
+            let v = v.into_encoded_bytes();
+            if v.len() < 16 {
+                return Err("PRPOD_CACHE_KEY is shorter than 16 bytes; use a long random value".into());
+            }
+            return Ok(CacheKey(v));
+        }
+        let dir = directories::BaseDirs::new()
+            .map(|d| d.config_dir().join("prpod"))
+            .ok_or("no home directory for the cache key; set PRPOD_CACHE_KEY")?;
+        key_file(&dir.join("cache-key")).map(CacheKey)
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Reads the key file, creating it (32 random bytes, hex, mode 0600, `O_EXCL`) when missing.
+fn key_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut random = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(mut f) => {
+            f.write_all(hex::encode(random).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {shown}: {e}"))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {shown}: {e}")),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    check_private(&meta, &format!("the cache key {shown}"))?;
+    if meta.mode() & 0o044 != 0 {
+        return Err(format!("the cache key {shown} is readable by group or others; chmod 600 it"));
+    }
+    let mut key = Vec::new();
+    file.read_to_end(&mut key).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if key.len() < 32 {
+        return Err(format!("the cache key {shown} is too short; delete it and prpod makes a new one"));
+    }
+    Ok(key)
+}
+
+fn warn_once(message: &str) {
+    static SAID: OnceLock<()> = OnceLock::new();
+    SAID.get_or_init(|| tracing::warn!("{message}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_binds_plugin_engine_and_code() {
+        let key: &'static CacheKey = Box::leak(Box::new(CacheKey(b"0123456789abcdef".to_vec())));
+        let a = MacInput { key, sha256: "aa", engine_key: "e1" };
+        let mut tag = a.mac();
+        tag.update(b"code");
+        let file = [MAGIC.as_slice(), &tag.finalize().into_bytes(), b"code"].concat();
+        assert_eq!(a.verify(&file), Some(b"code".as_slice()));
+        assert_eq!(MacInput { key, sha256: "bb", engine_key: "e1" }.verify(&file), None, "another plugin's entry");
+        assert_eq!(MacInput { key, sha256: "aa", engine_key: "e2" }.verify(&file), None, "another engine's entry");
+        let other: &'static CacheKey = Box::leak(Box::new(CacheKey(b"fedcba9876543210".to_vec())));
+        assert_eq!(MacInput { key: other, sha256: "aa", engine_key: "e1" }.verify(&file), None, "another key");
+        let mut flipped = file.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(a.verify(&flipped), None, "tampered code");
+        assert_eq!(a.verify(&file[..file.len() - 1]), None, "truncated");
+        assert_eq!(a.verify(b"PRPODC01short"), None);
+    }
 }

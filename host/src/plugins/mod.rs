@@ -1,25 +1,32 @@
 //! The plugin boundary: everything prpod does with WebAssembly happens in this module.
 //!
-//! One wasmtime [`Engine`] per process (with an epoch ticker thread for deadlines), components
-//! compiled once and cached on disk ([`cache`]), a pre-instantiated component
-//! (`InstancePre`) per world reused for every
-//! call, and a fresh, deny-by-default store per call ([`sandbox`]). Every output is validated
+//! One wasmtime engine per process (with an epoch ticker that runs while calls are in flight,
+//! [`engine`]), components compiled once and cached on disk under a MAC ([`cache`]), a
+//! pre-instantiated component (`InstancePre`) reused for every call, and a fresh,
+//! deny-by-default store per call ([`sandbox`]). Calls are async: WASI is linked with async host
+//! functions, the guest runs on a fiber that yields at every epoch tick, and every call is
+//! bounded by `tokio::time::timeout` as well as the epoch deadline, so a plugin that sleeps or
+//! waits on a pollable is stopped as surely as one that loops. Results are lifted lazily and
+//! charged against the output budget before the host copies them; every output is validated
 //! ([`validate`]) before the rest of prpod sees it.
 
 mod bindings;
 mod cache;
+pub mod chart;
+mod engine;
 pub mod reference;
 pub mod sandbox;
 pub mod validate;
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::component::{ComponentExportIndex, HasSelf, Instance, InstancePre, Lift, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
-use bindings::{ChartGeneratorPre, TagPolicyPre, VerifierPre, wit};
+use bindings::{ChartGeneratorIndices, TagPolicyIndices, VerifierIndices, wit};
+pub use engine::ticks as epoch_ticks;
 pub use reference::PluginRef;
 use sandbox::StoreState;
 pub use sandbox::{LimitKind, Limits};
@@ -162,79 +169,36 @@ pub enum PluginError {
         /// The offending value.
         value: String,
         /// The rule it breaks.
-        rule: &'static str,
+        rule: String,
+    },
+    /// The context handed to a hook breaks what the host promises plugins (it carries
+    /// credentials).
+    #[error("refusing to call plugin {plugin}: {why}")]
+    BadContext {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong with the context.
+        why: String,
     },
     /// The engine itself failed (a bug or a broken installation, not the plugin's fault).
     #[error("the WebAssembly engine failed: {0}")]
     Engine(String),
 }
 
-/// How often the epoch ticks; deadlines are accurate to about this much.
-const TICK: Duration = Duration::from_millis(10);
+/// Every list element a plugin returns is charged this much against the output budget on top
+/// of its strings: what the host allocates to hold it. Without it, 800 000 empty findings cost
+/// nothing against the budget and hundreds of MiB in the host.
+pub const ELEMENT_OVERHEAD: u64 = 64;
 
-/// The process's one engine, with its epoch ticker thread.
-fn engine() -> Result<&'static Engine, PluginError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let mut config = Config::new();
-            config.wasm_component_model(true);
-            config.epoch_interruption(true);
-            // A pool of pre-reserved instance slots makes each call's instantiation a matter of
-            // microseconds (copy-on-write memory images, no mmap/munmap per call). If this
-            // machine cannot reserve the pool's address space, fall back to on-demand.
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
-            let engine = match Engine::new(&config) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!("pooling allocator unavailable ({e}); allocating plugin instances on demand");
-                    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                    Engine::new(&config).map_err(|e| e.to_string())?
-                }
-            };
-            let ticker = engine.clone();
-            std::thread::Builder::new()
-                .name("prpod-epoch".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(TICK);
-                        ticker.increment_epoch();
-                    }
-                })
-                .map_err(|e| format!("failed to start the epoch thread: {e}"))?;
-            Ok(engine)
-        })
-        .as_ref()
-        .map_err(|e| PluginError::Engine(e.clone()))
-}
+/// At most this many distinct tags in one tag-set (primary, extra, cache-from and cache-to
+/// together, after duplicates are removed).
+pub const MAX_TAGS: usize = 64;
+/// At most this many files in a generated chart.
+pub const MAX_CHART_FILES: usize = 1000;
+/// At most this many findings from one verifier hook.
+pub const MAX_FINDINGS: usize = 10_000;
 
-/// Slots for plugin instances alive at the same time (each call holds one until it returns).
-const POOL_INSTANCES: u32 = 64;
-
-fn pooling_config() -> PoolingAllocationConfig {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(POOL_INSTANCES);
-    // A Rust wasip2 component is a handful of core instances (the program plus adapter shims).
-    pool.total_core_instances(POOL_INSTANCES * 8);
-    pool.total_memories(POOL_INSTANCES * 2);
-    pool.total_tables(POOL_INSTANCES * 8);
-    // The per-call memory limit is enforced by the store's limiter; the pool only has to be
-    // able to hold the largest limit prpod.toml accepts (4096 MiB).
-    pool.max_memory_size(4096 << 20);
-    pool.max_memories_per_component(4);
-    pool.max_tables_per_component(16);
-    // A call touches a few dozen pages (stack, heap). Returning them with madvise costs a TLB
-    // shootdown per call, which dominated the call's cost in profiles; instead keep up to
-    // 4 MiB resident and reset only the touched pages (PAGEMAP_SCAN, Linux >= 6.7, when
-    // available; memset of the low addresses otherwise), and batch what must be decommitted.
-    pool.linear_memory_keep_resident(4 << 20);
-    pool.table_keep_resident(64 << 10);
-    pool.pagemap_scan(wasmtime::Enabled::Auto);
-    pool.decommit_batch_size(16);
-    pool
-}
-
-/// Loads plugins. Cheap to clone; all hosts in a process share one engine.
+/// Loads plugins. One per run (it holds the linker); all hosts in a process share one engine.
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
@@ -246,39 +210,56 @@ impl PluginHost {
     /// A host using the process's engine and the on-disk cache named by `PRPOD_CACHE_DIR`
     /// (default `~/.cache/prpod`; `off` disables it).
     pub fn new() -> Result<PluginHost, PluginError> {
-        let engine = engine()?.clone();
+        let engine = engine::engine()?.clone();
         let mut linker = Linker::new(&engine);
         // All of WASI p2 is linked so components built by ordinary toolchains (which import
         // wasi:cli, wasi:filesystem, wasi:sockets...) instantiate; the per-call context then
-        // grants none of it.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
+        // grants none of it. The async variant, because a sync host call made from a tokio task
+        // would block_on inside the runtime and panic.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Ok(PluginHost { engine, linker: Arc::new(linker), cache: cache::ComponentCache::from_env() })
     }
 
-    /// Reads, verifies, compiles (or loads from cache) and pre-instantiates a plugin.
+    /// Reads, verifies, compiles (or loads from the cache) and pre-instantiates a plugin. This
+    /// reads files and may compile for a second: from async code, call it before the hot path
+    /// or in `spawn_blocking`.
     pub fn load(&self, reference: &PluginRef) -> Result<Plugin, PluginError> {
         let (bytes, sha256) = reference.read()?;
         let name: Arc<str> = reference.display_name().into();
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
         let component =
-            self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e}")))?;
+            self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             not_component(format!(
-                "{e}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
+                "{e:#}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
                  prpod:plugin/logging"
             ))
         })?;
+        // The generated bindings type-check each world's exports against the WIT (with the
+        // cause: which record or field differs); the calls themselves go through the export
+        // indices, lifting results lazily.
+        let export =
+            |name: &str| pre.component().get_export_index(None, name).ok_or_else(|| format!("it exports no `{name}`"));
+        let tag_policy = TagPolicyIndices::new(&pre)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|_| Ok([export("compute-tags")?, export("release")?]));
+        let chart_generator =
+            ChartGeneratorIndices::new(&pre).map_err(|e| format!("{e:#}")).and_then(|_| export("generate"));
+        let verifier = VerifierIndices::new(&pre)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|_| Ok([export("check-manifests")?, export("check-release")?]));
         Ok(Plugin {
             name,
             reference: reference.clone(),
             sha256,
             limits: Limits::default(),
-            tag_policy: TagPolicyPre::new(pre.clone()).map_err(|e| format!("{e}")),
-            chart_generator: ChartGeneratorPre::new(pre.clone()).map_err(|e| format!("{e}")),
-            verifier: VerifierPre::new(pre).map_err(|e| format!("{e}")),
+            pre,
+            tag_policy,
+            chart_generator,
+            verifier,
             engine: self.engine.clone(),
         })
     }
@@ -299,16 +280,98 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A loaded plugin, ready to be called any number of times (each call gets a fresh instance).
+/// A loaded plugin, ready to be called any number of times, concurrently too (each call gets a
+/// fresh instance in a fresh store).
 pub struct Plugin {
     name: Arc<str>,
     reference: PluginRef,
     sha256: String,
     limits: Limits,
-    tag_policy: Result<TagPolicyPre<StoreState>, String>,
-    chart_generator: Result<ChartGeneratorPre<StoreState>, String>,
-    verifier: Result<VerifierPre<StoreState>, String>,
+    pre: InstancePre<StoreState>,
+    tag_policy: Result<[ComponentExportIndex; 2], String>,
+    chart_generator: Result<ComponentExportIndex, String>,
+    verifier: Result<[ComponentExportIndex; 2], String>,
     engine: Engine,
+}
+
+/// The error wasmtime raises when lifting a result would copy more than the store's hostcall
+/// fuel allows (its type is private; its message is stable).
+const FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
+
+/// A failure of the host's own machinery inside a call (not the plugin's doing).
+#[derive(Debug)]
+struct HostFault(String);
+
+impl std::fmt::Display for HostFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostFault {}
+
+/// What a hook returned, in the host's memory, with what it costs against the output budget:
+/// its strings plus [`ELEMENT_OVERHEAD`] per list element.
+trait Charged {
+    fn charge(&self) -> u64;
+}
+
+impl Charged for String {
+    fn charge(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl<T: Charged> Charged for Vec<T> {
+    fn charge(&self) -> u64 {
+        self.iter().map(|e| ELEMENT_OVERHEAD + e.charge()).sum()
+    }
+}
+
+impl<T: Charged> Charged for Option<T> {
+    fn charge(&self) -> u64 {
+        self.as_ref().map_or(0, Charged::charge)
+    }
+}
+
+impl Charged for wit::TagSet {
+    fn charge(&self) -> u64 {
+        self.primary.charge() + self.extra.charge() + self.cache_from.charge() + self.cache_to.charge()
+    }
+}
+
+impl Charged for wit::ReleaseTarget {
+    fn charge(&self) -> u64 {
+        self.name.charge() + self.namespace.charge()
+    }
+}
+
+impl Charged for wit::ChartFile {
+    fn charge(&self) -> u64 {
+        self.path.charge() + self.content.len() as u64
+    }
+}
+
+impl Charged for wit::Finding {
+    fn charge(&self) -> u64 {
+        self.rule.charge() + self.message.charge() + self.object.charge()
+    }
+}
+
+/// The typed export `index` of `instance`; a type mismatch here is a bug in [`bindings::raw`]
+/// (the world's types were checked at load).
+fn typed<P, R>(
+    store: &mut Store<StoreState>,
+    instance: &Instance,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<wasmtime::component::TypedFunc<P, R>>
+where
+    P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+    R: wasmtime::component::ComponentNamedList + Lift,
+{
+    instance
+        .get_typed_func::<P, R>(&mut *store, index)
+        .map_err(|e| wasmtime::Error::new(HostFault(format!("prpod's view of the export is wrong: {e:#}"))))
 }
 
 impl Plugin {
@@ -352,51 +415,98 @@ impl Plugin {
         }
     }
 
-    fn pre<'a, P>(&self, world: World, pre: &'a Result<P, String>) -> Result<&'a P, PluginError> {
-        pre.as_ref().map_err(|why| PluginError::WrongWorld { plugin: self.name.to_string(), world, why: why.clone() })
+    /// The world's exports, after checking the context the hook will get: a plugin never sees
+    /// a credential.
+    fn exports<'a, E>(
+        &self,
+        world: World,
+        exports: &'a Result<E, String>,
+        ctx: &PrContext,
+    ) -> Result<&'a E, PluginError> {
+        let exports = exports.as_ref().map_err(|why| PluginError::WrongWorld {
+            plugin: self.name.to_string(),
+            world,
+            why: why.clone(),
+        })?;
+        ctx.check().map_err(|why| PluginError::BadContext { plugin: self.name.to_string(), why })?;
+        Ok(exports)
     }
 
     /// Runs one hook in a fresh store under this plugin's limits, and turns every way it can
     /// fail into a [`PluginError`] naming the plugin and the hook.
-    fn call<R>(
+    ///
+    /// The deadline holds whatever the guest does: while it computes, each epoch tick yields
+    /// to the executor (and past the deadline interrupts it); while it waits in a host call
+    /// (a sleep, a pollable that never becomes ready), `tokio::time::timeout` drops the call's
+    /// future, which tears the fiber down.
+    async fn call<R: Charged>(
         &self,
         hook: &'static str,
-        f: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<Result<R, String>>,
-        size_of: impl FnOnce(&R) -> u64,
+        f: impl AsyncFnOnce(&mut Store<StoreState>, Instance) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
+        let _active = engine::ActiveCall::start();
         let mut store = Store::new(&self.engine, StoreState::new(self.name.clone(), &self.limits));
         store.limiter(|s| s);
-        // One tick more than the deadline divided by the tick: the ticker may be about to tick
-        // when the call starts, and a plugin must never be stopped before its deadline.
-        let ticks = self.limits.deadline().as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        let result = f(&mut store);
+        // Bounds what wasmtime allocates while lifting the result into the host (and each
+        // guest-to-host call's arguments), in host bytes, before anything is copied: a plugin
+        // returning 800 000 findings or a 50 MiB error string is stopped there, not after the
+        // host holds it all.
+        store.set_hostcall_fuel(usize::try_from(self.limits.output_bytes()).unwrap_or(usize::MAX));
+        let deadline = self.limits.deadline();
+        let started = Instant::now();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            // Never before the deadline: a plugin gets every millisecond it was promised.
+            Ok(if started.elapsed() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        let result = {
+            let store = &mut store;
+            let work = async move {
+                let instance = self.pre.instantiate_async(&mut *store).await?;
+                f(store, instance).await
+            };
+            tokio::time::timeout(deadline, work).await
+        };
         let state = store.data();
         let plugin = self.name.to_string();
         let limit = |limit| PluginError::Limit { plugin: plugin.clone(), hook, limit };
+        let result = match result {
+            Err(_elapsed) => return Err(limit(LimitKind::Deadline(deadline))),
+            Ok(r) => r,
+        };
+        let output_limit = || limit(LimitKind::Output(self.limits.output_bytes()));
         match result {
             Ok(Ok(value)) => {
-                if !state.output.charge(size_of(&value)) {
-                    return Err(limit(LimitKind::Output(self.limits.output_bytes())));
+                if !state.output.charge(value.charge()) {
+                    return Err(output_limit());
                 }
                 Ok(value)
             }
-            Ok(Err(message)) => Err(PluginError::Returned { plugin, hook, message }),
+            Ok(Err(message)) => {
+                if !state.output.charge(message.charge()) {
+                    return Err(output_limit());
+                }
+                // Shown to people: escaped, so it cannot drive their terminal.
+                let message = crate::untrusted::escape(&message).into_owned();
+                Err(PluginError::Returned { plugin, hook, message })
+            }
             Err(e) => {
                 if state.memory_exceeded {
                     return Err(limit(LimitKind::Memory(self.limits.memory_bytes())));
                 }
-                if state.output.exceeded() {
-                    return Err(limit(LimitKind::Output(self.limits.output_bytes())));
+                if state.output.exceeded() || format!("{e:#}").contains(FUEL_EXHAUSTED) {
+                    return Err(output_limit());
+                }
+                if let Some(HostFault(why)) = e.downcast_ref::<HostFault>() {
+                    return Err(PluginError::Engine(format!("plugin {plugin} hook {hook}: {why}")));
                 }
                 let trap = e.downcast_ref::<Trap>();
                 if trap == Some(&Trap::Interrupt) {
-                    return Err(limit(LimitKind::Deadline(self.limits.deadline())));
+                    return Err(limit(LimitKind::Deadline(deadline)));
                 }
                 let mut message = match trap {
                     Some(t) => t.to_string(),
-                    None => e.to_string().lines().next().unwrap_or_default().to_string(),
+                    None => crate::untrusted::escape(e.to_string().lines().next().unwrap_or_default()).into_owned(),
                 };
                 let stderr = state.output.stderr_tail();
                 if !stderr.is_empty() {
@@ -408,24 +518,44 @@ impl Plugin {
         }
     }
 
-    fn invalid(&self, hook: &'static str, what: &'static str, value: &str, rule: &'static str) -> PluginError {
-        PluginError::InvalidOutput { plugin: self.name.to_string(), hook, what, value: value.to_string(), rule }
+    fn invalid(&self, hook: &'static str, what: &'static str, value: &str, rule: impl Into<String>) -> PluginError {
+        PluginError::InvalidOutput {
+            plugin: self.name.to_string(),
+            hook,
+            what,
+            value: value.to_string(),
+            rule: rule.into(),
+        }
     }
 
     /// `tag-policy.compute-tags`: the tags for an image built for `ctx`. Every tag is checked
-    /// against the OCI tag grammar.
-    pub fn compute_tags(&self, ctx: &PrContext, image_repository: &str) -> Result<TagSet, PluginError> {
+    /// against the OCI tag grammar; a tag given twice is kept once (said once in the log); at
+    /// most [`MAX_TAGS`] distinct tags.
+    pub async fn compute_tags(&self, ctx: &PrContext, image_repository: &str) -> Result<TagSet, PluginError> {
         const HOOK: &str = "compute-tags";
-        let pre = self.pre(World::TagPolicy, &self.tag_policy)?;
+        let [index, _] = self.exports(World::TagPolicy, &self.tag_policy, ctx)?;
         let ctx = wit::PrContext::from(ctx);
-        let tags = self.call(
-            HOOK,
-            |store| {
-                let tags = pre.instantiate(&mut *store)?.call_compute_tags(&mut *store, &ctx, image_repository)?;
-                Ok(tags.map(TagSet::from))
-            },
-            |t| t.all().map(|s| s.len() as u64).sum(),
-        )?;
+        let tags = self
+            .call(HOOK, async |store, instance| {
+                let func = typed::<(&wit::PrContext, &str), (Result<wit::TagSet, String>,)>(store, &instance, index)?;
+                Ok(func.call_async(&mut *store, (&ctx, image_repository)).await?.0)
+            })
+            .await?;
+        let tags = self.dedup_tags(TagSet {
+            primary: tags.primary,
+            extra: tags.extra,
+            cache_from: tags.cache_from,
+            cache_to: tags.cache_to,
+        });
+        let count = tags.all().count();
+        if count > MAX_TAGS {
+            return Err(self.invalid(
+                HOOK,
+                "number of tags",
+                &count.to_string(),
+                format!("at most {MAX_TAGS} distinct tags per build"),
+            ));
+        }
         for tag in tags.all() {
             if !validate::is_valid_tag(tag) {
                 return Err(self.invalid(HOOK, "tag", tag, "a tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}"));
@@ -434,17 +564,49 @@ impl Plugin {
         Ok(tags)
     }
 
+    /// Removes repeated tags (an extra tag equal to the primary, a cache tag listed twice),
+    /// keeping the first of each, and says once which were dropped.
+    fn dedup_tags(&self, mut tags: TagSet) -> TagSet {
+        let mut dropped = Vec::new();
+        let mut pushed = std::collections::HashSet::from([tags.primary.clone()]);
+        tags.extra.retain(|t| {
+            let first = pushed.insert(t.clone());
+            if !first {
+                dropped.push(t.clone());
+            }
+            first
+        });
+        let mut cache = std::collections::HashSet::new();
+        tags.cache_from.retain(|t| {
+            let first = cache.insert(t.clone());
+            if !first {
+                dropped.push(t.clone());
+            }
+            first
+        });
+        if !dropped.is_empty() {
+            let list: Vec<_> = dropped.iter().map(|t| crate::untrusted::escape(t).into_owned()).collect();
+            tracing::warn!(
+                plugin = &*self.name,
+                "the tag-policy returned these tags more than once; each is used once: {}",
+                list.join(", ")
+            );
+        }
+        tags
+    }
+
     /// `tag-policy.release`: the Helm release and namespace for `ctx`, checked as DNS-1123 labels.
-    pub fn release(&self, ctx: &PrContext) -> Result<ReleaseTarget, PluginError> {
+    pub async fn release(&self, ctx: &PrContext) -> Result<ReleaseTarget, PluginError> {
         const HOOK: &str = "release";
-        let pre = self.pre(World::TagPolicy, &self.tag_policy)?;
+        let [_, index] = self.exports(World::TagPolicy, &self.tag_policy, ctx)?;
         let ctx = wit::PrContext::from(ctx);
-        let release = self.call(
-            HOOK,
-            |store| pre.instantiate(&mut *store)?.call_release(&mut *store, &ctx),
-            |r| (r.name.len() + r.namespace.len()) as u64,
-        )?;
-        let release = ReleaseTarget::from(release);
+        let release = self
+            .call(HOOK, async |store, instance| {
+                let func = typed::<(&wit::PrContext,), (Result<wit::ReleaseTarget, String>,)>(store, &instance, index)?;
+                Ok(func.call_async(&mut *store, (&ctx,)).await?.0)
+            })
+            .await?;
+        let release = ReleaseTarget { name: release.name, namespace: release.namespace };
         if !validate::is_dns1123_label(&release.name, validate::MAX_RELEASE_NAME) {
             return Err(self.invalid(
                 HOOK,
@@ -464,66 +626,76 @@ impl Plugin {
         Ok(release)
     }
 
-    /// `chart-generator.generate`: the chart's files, with every path checked to stay inside
-    /// the chart directory and `Chart.yaml` required.
-    pub fn generate(&self, ctx: &PrContext, app: &AppSpec) -> Result<Vec<ChartFile>, PluginError> {
+    /// `chart-generator.generate`: the chart's files (at most [`MAX_CHART_FILES`]), each path
+    /// checked to stay inside the chart directory and to be writable as given (no file that is
+    /// also a directory, no name longer than a file system allows); `Chart.yaml` required.
+    pub async fn generate(&self, ctx: &PrContext, app: &AppSpec) -> Result<Vec<ChartFile>, PluginError> {
         const HOOK: &str = "generate";
-        let pre = self.pre(World::ChartGenerator, &self.chart_generator)?;
+        let index = self.exports(World::ChartGenerator, &self.chart_generator, ctx)?;
         let ctx = wit::PrContext::from(ctx);
         let app = wit::AppSpec::from(app);
-        let files = self.call(
-            HOOK,
-            |store| pre.instantiate(&mut *store)?.call_generate(&mut *store, &ctx, &app),
-            |files| files.iter().map(|f| (f.path.len() + f.content.len()) as u64).sum(),
-        )?;
-        let files: Vec<ChartFile> = files.into_iter().map(ChartFile::from).collect();
-        let mut seen = std::collections::HashSet::new();
-        for f in &files {
-            if !validate::is_safe_relative_path(&f.path) {
-                return Err(self.invalid(
-                    HOOK,
-                    "chart file path",
-                    &f.path,
-                    "paths must be relative, '/'-separated, without '.' or '..' parts",
-                ));
-            }
-            if !seen.insert(f.path.as_str()) {
-                return Err(self.invalid(HOOK, "chart file path", &f.path, "each path may appear only once"));
-            }
+        let files = self
+            .call(HOOK, async |store, instance| {
+                let func = typed::<(&wit::PrContext, &wit::AppSpec), (Result<Vec<wit::ChartFile>, String>,)>(
+                    store, &instance, index,
+                )?;
+                Ok(func.call_async(&mut *store, (&ctx, &app)).await?.0)
+            })
+            .await?;
+        if files.len() > MAX_CHART_FILES {
+            return Err(self.too_many(HOOK, "chart files", files.len(), MAX_CHART_FILES));
         }
-        if !seen.contains("Chart.yaml") {
-            return Err(self.invalid(HOOK, "chart", "(no Chart.yaml)", "a chart must contain Chart.yaml at its root"));
+        let files: Vec<ChartFile> = files.into_iter().map(|f| ChartFile { path: f.path, content: f.content }).collect();
+        if let Err((value, rule)) = chart::check_paths(&files) {
+            return Err(self.invalid(HOOK, "chart file path", &value, rule));
         }
         Ok(files)
     }
 
-    /// `verifier.check-manifests`: findings about the rendered manifests, before deploy.
-    pub fn check_manifests(&self, ctx: &PrContext, manifests: &[Manifest]) -> Result<Vec<Finding>, PluginError> {
-        let pre = self.pre(World::Verifier, &self.verifier)?;
+    fn too_many(&self, hook: &'static str, what: &'static str, n: usize, max: usize) -> PluginError {
+        self.invalid(hook, "number of results", &format!("{n} {what}"), format!("at most {max} {what} are accepted"))
+    }
+
+    /// `verifier.check-manifests`: findings about the rendered manifests, before deploy (at
+    /// most [`MAX_FINDINGS`]).
+    pub async fn check_manifests(&self, ctx: &PrContext, manifests: &[Manifest]) -> Result<Vec<Finding>, PluginError> {
+        const HOOK: &str = "check-manifests";
+        let [index, _] = self.exports(World::Verifier, &self.verifier, ctx)?;
         let ctx = wit::PrContext::from(ctx);
         let manifests: Vec<wit::Manifest> = manifests.iter().map(wit::Manifest::from).collect();
-        let findings = self.call(
-            "check-manifests",
-            |store| pre.instantiate(&mut *store)?.call_check_manifests(&mut *store, &ctx, &manifests),
-            |f| findings_size(f),
-        )?;
-        Ok(findings.into_iter().map(Finding::from).collect())
+        let findings = self
+            .call(HOOK, async |store, instance| {
+                let func = typed::<(&wit::PrContext, &[wit::Manifest]), (Result<Vec<wit::Finding>, String>,)>(
+                    store, &instance, index,
+                )?;
+                Ok(func.call_async(&mut *store, (&ctx, &manifests)).await?.0)
+            })
+            .await?;
+        self.findings(HOOK, findings)
     }
 
-    /// `verifier.check-release`: findings about the deployed release.
-    pub fn check_release(&self, ctx: &PrContext, status: &ReleaseStatus) -> Result<Vec<Finding>, PluginError> {
-        let pre = self.pre(World::Verifier, &self.verifier)?;
+    /// `verifier.check-release`: findings about the deployed release (at most
+    /// [`MAX_FINDINGS`]).
+    pub async fn check_release(&self, ctx: &PrContext, status: &ReleaseStatus) -> Result<Vec<Finding>, PluginError> {
+        const HOOK: &str = "check-release";
+        let [_, index] = self.exports(World::Verifier, &self.verifier, ctx)?;
         let ctx = wit::PrContext::from(ctx);
         let status = wit::ReleaseStatus::from(status);
-        let findings = self.call(
-            "check-release",
-            |store| pre.instantiate(&mut *store)?.call_check_release(&mut *store, &ctx, &status),
-            |f| findings_size(f),
-        )?;
+        let findings = self
+            .call(HOOK, async |store, instance| {
+                let func = typed::<(&wit::PrContext, &wit::ReleaseStatus), (Result<Vec<wit::Finding>, String>,)>(
+                    store, &instance, index,
+                )?;
+                Ok(func.call_async(&mut *store, (&ctx, &status)).await?.0)
+            })
+            .await?;
+        self.findings(HOOK, findings)
+    }
+
+    fn findings(&self, hook: &'static str, findings: Vec<wit::Finding>) -> Result<Vec<Finding>, PluginError> {
+        if findings.len() > MAX_FINDINGS {
+            return Err(self.too_many(hook, "findings", findings.len(), MAX_FINDINGS));
+        }
         Ok(findings.into_iter().map(Finding::from).collect())
     }
-}
-
-fn findings_size(findings: &[wit::Finding]) -> u64 {
-    findings.iter().map(|f| (f.rule.len() + f.message.len() + f.object.as_ref().map_or(0, |o| o.len())) as u64).sum()
 }

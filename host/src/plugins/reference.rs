@@ -78,7 +78,8 @@ impl PluginRef {
                 })?
                 .to_vec(),
             PluginRef::File { path, .. } => {
-                std::fs::read(path).map_err(|source| PluginError::Read { reference: self.to_string(), source })?
+                crate::input::read_regular_file(path, crate::input::MAX_PLUGIN_BYTES, "plugin")
+                    .map_err(|e| PluginError::Read { reference: self.to_string(), source: e.into_io() })?
             }
         };
         let actual = hex::encode(Sha256::digest(&bytes));

@@ -115,7 +115,7 @@ impl OutputBudget {
 
     pub(crate) fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&tail).trim().to_string()
+        crate::untrusted::escape(String::from_utf8_lossy(&tail).trim()).into_owned()
     }
 }
 
@@ -125,6 +125,8 @@ pub(crate) struct StoreState {
     table: ResourceTable,
     plugin: Arc<str>,
     memory_limit: u64,
+    /// Bytes held by all of the call's memories and tables together.
+    memory_used: u64,
     pub(crate) output: Arc<OutputBudget>,
     /// Set by the limiter when the plugin asked for more memory than allowed.
     pub(crate) memory_exceeded: bool,
@@ -149,6 +151,7 @@ impl StoreState {
             table: ResourceTable::new(),
             plugin,
             memory_limit: limits.memory_bytes(),
+            memory_used: 0,
             output,
             memory_exceeded: false,
         }
@@ -173,20 +176,37 @@ impl fmt::Display for LimitTrap {
 
 impl std::error::Error for LimitTrap {}
 
-impl wasmtime::ResourceLimiter for StoreState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_limit {
+/// What one table element is charged against the memory limit: a function reference is a
+/// pointer in wasmtime's tables.
+const TABLE_ELEMENT_BYTES: u64 = 8;
+
+impl StoreState {
+    /// Charges `grow` more bytes of memories or tables against the call's limit; a call may have
+    /// several memories and tables (one per core instance, or several in one module), and the
+    /// limit is on what they hold together.
+    fn charge_memory(&mut self, grow: u64) -> wasmtime::Result<bool> {
+        let total = self.memory_used.saturating_add(grow);
+        if total > self.memory_limit {
             self.memory_exceeded = true;
             // Trapping (rather than failing the grow) stops the call here instead of leaving a
             // guest allocator to abort somewhere less clear.
             return Err(wasmtime::Error::new(LimitTrap("memory")));
         }
+        self.memory_used = total;
         Ok(true)
     }
+}
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // Tables hold function references; a plugin with a million of them is broken.
-        Ok(desired <= 100_000)
+impl wasmtime::ResourceLimiter for StoreState {
+    // Called for each memory's initial size at instantiation (with `current` 0) and for every
+    // `memory.grow`, so the running sum covers everything the call's memories ever hold.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.charge_memory((desired as u64).saturating_sub(current as u64))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let elements = (desired as u64).saturating_sub(current as u64);
+        self.charge_memory(elements.saturating_mul(TABLE_ELEMENT_BYTES))
     }
 }
 
@@ -195,6 +215,9 @@ impl logging::Host for StoreState {
         if !self.output.charge(message.len() as u64) {
             return Err(wasmtime::Error::new(LimitTrap("output")));
         }
+        // One plugin message is one log line: a newline or an escape sequence in it must not
+        // forge a line of prpod's own or drive the terminal.
+        let message = crate::untrusted::escape(&message);
         let plugin = &*self.plugin;
         match level {
             logging::Level::Trace => tracing::trace!(target: "prpod::plugin", plugin, "{message}"),
@@ -254,7 +277,7 @@ impl CapturedStream {
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end();
+        let text = crate::untrusted::escape(text.trim_end());
         let plugin = &*self.plugin;
         // Info, not warn: a crash's stderr is already quoted in the error the caller gets.
         if self.stream == "stderr" {

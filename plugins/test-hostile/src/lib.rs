@@ -1,5 +1,17 @@
-//! A hostile tag-policy plugin for the host's sandbox tests. `compute-tags` picks its
-//! misbehaviour from `ctx.branch`:
+//! A hostile plugin for the host's sandbox tests. It implements all three worlds (tag-policy,
+//! chart-generator and verifier) and picks its misbehaviour from `ctx.branch`.
+//!
+//! In every hook:
+//!
+//! | branch | does |
+//! | --- | --- |
+//! | `sleep` | sleeps for an hour (`wasi:clocks` subscribe + `pollable.block`) |
+//! | `block` | blocks on a pollable that never becomes ready (a clock 500 years away), through `wasi:io/poll.poll` |
+//! | `sleep-loop` | spins for a few milliseconds, sleeps 1 ms, forever |
+//! | `big-err` | returns `err` of 50 MiB |
+//! | `ansi` | writes ESC/OSC sequences to stderr, logs a message with a newline that forges a log line, and returns them in `err` |
+//!
+//! `compute-tags` also:
 //!
 //! | branch | does |
 //! | --- | --- |
@@ -13,18 +25,49 @@
 //! | `trap` | executes `unreachable` |
 //! | `panic` | `panic!("hostile panic")` |
 //! | `bad-tag` | returns primary tag `not a valid tag!` |
+//! | `dup-tags` | returns `pr-7` as primary and twice in extra, `x` twice in extra, `c` twice in cache-from |
+//! | `many-tags` | returns 70 distinct tags |
 //! | anything else | the normal tags of the seed scheme |
 //!
 //! `release` returns name and namespace `Bad_Release` for branch `bad-release`, else the normal
 //! release of the seed scheme.
+//!
+//! `generate` returns a small valid chart, or for branch: `file-and-dir` (`templates` as a file
+//! and as a directory), `long-name` (a 300-character file name), `chart-yaml-dir`
+//! (`Chart.yaml` and `Chart.yaml/x`), `many-files` (1 001 files), `slow-chart` (the valid chart
+//! after sleeping for the milliseconds in label `sleep-ms=<n>`).
+//!
+//! `check-manifests` and `check-release` return no findings, or for branch: `many-findings`
+//! (800 000 empty findings), `too-many-findings` (10 001 one-letter findings), `ansi-finding`
+//! (one error finding whose message holds escape sequences).
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "tag-policy",
+    // The three worlds' exports in one world (`include` of all three would import `types`'
+    // names three times); the signatures are those of wit/world.wit.
+    inline: "
+        package prpod:test-hostile;
+        world hostile {
+            import prpod:plugin/logging@0.1.0;
+            use prpod:plugin/types@0.1.0.{pr-context, tag-set, release-target, app-spec, chart-file, manifest, finding, release-status};
+            export compute-tags: func(ctx: pr-context, image-repository: string) -> result<tag-set, string>;
+            export release: func(ctx: pr-context) -> result<release-target, string>;
+            export generate: func(ctx: pr-context, app: app-spec) -> result<list<chart-file>, string>;
+            export check-manifests: func(ctx: pr-context, manifests: list<manifest>) -> result<list<finding>, string>;
+            export check-release: func(ctx: pr-context, status: release-status) -> result<list<finding>, string>;
+        }
+    ",
+    world: "hostile",
+    generate_all,
 });
 
 use prpod::plugin::logging::{Level, log};
+use prpod::plugin::types::Severity;
 use std::hint::black_box;
+use std::time::Duration;
+
+/// Escape sequences a terminal would act on: clear screen, set the title, write the clipboard.
+const ANSI: &str = "\x1b[2J\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07";
 
 fn label<'a>(ctx: &'a PrContext, key: &str) -> Option<&'a str> {
     ctx.labels.iter().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -43,6 +86,35 @@ fn spin() -> ! {
     let mut n: u64 = 0;
     loop {
         n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// The misbehaviours every hook has; `None` when `ctx.branch` names none of them.
+fn common(ctx: &PrContext) -> Option<String> {
+    match ctx.branch.as_str() {
+        "sleep" => {
+            std::thread::sleep(Duration::from_secs(3600));
+            Some("sleep: woke up after an hour".into())
+        }
+        "block" => {
+            let never = wasi::clocks::monotonic_clock::subscribe_duration(500 * 365 * 24 * 3600 * 1_000_000_000);
+            wasi::io::poll::poll(&[&never]);
+            Some("block: the pollable became ready".into())
+        }
+        "sleep-loop" => loop {
+            let mut n: u64 = 0;
+            for _ in 0..2_000_000 {
+                n = black_box(n.wrapping_add(1));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        },
+        "big-err" => Some("e".repeat(50 << 20)),
+        "ansi" => {
+            eprintln!("stderr says {ANSI}");
+            log(Level::Warn, "innocent\n2026-11-28T00:00:00Z  WARN prpod: forged line");
+            Some(format!("ansi: {ANSI}"))
+        }
+        _ => None,
     }
 }
 
@@ -78,11 +150,45 @@ fn trap() -> ! {
     std::process::abort();
 }
 
+fn file(path: &str, content: &str) -> ChartFile {
+    ChartFile { path: path.into(), content: content.as_bytes().to_vec() }
+}
+
+fn valid_chart() -> Vec<ChartFile> {
+    vec![
+        file("Chart.yaml", "apiVersion: v2\nname: hostile\nversion: 0.1.0\n"),
+        file("templates/configmap.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hostile\n"),
+    ]
+}
+
+fn findings(ctx: &PrContext) -> Result<Vec<Finding>, String> {
+    if let Some(e) = common(ctx) {
+        return Err(e);
+    }
+    let finding = |message: &str| Finding {
+        severity: Severity::Error,
+        rule: "hostile".into(),
+        message: message.into(),
+        object: None,
+    };
+    Ok(match ctx.branch.as_str() {
+        "many-findings" => (0..800_000)
+            .map(|_| Finding { severity: Severity::Info, rule: String::new(), message: String::new(), object: None })
+            .collect(),
+        "too-many-findings" => (0..10_001).map(|_| finding("f")).collect(),
+        "ansi-finding" => vec![finding(&format!("look: {ANSI}"))],
+        _ => vec![],
+    })
+}
+
 struct Hostile;
 
 impl Guest for Hostile {
     fn compute_tags(ctx: PrContext, _image_repository: String) -> Result<TagSet, String> {
         log(Level::Debug, &format!("test-hostile: compute-tags for branch {:?}", ctx.branch));
+        if let Some(e) = common(&ctx) {
+            return Err(e);
+        }
         match ctx.branch.as_str() {
             "loop" => spin(),
             "memory" => eat_memory(),
@@ -130,17 +236,59 @@ impl Guest for Hostile {
             "trap" => trap(),
             "panic" => panic!("hostile panic"),
             "bad-tag" => Ok(only("not a valid tag!")),
+            "dup-tags" => Ok(TagSet {
+                primary: "pr-7".into(),
+                extra: vec!["pr-7".into(), "x".into(), "x".into()],
+                cache_from: vec!["c".into(), "c".into()],
+                cache_to: Some("c".into()),
+            }),
+            "many-tags" => Ok(TagSet {
+                primary: "t0".into(),
+                extra: (1..70).map(|i| format!("t{i}")).collect(),
+                cache_from: vec![],
+                cache_to: None,
+            }),
             _ => normal_tags(&ctx),
         }
     }
 
     fn release(ctx: PrContext) -> Result<ReleaseTarget, String> {
         log(Level::Debug, &format!("test-hostile: release for branch {:?}", ctx.branch));
+        if let Some(e) = common(&ctx) {
+            return Err(e);
+        }
         if ctx.branch == "bad-release" {
             return Ok(ReleaseTarget { name: "Bad_Release".into(), namespace: "Bad_Release".into() });
         }
         let (name, namespace) = tag_scheme::release(ctx.number, &ctx.branch)?;
         Ok(ReleaseTarget { name, namespace })
+    }
+
+    fn generate(ctx: PrContext, _app: AppSpec) -> Result<Vec<ChartFile>, String> {
+        if let Some(e) = common(&ctx) {
+            return Err(e);
+        }
+        let mut chart = valid_chart();
+        match ctx.branch.as_str() {
+            "file-and-dir" => chart.push(file("templates", "a file where a directory must be")),
+            "long-name" => chart.push(file(&format!("templates/{}.yaml", "n".repeat(300)), "")),
+            "chart-yaml-dir" => chart.push(file("Chart.yaml/x", "")),
+            "many-files" => chart.extend((0..1001).map(|i| file(&format!("templates/f{i}.yaml"), ""))),
+            "slow-chart" => {
+                let ms = label(&ctx, "sleep-ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            _ => {}
+        }
+        Ok(chart)
+    }
+
+    fn check_manifests(ctx: PrContext, _manifests: Vec<Manifest>) -> Result<Vec<Finding>, String> {
+        findings(&ctx)
+    }
+
+    fn check_release(ctx: PrContext, _status: ReleaseStatus) -> Result<Vec<Finding>, String> {
+        findings(&ctx)
     }
 }
 
