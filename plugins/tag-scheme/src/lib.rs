@@ -7,8 +7,10 @@
 //! * release name and namespace: `pr-<number>`, else `pr-<branch>` as a DNS-1123 label.
 //!
 //! Branch names are sanitised with [`sanitize`]. A name too long for its limit is cut and keeps a
-//! stable hash suffix (`-` and 8 hex digits of [`fnv1a32`] over the full, unsanitised branch), so
-//! two long branches sharing a prefix never end up with the same name.
+//! stable hash suffix (`-` and the first [`HASH_HEX_DIGITS`] hex digits of the SHA-256 of the
+//! full, unsanitised branch), so two long branches sharing a prefix do not end up with the same
+//! name: 64 bits make a collision among one repository's branches a 1-in-10^10 event even for a
+//! million long branches.
 //!
 //! The `tag-default` plugin wraps this crate; the host's benchmark calls it natively.
 
@@ -36,19 +38,15 @@ pub struct Tags {
     pub cache_to: Option<String>,
 }
 
-/// 32-bit FNV-1a hash: tiny, dependency-free and the same on every platform.
-pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for &b in bytes {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash
-}
+/// How many hex digits of SHA-256 a shortened name carries (64 bits).
+pub const HASH_HEX_DIGITS: usize = 16;
 
-/// The 8 lowercase hex digits that shortened names carry, computed over the unsanitised branch.
+/// The lowercase hex digits that shortened names carry: the first [`HASH_HEX_DIGITS`] of the
+/// SHA-256 of the unsanitised branch.
 pub fn hash_suffix(branch: &str) -> String {
-    format!("{:08x}", fnv1a32(branch.as_bytes()))
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(branch.as_bytes());
+    digest.iter().take(HASH_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sanitises a git branch name for use in tags: lowercase; every character outside
@@ -326,11 +324,12 @@ mod tests {
     #[test]
     fn cut_does_not_end_in_separator() {
         // The cut lands right after a '-': it must be trimmed before the hash suffix.
-        let branch = format!("{}-{}", "b".repeat(40), "c".repeat(40));
+        // 53 - "pr-" - "-" - 16 hex digits leaves 33 characters: 32 b's and the '-'.
+        let branch = format!("{}-{}", "b".repeat(32), "c".repeat(40));
         let (name, _) = release(None, &branch).unwrap();
         assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
         assert!(!name.contains("--"), "{name}");
-        assert_eq!(name, format!("pr-{}-{}", "b".repeat(40), hash_suffix(&branch)));
+        assert_eq!(name, format!("pr-{}-{}", "b".repeat(32), hash_suffix(&branch)));
     }
 
     #[test]
@@ -341,21 +340,19 @@ mod tests {
         // 126: one too many, shortened.
         let b = "d".repeat(126);
         let p = tags(None, &b, None).primary;
-        assert_eq!(p, format!("pr-{}-{}", "d".repeat(116), hash_suffix(&b)));
+        assert_eq!(p, format!("pr-{}-{}", "d".repeat(108), hash_suffix(&b)));
         // Release: 50 + "pr-" = 53 fits; 51 is shortened.
         let b = "e".repeat(50);
         assert_eq!(release(None, &b).unwrap().0, format!("pr-{b}"));
         let b = "e".repeat(51);
-        assert_eq!(release(None, &b).unwrap().0, format!("pr-{}-{}", "e".repeat(41), hash_suffix(&b)));
+        assert_eq!(release(None, &b).unwrap().0, format!("pr-{}-{}", "e".repeat(33), hash_suffix(&b)));
     }
 
     #[test]
     fn hash_is_stable() {
-        // Known FNV-1a 32-bit values.
-        assert_eq!(fnv1a32(b""), 0x811c9dc5);
-        assert_eq!(fnv1a32(b"a"), 0xe40c292c);
-        assert_eq!(fnv1a32(b"foobar"), 0xbf9cf968);
-        assert_eq!(hash_suffix("a"), "e40c292c");
+        // The first 16 hex digits of the well-known SHA-256 of "" and "abc".
+        assert_eq!(hash_suffix(""), "e3b0c44298fc1c14");
+        assert_eq!(hash_suffix("abc"), "ba7816bf8f01cfea");
     }
 
     #[test]
