@@ -115,3 +115,21 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
     EXIT_INPUT
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_own_code() {
+        let plugin = |e: PluginError| exit_code_for(&anyhow::Error::new(e));
+        assert_eq!(plugin(PluginError::Engine("no fibers".into())), EXIT_INTERNAL);
+        let trap = PluginError::Trap { plugin: "p".into(), hook: "release", message: "unreachable".into() };
+        assert_eq!(plugin(trap), EXIT_PLUGIN);
+        let bad = PluginError::BadReference { reference: "x".into(), why: "y".into() };
+        assert_eq!(plugin(bad), EXIT_INPUT);
+        let wrapped = anyhow::Error::new(FailureKind::External).context("failed to push");
+        assert_eq!(exit_code_for(&wrapped), EXIT_EXTERNAL);
+        assert_eq!(exit_code_for(&anyhow::anyhow!("plain")), EXIT_INPUT);
+    }
+}

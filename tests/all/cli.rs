@@ -263,3 +263,177 @@ fn out_of_range_limit_flag_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("`--memory-mib` is 100000"), "{}", stderr(&out));
 }
+
+/// A context file for `branch` (the hostile plugin's mode), and its path.
+fn write_context_for(dir: &Path, name: &str, branch: &str, labels: &[&str]) -> String {
+    let mut ctx = context(Some(7), branch);
+    ctx.labels = labels.iter().map(|l| l.to_string()).collect();
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_vec(&ctx).unwrap()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn hostile_ref() -> String {
+    crate::plugin_file("test-hostile").to_str().unwrap().to_string()
+}
+
+fn chart_args<'a>(plugin: &'a str, ctx: &'a str, app: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["plugin", "call", "chart-generator", plugin, "--context", ctx, "--app", app, "--out", out]
+}
+
+fn write_app(dir: &Path) -> String {
+    let app = dir.join("app.json");
+    std::fs::write(&app, r#"{"name": "web", "image": {"repository": "127.0.0.1:5443/acme/web", "tag": "pr-42"}}"#)
+        .unwrap();
+    app.to_str().unwrap().to_string()
+}
+
+#[test]
+fn plugin_text_cannot_drive_the_terminal_or_forge_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context_for(dir.path(), "ansi.json", "ansi", &[]);
+    let hostile = hostile_ref();
+    for format in ["human", "json"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_prpod"))
+            .args(["--output", format, "plugin", "call", "tag-policy", &hostile, "--context", &ctx, "--image", "r/app"])
+            .env("PRPOD_CACHE_DIR", dir.path().join("cache"))
+            .env("PRPOD_LOG", "prpod::plugin=info")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{format}");
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains('\x1b') && !text.contains('\x07'), "{format} {stream}: {text:?}");
+            assert!(
+                !text.lines().any(|l| l.starts_with("2026-11-28T00:00:00Z")),
+                "{format} {stream}: a plugin forged a log line: {text}"
+            );
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("innocent\\n2026-11-28"),
+            "the log line is kept, escaped"
+        );
+    }
+}
+
+#[test]
+fn devices_and_fifos_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    let ctx = write_context(dir.path());
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["plugin", "check", "/dev/zero"],
+        vec!["plugin", "check", fifo],
+        vec!["plugin", "call", "tag-policy", "builtin:tag-default", "--context", "/dev/zero", "--image", "r/a"],
+        vec!["plugin", "call", "tag-policy", "builtin:tag-default", "--context", fifo, "--image", "r/a"],
+        vec!["plugin", "call", "verifier", "builtin:verify-baseline", "--context", &ctx, "--manifests", "/dev/zero"],
+    ];
+    for args in cases {
+        let start = std::time::Instant::now();
+        let out = prpod(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not a regular file"), "{args:?}: {}", stderr(&out));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "{args:?} took {:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn export_refuses_to_overwrite_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tags.wasm");
+    std::fs::write(&file, b"mine").unwrap();
+    let path = file.to_str().unwrap();
+    let out = prpod(dir.path(), &["plugin", "export", "builtin:tag-default", "-o", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    let out = prpod(dir.path(), &["plugin", "export", "builtin:tag-default", "-o", path, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), prpod::plugins::reference::builtin("tag-default").unwrap());
+}
+
+#[test]
+fn a_repository_url_with_a_token_is_refused_without_printing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = context(Some(42), "main");
+    ctx.repository_url = "https://x-access-token:ghs_NotForPlugins42@github.com/acme/web.git".into();
+    let p = dir.path().join("ctx.json");
+    std::fs::write(&p, serde_json::to_vec(&ctx).unwrap()).unwrap();
+    let out = call_tag_default(dir.path(), p.to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("PRPOD_GIT_TOKEN") && err.contains("repository_url"), "{err}");
+    assert!(!err.contains("ghs_NotForPlugins42") && !String::from_utf8_lossy(&out.stdout).contains("ghs_"), "{err}");
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context(dir.path());
+    for format in ["human", "json"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_prpod"))
+            .args(["--output", format, "plugin", "call", "tag-policy", "builtin:tag-default"])
+            .args(["--context", &ctx, "--image", "r/a"])
+            .env("PRPOD_CACHE_DIR", dir.path().join("cache"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{format}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{format}: {err}");
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_out_during_the_call_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_context_for(dir.path(), "slow.json", "slow-chart", &["sleep-ms=1500"]);
+    let app = write_app(dir.path());
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let out_dir = dir.path().join("chart");
+    let hostile = hostile_ref();
+    let args = chart_args(&hostile, &ctx, &app, out_dir.to_str().unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(&args)
+        .env("PRPOD_CACHE_DIR", dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the plugin sleeps: `--out` appears, with `templates` pointing at the victim.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::symlink(&victim, out_dir.join("templates")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not an empty directory"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "prpod wrote through the planted symlink");
+    // No temporary directory is left beside --out.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".prpod-chart-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn unwritable_chart_paths_exit_3_naming_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = write_app(dir.path());
+    let hostile = hostile_ref();
+    for mode in ["file-and-dir", "long-name", "chart-yaml-dir"] {
+        let ctx = write_context_for(dir.path(), &format!("{mode}.json"), mode, &[]);
+        let out_dir = dir.path().join(format!("out-{mode}"));
+        let out = prpod(dir.path(), &chart_args(&hostile, &ctx, &app, out_dir.to_str().unwrap()));
+        assert_eq!(out.status.code(), Some(3), "{mode}: {}", stderr(&out));
+        assert!(stderr(&out).contains("test_hostile.wasm"), "{mode}: {}", stderr(&out));
+        assert!(!out_dir.exists(), "{mode}: half a chart was left");
+    }
+}

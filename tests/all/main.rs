@@ -5,12 +5,14 @@
 //! world (Helm, registries, the cluster) use `prpod_test_support::world()`, which fails with
 //! a message saying `scripts/dev-env up` when the world is not running.
 
+mod cache;
 mod chart;
 mod cli;
 mod deploy;
 mod fault_proxy;
 mod plugins;
 mod push;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -309,20 +309,23 @@ fn key_file(path: &Path) -> Result<Vec<u8>, String> {
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut random))
         .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-    {
-        Ok(mut f) => {
-            f.write_all(hex::encode(random).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| format!("cannot write {shown}: {e}"))?;
+    if std::fs::symlink_metadata(path).is_err() {
+        // Written whole to a temporary file, then linked into place without replacing: a
+        // process racing us either wins (and we read its key) or loses; nobody reads half a key.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".cache-key-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| format!("cannot create {shown}: {e}"))?;
+        tmp.write_all(hex::encode(random).as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| format!("cannot write {shown}: {e}"))?;
+        match tmp.persist_noclobber(path) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {shown}: {}", e.error)),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {shown}: {e}")),
     }
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -91,6 +91,8 @@ fn pooling_config() -> PoolingAllocationConfig {
     // accepts (4096 MiB).
     pool.max_memory_size(4096 << 20);
     pool.max_memories_per_component(4);
+    // Multi-memory modules are valid WebAssembly; the limiter counts their memories together.
+    pool.max_memories_per_module(4);
     pool.max_tables_per_component(16);
     // A call touches a few dozen pages (stack, heap). Returning them with madvise costs a TLB
     // shootdown per call, which dominated the call's cost in profiles; instead keep up to
