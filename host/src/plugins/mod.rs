@@ -233,9 +233,16 @@ impl PluginHost {
         let component =
             self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let e = format!("{e:#}");
+            let hint = if e.contains("wasi:http") {
+                "; a JavaScript plugin built with componentize-js imports wasi:http unless it is \
+                 built with `-d http -d fetch-event`"
+            } else {
+                ""
+            };
             not_component(format!(
-                "{e:#}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
-                 prpod:plugin/logging"
+                "{e}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
+                 prpod:plugin/logging{hint}"
             ))
         })?;
         // The generated bindings type-check each world's exports against the WIT (with the
