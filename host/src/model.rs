@@ -67,12 +67,12 @@ pub struct PrContext {
 impl PrContext {
     /// Checks what the host promises plugins about a context: `repository_url` carries no
     /// credentials. A URL with user info (`https://x-access-token:TOKEN@host/...`) would hand a
-    /// token to every plugin; the token belongs in `PRPOD_GIT_TOKEN` (or `--git-token-file`).
+    /// token to every plugin; the token belongs in `PRPOD_GIT_TOKEN` (or `token_file` under `[source]`).
     pub fn check(&self) -> Result<(), String> {
         if url_has_userinfo(&self.repository_url) {
             return Err(format!(
                 "repository_url `{}` carries user info (credentials); give the URL without them \
-                 (`https://host/owner/name.git`) and the token through PRPOD_GIT_TOKEN or --git-token-file, \
+                 (`https://host/owner/name.git`) and the token through PRPOD_GIT_TOKEN (or `token_file` under [source] in prpod.toml), \
                  so that no plugin, log or report ever sees it",
                 redact_userinfo(&self.repository_url)
             ));
