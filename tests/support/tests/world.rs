@@ -2,14 +2,14 @@
 //! processes (curl, skopeo, git, helm, kubectl). They need `scripts/dev-env up`; without it they
 //! fail (never skip) with a message saying so.
 
-use prpod_test_support::{HelmHome, TempDir, World, unique_name, wait_for, world};
+use prpod_test_support::{
+    HelmHome, Registry, Secret, TempDir, curl, curl_basic_auth, curl_bearer, curl_code, describe, run, run_ok,
+    unique_name, wait_for, world,
+};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -19,13 +19,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed: {}{}", stdout(&o), stderr(&o));
-    stdout(&o)
-}
-
-/// skopeo with its own empty auth file, so credentials never come from the host's logins.
+/// skopeo with its own auth file, so credentials never come from the host's logins.
 fn skopeo(auth: &Path) -> Command {
     let mut c = Command::new("skopeo");
     c.env("REGISTRY_AUTH_FILE", auth);
@@ -36,24 +30,6 @@ fn empty_authfile(dir: &TempDir) -> std::path::PathBuf {
     let p = dir.path().join("auth.json");
     std::fs::write(&p, "{}").unwrap();
     p
-}
-
-fn curl_code(args: &[&str]) -> String {
-    curl_code_with_secret("", args)
-}
-
-/// `curl_code` with curl config lines (`user = "..."`, `header = "..."`) fed on stdin, so test
-/// credentials never appear in curl's argv.
-fn curl_code_with_secret(config: &str, args: &[&str]) -> String {
-    let mut child = Command::new("curl")
-        .args(["-K", "-", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("failed to run curl");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), config.as_bytes()).unwrap();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }
 
 #[test]
@@ -67,7 +43,35 @@ fn env_describes_every_service() {
     assert!(w.registry_tls.ca.as_ref().unwrap().is_file());
     assert!(!w.kube_token.is_empty() && !w.git.token.is_empty());
     // the credentials are generated, never the well-known defaults
-    assert_ne!(w.registry_tls.password.as_deref(), Some("s3cret"));
+    assert_ne!(w.registry_tls.password.as_ref().map(Secret::expose), Some("s3cret"));
+    // registry C: same CA as B, its own port, a realm on the gateway, two users
+    let c = &w.registry_token;
+    assert_eq!(c.ca, w.registry_tls.ca);
+    assert_ne!(c.host, w.registry_tls.host);
+    let t = c.token_auth.as_ref().unwrap();
+    assert!(t.realm.starts_with(&format!("https://{}:", w.var("PRPOD_POD_GATEWAY").unwrap())), "{}", t.realm);
+    assert!(t.realm.ends_with("/token"), "{}", t.realm);
+    assert_ne!(c.user, w.registry_token_reader.user);
+    assert_ne!(c.password, w.registry_token_reader.password);
+    for f in [c.authfile.as_ref().unwrap(), w.registry_token_reader.authfile.as_ref().unwrap()] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", f.display());
+    }
+}
+
+/// `{:?}` of the world (which tests print in messages) holds none of its credentials.
+#[test]
+fn printing_the_world_prints_no_credential() {
+    let w = world();
+    let printed = format!("{w:?}");
+    assert!(w.secrets.len() >= 5, "{:?}", w.secrets.keys());
+    for (name, value) in &w.secrets {
+        assert!(value.expose().len() >= 16, "{name} is too short to be a generated credential");
+        assert!(!printed.contains(value.expose()), "{name} appears in {{:?}} of World");
+    }
+    let git = w.git.git_with_token(&w.git.token);
+    assert!(!describe(&git).contains(w.git.token.expose()));
 }
 
 #[test]
@@ -78,21 +82,31 @@ fn registry_plain_push_and_pull() {
     let repo = format!("{}/web", unique_name("world-a"));
     let dest = w.registry_plain.image(&format!("{repo}:t1"));
     // push: copy the locally built web image into a fresh repository
-    ok(skopeo(&auth)
-        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .arg(format!("docker://{}", w.web_image_plain))
-        .arg(format!("docker://{dest}")));
-    let tags = ok(Command::new("curl").args(["-sf", &format!("{}/v2/{repo}/tags/list", w.registry_plain.url())]));
+    run_ok(
+        skopeo(&auth)
+            .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(format!("docker://{}", w.web_image_plain))
+            .arg(format!("docker://{dest}")),
+    );
+    let tags = run_ok(Command::new("curl").args(["-sf", &format!("{}/v2/{repo}/tags/list", w.registry_plain.url())]));
     assert!(tags.contains("\"t1\""), "tags of {repo}: {tags}");
     // pull: every blob back into a local dir, digest equal to the source's
     let out = tmp.path().join("pulled");
-    ok(skopeo(&auth)
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{dest}"))
-        .arg(format!("dir:{}", out.display())));
+    run_ok(
+        skopeo(&auth)
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{dest}"))
+            .arg(format!("dir:{}", out.display())),
+    );
     assert!(out.join("manifest.json").is_file());
     let digest = |img: &str| {
-        ok(skopeo(&auth).args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{img}")]))
+        run_ok(skopeo(&auth).args([
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{img}"),
+        ]))
     };
     assert_eq!(digest(&dest), digest(&w.web_image_plain));
     assert!(digest(&dest).trim().starts_with("sha256:"));
@@ -104,16 +118,14 @@ fn registry_tls_needs_credentials_and_ca() {
     let r = &w.registry_tls;
     let ca = r.ca.as_ref().unwrap().to_str().unwrap();
     let cert_dir = r.cert_dir.as_ref().unwrap();
-    let creds = format!("{}:{}", r.user.as_ref().unwrap(), r.password.as_ref().unwrap());
+    let user = r.user.as_deref().unwrap();
     let v2 = format!("{}/v2/", r.url());
     // HTTP level: 401 without credentials, 401 with a wrong password, 200 with both
-    assert_eq!(curl_code(&["--cacert", ca, &v2]), "401");
-    let user_line = |c: &str| format!("user = \"{c}\"\n");
-    assert_eq!(
-        curl_code_with_secret(&user_line(&format!("{}:wrong", r.user.as_ref().unwrap())), &["--cacert", ca, &v2]),
-        "401"
-    );
-    assert_eq!(curl_code_with_secret(&user_line(&creds), &["--cacert", ca, &v2]), "200");
+    assert_eq!(curl_code(None, &["--cacert", ca, &v2]), "401");
+    let wrong = curl_basic_auth(user, &Secret::new("wrong-password"));
+    assert_eq!(curl_code(Some(&wrong), &["--cacert", ca, &v2]), "401");
+    let right = curl_basic_auth(user, r.password.as_ref().unwrap());
+    assert_eq!(curl_code(Some(&right), &["--cacert", ca, &v2]), "200");
 
     let tmp = TempDir::new("reg-b");
     let auth = empty_authfile(&tmp);
@@ -129,22 +141,29 @@ fn registry_tls_needs_credentials_and_ca() {
     assert!(!o.status.success(), "inspect without the CA succeeded");
     assert!(stderr(&o).contains("x509"), "{}", stderr(&o));
     // both: works, and a push into a new repository works too
-    let d =
-        ok(skopeo(creds_file).arg("inspect").arg("--cert-dir").arg(cert_dir).args(["--format", "{{.Digest}}", &img]));
+    let d = run_ok(skopeo(creds_file).arg("inspect").arg("--cert-dir").arg(cert_dir).args([
+        "--format",
+        "{{.Digest}}",
+        &img,
+    ]));
     assert!(d.trim().starts_with("sha256:"), "{d}");
     let dest = format!("docker://{}", r.image(&format!("{}/web:t1", unique_name("world-b"))));
-    ok(skopeo(creds_file)
-        .args(["copy", "--src-tls-verify=false", &format!("docker://{}", w.web_image_plain), &dest])
-        .arg("--dest-cert-dir")
-        .arg(cert_dir));
+    run_ok(
+        skopeo(creds_file)
+            .args(["copy", "--src-tls-verify=false", &format!("docker://{}", w.web_image_plain), &dest])
+            .arg("--dest-cert-dir")
+            .arg(cert_dir),
+    );
     // the authfile the world provides works on its own
-    ok(Command::new("skopeo")
-        .arg("inspect")
-        .arg("--authfile")
-        .arg(r.authfile.as_ref().unwrap())
-        .arg("--cert-dir")
-        .arg(cert_dir)
-        .arg(&dest));
+    run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg("--authfile")
+            .arg(r.authfile.as_ref().unwrap())
+            .arg("--cert-dir")
+            .arg(cert_dir)
+            .arg(&dest),
+    );
 }
 
 #[test]
@@ -159,17 +178,17 @@ fn git_clone_needs_the_right_token() {
     let url = w.git.publish(&src, &name);
     assert_eq!(url, w.git.repo_url(&name));
 
-    let git_as = |token: &str, args: &[&str]| run(w.git.git_with_token(token).args(args).current_dir(tmp.path()));
+    let git_as = |token: &Secret, args: &[&str]| run(w.git.git_with_token(token).args(args).current_dir(tmp.path()));
     let git = |args: &[&str]| git_as(&w.git.token, args);
     let o = git(&["clone", "-q", &url, "good"]);
     assert!(o.status.success(), "clone with the right token failed: {}", stderr(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("good/sub/file.txt")).unwrap(), marker);
 
-    let o = git_as("wrong-token", &["clone", "-q", &url, "bad"]);
+    let o = git_as(&Secret::new("wrong-token"), &["clone", "-q", &url, "bad"]);
     assert!(!o.status.success(), "clone with a wrong token succeeded");
     assert!(stderr(&o).contains("Authentication failed") || stderr(&o).contains("401"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("wrong-token"), "git printed the token: {}", stderr(&o));
-    let o = git_as("", &["clone", "-q", &url, "anon"]);
+    let o = git_as(&Secret::new(""), &["clone", "-q", &url, "anon"]);
     assert!(!o.status.success(), "clone without credentials succeeded");
 
     // publishing is idempotent: same content, same commit; new content, new commit on top
@@ -232,24 +251,11 @@ spec:
     .unwrap();
 }
 
-fn create_pull_secret(w: &World, ns: &str, name: &str) {
-    let cfg = w.registry_tls.dockerconfigjson().unwrap();
-    let tmp = TempDir::new("pull-secret");
-    let f = tmp.path().join("config.json");
-    std::fs::write(&f, cfg).unwrap();
-    w.kubectl_ok(
-        ["create", "secret", "generic", name, "-n", ns, "--type=kubernetes.io/dockerconfigjson"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([format!("--from-file=.dockerconfigjson={}", f.display())]),
-    );
-}
-
 #[test]
 fn helm_deploys_an_image_from_the_tls_registry() {
     let w = world();
     let ns = w.namespace("world-helm");
-    create_pull_secret(w, &ns.name, "regcred");
+    w.create_pull_secret(&ns.name, "regcred", &w.registry_tls);
     let tmp = TempDir::new("chart");
     let chart = tmp.path().join("web");
     write_web_chart(&chart);
@@ -291,9 +297,9 @@ fn helm_deploys_an_image_from_the_tls_registry() {
         ip.starts_with(w.var("PRPOD_POD_CIDR").unwrap().split('.').take(2).collect::<Vec<_>>().join(".").as_str()),
         "pod IP {ip}"
     );
-    let body = ok(Command::new("curl").args(["-sf", "--max-time", "10", &format!("http://{ip}:{}/", w.web_port)]));
+    let body = run_ok(Command::new("curl").args(["-sf", "--max-time", "10", &format!("http://{ip}:{}/", w.web_port)]));
     assert_eq!(body.trim(), w.web_body);
-    let g = ok(Command::new("curl").args([
+    let g = run_ok(Command::new("curl").args([
         "-sf",
         "--max-time",
         "10",
@@ -350,13 +356,13 @@ fn node_cannot_pull_from_the_tls_registry_without_a_pull_secret() {
 fn helm_versions_are_pinned() {
     let w = world();
     let home = HelmHome::new();
-    let v4 = ok(w.helm_cmd(&home).args(["version", "--short"]));
+    let v4 = run_ok(w.helm_cmd(&home).args(["version", "--short"]));
     assert!(v4.starts_with(&format!("v{}", w.var("PRPOD_HELM_VERSION").unwrap())), "{v4}");
     assert!(v4.starts_with("v4.1."), "{v4}");
-    let v3 = ok(w.helm3_cmd(&home).args(["version", "--short"]));
+    let v3 = run_ok(w.helm3_cmd(&home).args(["version", "--short"]));
     assert!(v3.starts_with("v3.18."), "{v3}");
     // Helm 3 talks to the cluster too
-    ok(w.helm3_cmd(&home).args(["list", "-A"]));
+    run_ok(w.helm3_cmd(&home).args(["list", "-A"]));
 }
 
 #[test]
@@ -381,30 +387,36 @@ fn rbac_is_enforced_for_service_account_tokens() {
         &format!("--serviceaccount={a}:deployer"),
     ]);
     // the token controller's Secret (1.20 still creates one per ServiceAccount)
-    let token = wait_for("the ServiceAccount token", Duration::from_secs(30), || {
+    let token = Secret::new(wait_for("the ServiceAccount token", Duration::from_secs(30), || {
         let secret = w.kubectl_ok(["get", "serviceaccount", "deployer", "-n", a, "-o", "jsonpath={.secrets[0].name}"]);
         if secret.is_empty() {
             return None;
         }
         let t = w.kubectl_ok(["get", "secret", &secret, "-n", a, "-o", "go-template={{.data.token | base64decode}}"]);
         (!t.is_empty()).then_some(t)
-    });
+    }));
     // the token goes in a kubeconfig file, not on kubectl's command line
     let tmp = TempDir::new("rbac");
     let kubeconfig = tmp.path().join("sa.kubeconfig");
-    std::fs::write(
+    prpod_test_support::write_private(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
-             users: [{{name: u, user: {{token: \"{token}\"}}}}]\n\
+             users: [{{name: u, user: {{token: \"{}\"}}}}]\n\
              contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
             w.kube_api,
-            w.kube_ca.display()
-        ),
-    )
-    .unwrap();
-    let as_sa =
-        |ns: &str| run(Command::new(&w.kubectl).arg("--kubeconfig").arg(&kubeconfig).args(["get", "pods", "-n", ns]));
+            w.kube_ca.display(),
+            token.expose()
+        )
+        .as_bytes(),
+    );
+    let as_sa = |ns: &str| {
+        run(Command::new(&w.kubectl)
+            .env("KUBECACHEDIR", &w.kube_cache)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "pods", "-n", ns]))
+    };
     let o = as_sa(a);
     assert!(o.status.success(), "the Role should allow listing pods in {a}: {}", stderr(&o));
     let o = as_sa(b);
@@ -412,11 +424,11 @@ fn rbac_is_enforced_for_service_account_tokens() {
     assert!(stderr(&o).contains("Forbidden") || stderr(&o).contains("forbidden"), "{}", stderr(&o));
     // and at the HTTP level: 403, not 401 (the token is valid, the permission is missing)
     let ca = w.kube_ca.to_str().unwrap();
-    let auth = format!("header = \"Authorization: Bearer {token}\"\n");
+    let auth = curl_bearer(&token);
     let pods = |ns: &str| format!("{}/api/v1/namespaces/{ns}/pods", w.kube_api);
-    assert_eq!(curl_code_with_secret(&auth, &["--cacert", ca, &pods(b)]), "403");
-    assert_eq!(curl_code_with_secret(&auth, &["--cacert", ca, &pods(a)]), "200");
-    assert_eq!(curl_code_with_secret("header = \"Authorization: Bearer nope\"\n", &["--cacert", ca, &pods(a)]), "401");
+    assert_eq!(curl_code(Some(&auth), &["--cacert", ca, &pods(b)]), "403");
+    assert_eq!(curl_code(Some(&auth), &["--cacert", ca, &pods(a)]), "200");
+    assert_eq!(curl_code(Some(&curl_bearer(&Secret::new("nope"))), &["--cacert", ca, &pods(a)]), "401");
 }
 
 #[test]
@@ -442,19 +454,19 @@ fn pods_reach_the_api_server() {
     // credentialed URLs reach the pod through a Secret (created from a file, not argv), never
     // through the pod spec or the script text, which anyone who can read pods can see
     let creds = tmp.path().join("probe.env");
-    std::fs::write(
+    prpod_test_support::write_private(
         &creds,
         format!(
             "GIT_URL=http://{}:{}@{}/{repo}.git\nREGISTRY_B_URL=https://{}:{}@{}/v2/_catalog\n",
             w.git.user,
-            w.git.token,
+            w.git.token.expose(),
             w.git.url_pod.trim_start_matches("http://"),
             w.registry_tls.user.as_deref().unwrap(),
-            w.registry_tls.password.as_deref().unwrap(),
+            w.registry_tls.password.as_ref().unwrap().expose(),
             w.registry_tls.host_pod,
-        ),
-    )
-    .unwrap();
+        )
+        .as_bytes(),
+    );
     w.kubectl_ok([
         "create",
         "secret",
@@ -515,7 +527,7 @@ fn helm_pushes_and_pulls_charts_on_the_tls_registry() {
     let chart = tmp.path().join("web");
     write_web_chart(&chart);
     let home = HelmHome::new();
-    ok(w.helm_cmd(&home).args(["package", "-d"]).arg(tmp.path()).arg(&chart));
+    run_ok(w.helm_cmd(&home).args(["package", "-d"]).arg(tmp.path()).arg(&chart));
     let tgz = tmp.path().join("web-0.1.0.tgz");
     let repo = format!("oci://{}/{}", r.host, unique_name("world-charts"));
     let auth = |c: &mut Command| {
@@ -526,11 +538,11 @@ fn helm_pushes_and_pulls_charts_on_the_tls_registry() {
         let mut c = helm;
         c.arg("push").arg(&tgz).arg(format!("{repo}/{sub}"));
         auth(&mut c);
-        ok(&mut c);
+        run_ok(&mut c);
         let mut show = w.helm_cmd(&home);
         show.args(["show", "chart", &format!("{repo}/{sub}/web"), "--version", "0.1.0"]);
         auth(&mut show);
-        assert!(ok(&mut show).contains("name: web"));
+        assert!(run_ok(&mut show).contains("name: web"));
     }
     // without credentials the registry refuses the pull
     let mut c = w.helm_cmd(&home);
@@ -551,4 +563,276 @@ fn json_string(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+/// The payload of a JWT (its middle part, base64url without padding), as text.
+fn jwt_part(token: &Secret, i: usize) -> String {
+    let part = token.expose().split('.').nth(i).expect("a JWT has three parts");
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in part.bytes() {
+        bits = (bits << 6) | A.iter().position(|&a| a == c).expect("base64url") as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).expect("JSON")
+}
+
+/// The `access` claim of a registry token, as `TYPE:NAME:ACTIONS` strings (tolerant parsing:
+/// the claim is flat JSON written by the GHCR token double).
+fn granted(token: &Secret) -> BTreeSet<String> {
+    let claims = jwt_part(token, 1);
+    let access = &claims[claims.find("\"access\"").expect("access claim")..];
+    access
+        .split('{')
+        .skip(1)
+        .map(|entry| {
+            let field = |k: &str| {
+                let v = &entry[entry.find(&format!("\"{k}\"")).unwrap() + k.len() + 2..];
+                v.trim_start_matches([':', ' ']).to_string()
+            };
+            let quoted = |v: String| v[1..v[1..].find('"').unwrap() + 1].to_string();
+            let actions = field("actions");
+            let actions = &actions[1..actions.find(']').unwrap()];
+            format!("{}:{}:{}", quoted(field("type")), quoted(field("name")), actions.replace(['"', ' '], ""))
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Registry C asks anonymous clients for a Bearer token, the way ghcr.io does.
+#[test]
+fn registry_token_challenges_anonymous_clients_with_bearer() {
+    let w = world();
+    let r = &w.registry_token;
+    let t = r.token_auth.as_ref().unwrap();
+    let ca = r.ca.as_ref().unwrap().to_str().unwrap();
+    let repo = w.web_image_token.trim_start_matches(&format!("{}/", r.host)).split(':').next().unwrap().to_string();
+    let o = curl(None, &["-D", "-", "-o", "/dev/null", "--cacert", ca, &format!("{}/v2/{repo}/manifests/1", r.url())]);
+    let headers = stdout(&o);
+    assert_eq!(headers.split_whitespace().nth(1), Some("401"), "{headers}");
+    let challenge = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().starts_with("www-authenticate:").then(|| l["www-authenticate:".len()..].trim())
+        })
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {headers}"));
+    assert_eq!(
+        challenge.trim(),
+        format!(r#"Bearer realm="{}",service="{}",scope="repository:{repo}:pull""#, t.realm, t.service)
+    );
+    // and a token from the realm opens the door
+    let token = w.registry_token_reader.bearer_token(&[&format!("repository:{repo}:pull")]).unwrap();
+    let manifest = format!("{}/v2/{repo}/manifests/1", r.url());
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    assert_eq!(curl_code(Some(&curl_bearer(&token)), &["-H", accept, "--cacert", ca, &manifest]), "200");
+    // a token for another repository does not
+    let other = w.registry_token.bearer_token(&["repository:some/other:pull"]).unwrap();
+    assert_eq!(curl_code(Some(&curl_bearer(&other)), &["-H", accept, "--cacert", ca, &manifest]), "401");
+}
+
+/// The GHCR token double grants what a user holds and drops the rest.
+#[test]
+fn token_double_grants_only_what_the_user_holds() {
+    let w = world();
+    let (main, reader) = (&w.registry_token, &w.registry_token_reader);
+    let t = main.token_auth.as_ref().unwrap();
+    let dst = unique_name("world-c-dst");
+    let push = format!("repository:{dst}:pull,push");
+    // user + token: pull and push
+    let token = main.bearer_token(&[&push]).unwrap();
+    assert_eq!(granted(&token), set(&[&push]));
+    let claims = jwt_part(&token, 1);
+    assert!(claims.contains(&format!(r#""iss":"{}""#, t.issuer)), "{claims}");
+    assert!(claims.contains(&format!(r#""aud":"{}""#, t.service)), "{claims}");
+    assert!(claims.contains(&format!(r#""sub":"{}""#, main.user.as_deref().unwrap())), "{claims}");
+    let header = jwt_part(&token, 0);
+    assert!(header.contains(r#""alg":"RS256""#) && header.contains(r#""x5c":["#), "{header}");
+    // a cross-repository mount: the source repository's pull scope is granted beside the target's
+    let src = "prpod-test/web";
+    let token = main.bearer_token(&[&push, &format!("repository:{src}:pull")]).unwrap();
+    assert_eq!(granted(&token), set(&[&push, &format!("repository:{src}:pull")]));
+    // GitHub Actions' form: x-access-token + the user's token, the same user's grants
+    let gha = main.with_credentials("x-access-token", main.password.clone().unwrap());
+    let token = gha.bearer_token(&[&push]).unwrap();
+    assert_eq!(granted(&token), set(&[&push]));
+    assert!(jwt_part(&token, 1).contains(&format!(r#""sub":"{}""#, main.user.as_deref().unwrap())));
+    // the pull-only user asking for push gets pull only (dropped, not an error)
+    let token = reader.bearer_token(&[&push]).unwrap();
+    assert_eq!(granted(&token), set(&[&format!("repository:{dst}:pull")]));
+    // the reader's token with the main user's name, or a wrong token: refused outright
+    let e =
+        main.with_credentials(main.user.as_deref().unwrap(), reader.password.clone().unwrap()).bearer_token(&[&push]);
+    assert!(e.as_ref().is_err_and(|e| e.contains("401")), "{e:?}");
+    let e = main.with_credentials("x-access-token", Secret::new("wrong-token-wrong-token")).bearer_token(&[&push]);
+    assert!(e.as_ref().is_err_and(|e| e.contains("401")), "{e:?}");
+    // anonymous: a token that grants nothing (every repository here is private)
+    let anon = Registry { user: None, password: None, ..main.clone() };
+    assert_eq!(granted(&anon.bearer_token(&[&push]).unwrap()), set(&[]));
+    // OAuth2 POST is not offered: 404, on which clients fall back to GET. Its form body holds
+    // the password (containerd sends one): it must never come back, not even in the answer to
+    // the next request on the same connection (`--next` reuses it when the server keeps it)
+    let ca = main.ca.as_ref().unwrap().to_str().unwrap();
+    let marker = unique_name("form-password");
+    let form = format!("grant_type=password&username=u&password={marker}&service={}", t.service);
+    let post = ["-w", " %{http_code}\n", "--cacert", ca, "-d", &form, &t.realm];
+    let args: Vec<&str> = post.iter().copied().chain(["--next", "-s"]).chain(post.iter().copied()).collect();
+    let o = String::from_utf8_lossy(&curl(None, &args).stdout).into_owned();
+    assert_eq!(o.matches(" 404\n").count(), 2, "{o}");
+    assert!(!o.contains(&marker), "the token double echoed a form body: {o}");
+}
+
+/// skopeo (containers/image does the whole Bearer dance) pushes to C with the right token only.
+#[test]
+fn registry_token_push_needs_a_token_that_may_push() {
+    let w = world();
+    let (main, reader) = (&w.registry_token, &w.registry_token_reader);
+    let tmp = TempDir::new("reg-c");
+    let cert_dir = main.cert_dir.as_ref().unwrap();
+    let src = format!("docker://{}", w.web_image_plain);
+    let push_as = |authfile: &Path, tag: &str| {
+        let dest = format!("docker://{}", main.image(&format!("{}/web:{tag}", unique_name("world-c"))));
+        let o = run(skopeo(authfile)
+            .args(["copy", "--src-tls-verify=false", &src, &dest])
+            .arg("--dest-cert-dir")
+            .arg(cert_dir));
+        (o, dest)
+    };
+    // the world's authfile (user + token) pushes, and the pushed image reads back
+    let (o, dest) = push_as(main.authfile.as_ref().unwrap(), "t1");
+    assert!(o.status.success(), "push with the right token failed: {}", stderr(&o));
+    let digest = |auth: &Path, img: &str| {
+        run_ok(skopeo(auth).arg("inspect").arg("--cert-dir").arg(cert_dir).args(["--format", "{{.Digest}}", img]))
+    };
+    assert!(digest(main.authfile.as_ref().unwrap(), &dest).starts_with("sha256:"));
+    // x-access-token + token works too
+    let gha = main
+        .with_credentials("x-access-token", main.password.clone().unwrap())
+        .write_authfile(&tmp.path().join("gha.json"));
+    let (o, _) = push_as(&gha, "t2");
+    assert!(o.status.success(), "push as x-access-token failed: {}", stderr(&o));
+    // a wrong token: the issuer refuses, so does the push
+    let wrong = main
+        .with_credentials(main.user.as_deref().unwrap(), Secret::new("wrong-token-wrong-token"))
+        .write_authfile(&tmp.path().join("wrong.json"));
+    let (o, _) = push_as(&wrong, "t3");
+    assert!(!o.status.success(), "push with a wrong token succeeded");
+    assert!(stderr(&o).contains("unauthorized"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("wrong-token-wrong-token"), "skopeo printed the token");
+    // the pull-only user: pulls what the other pushed, cannot push
+    let reader_auth = reader.authfile.as_ref().unwrap();
+    assert_eq!(digest(reader_auth, &dest), digest(main.authfile.as_ref().unwrap(), &dest));
+    let (o, _) = push_as(reader_auth, "t4");
+    assert!(!o.status.success(), "the pull-only user pushed");
+    assert!(stderr(&o).contains("denied"), "{}", stderr(&o));
+}
+
+/// The node pulls from C with an imagePullSecret: containerd does the Bearer dance itself (the
+/// realm is trusted through C's hosts.toml). Without a secret the pull is refused.
+#[test]
+fn node_pulls_from_the_token_registry_with_a_pull_secret() {
+    let w = world();
+    let ns = w.namespace("world-c-pull");
+    // the pull-only user's credentials: enough to pull
+    w.create_pull_secret(&ns.name, "ghcr", &w.registry_token_reader);
+    let pod = |name: &str, secret: Option<&str>| {
+        let pull_secrets = secret.map_or(String::new(), |s| format!(r#","imagePullSecrets":[{{"name":"{s}"}}]"#));
+        // Always: the image may be on the node already (another test), and IfNotPresent would
+        // then start it without asking the registry
+        let overrides = format!(
+            r#"{{"spec":{{"terminationGracePeriodSeconds":1{pull_secrets},"containers":[{{"name":"web","image":"{}","imagePullPolicy":"Always"}}]}}}}"#,
+            w.web_image_token
+        );
+        w.kubectl_ok([
+            "run",
+            name,
+            "-n",
+            &ns.name,
+            "--image",
+            &w.web_image_token,
+            "--restart=Never",
+            "--overrides",
+            &overrides,
+        ]);
+    };
+    pod("with-secret", Some("ghcr"));
+    pod("without-secret", None);
+    let status = |name: &str| {
+        w.kubectl_ok([
+            "get",
+            "pod",
+            name,
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}",
+        ])
+    };
+    let s = wait_for("the pod with the pull secret to run", Duration::from_secs(60), || {
+        let s = status("with-secret");
+        (s.starts_with("Running") || s.contains("ErrImagePull")).then_some(s)
+    });
+    assert!(s.starts_with("Running"), "{s}");
+    let msg = wait_for("the pull without a secret to fail", Duration::from_secs(60), || {
+        let s = status("without-secret");
+        s.contains("ErrImagePull: ").then_some(s)
+    });
+    assert!(msg.contains("401") || msg.contains("insufficient_scope") || msg.contains("authorization failed"), "{msg}");
+}
+
+/// Every process of the world listens on a specific address (loopback or the pod gateway),
+/// never on a wildcard one that other hosts could reach.
+#[test]
+fn no_world_listener_on_a_wildcard_address() {
+    let w = world();
+    // the world's processes: the sessions of the services `up` started (each runs in its own)
+    let leaders: BTreeSet<String> = std::fs::read_dir(w.run_dir.join("pids"))
+        .expect("the world's pid files")
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().trim().to_string())
+        .collect();
+    let session_of = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // fields after the command name (in parentheses, may hold spaces): state ppid pgrp session
+        stat.rsplit_once(')')?.1.split_whitespace().nth(3).map(str::to_string)
+    };
+    let ports: BTreeSet<String> = run_ok(Command::new(w.repo_root().join("scripts/dev-env")).arg("ports"))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let ss = run_ok(Command::new("ss").args(["-Hltnp"]));
+    let mut ours = Vec::new();
+    for line in ss.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local = cols[3];
+        let (addr, port) = local.rsplit_once(':').unwrap();
+        let by_pid = line
+            .split("pid=")
+            .skip(1)
+            .filter_map(|p| session_of(p.split(',').next().unwrap()))
+            .any(|sid| leaders.contains(&sid));
+        if by_pid || ports.contains(port) {
+            ours.push((addr.to_string(), port.to_string(), line.to_string()));
+        }
+    }
+    for (addr, _, line) in &ours {
+        assert!(
+            !matches!(addr.as_str(), "0.0.0.0" | "*" | "[::]" | "::"),
+            "a world listener on every interface: {line}"
+        );
+    }
+    // not vacuous: the controller-manager's and scheduler's insecure ports (fixed, see
+    // docs/dev-env.md), which 1.20 binds to 0.0.0.0 unless told otherwise, are among them
+    for p in ["47252", "47251"] {
+        assert!(ours.iter().any(|(a, port, _)| port == p && a == "127.0.0.1"), "port {p} not on 127.0.0.1: {ours:?}");
+    }
+    assert!(ours.len() >= ports.len(), "only {} world listeners found: {ours:?}", ours.len());
 }
