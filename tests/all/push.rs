@@ -31,7 +31,7 @@ fn fixture() -> PathBuf {
 fn client_for(r: &Registry, password: Option<&str>) -> RegistryClient {
     let w = world();
     let mut creds = CredentialResolver::anonymous();
-    if let (Some(user), Some(pw)) = (&r.user, password.or(r.password.as_deref())) {
+    if let (Some(user), Some(pw)) = (&r.user, password.or(r.password.as_ref().map(Secret::expose))) {
         creds = creds.with_secret(&r.host, user, Secret::new(pw), "the test's password");
     }
     let opts = RegistryOptions {
@@ -179,7 +179,7 @@ fn native_build_pushed_to_the_tls_registry_then_a_noop_repush() {
     let again = rt.block_on(client.push(&built.image, &name, &tags, &|_| {})).unwrap();
     assert_eq!(again.digest, pushed.digest);
     assert_eq!((again.layers.pushed, again.layers.skipped, again.layers.bytes_uploaded), (0, 3, 0), "{again:?}");
-    assert!(!events.text().contains(b.password.as_deref().unwrap()));
+    assert!(!events.text().contains(b.password.as_ref().unwrap().expose()));
 }
 
 #[test]
@@ -272,7 +272,7 @@ fn wrong_password_is_a_clear_bad_input_error_and_nothing_is_pushed() {
     let msg = err.to_string();
     assert!(msg.contains("failed to authenticate to") && msg.contains("the test's password"), "{msg}");
     for text in [msg.clone(), format!("{err:?}"), events.text()] {
-        assert!(!text.contains(wrong) && !text.contains(b.password.as_deref().unwrap()), "{text}");
+        assert!(!text.contains(wrong) && !text.contains(b.password.as_ref().unwrap().expose()), "{text}");
     }
     assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 2);
     assert!(skopeo_digest(b, None, &name.with_tag("pr-1")).is_err(), "nothing was pushed");
@@ -300,30 +300,13 @@ fn docker_config_auths_are_a_credential_source() {
 #[test]
 fn the_token_registry_bearer_flow() {
     let w = world();
-    // Registry C (distribution `auth: token` + a token service, GHCR's flow) comes with issue 7's
-    // world; until that world is everywhere, a world without it says so here.
-    let Some(host) = w.var("PRPOD_REGISTRY_TOKEN") else {
-        eprintln!("the world has no token registry (PRPOD_REGISTRY_TOKEN): issue 7 adds it");
-        return;
-    };
-    let c = Registry {
-        host: host.to_string(),
-        host_pod: String::new(),
-        ca: w.registry_tls.ca.clone(),
-        cert_dir: w.registry_tls.cert_dir.clone(),
-        user: w.var("PRPOD_REGISTRY_TOKEN_USER").map(str::to_string),
-        password: w.var("PRPOD_REGISTRY_TOKEN_PASSWORD").map(str::to_string),
-        authfile: w.var("PRPOD_REGISTRY_TOKEN_AUTHFILE").map(PathBuf::from),
-    };
+    // Registry C: distribution `auth: token` + the GHCR token double (GHCR's flow)
+    let c = &w.registry_token;
     // The base image lives on B: its layer is streamed from B to C (another registry), so this
     // client needs B's credentials too, from a docker config.
-    let creds =
-        CredentialResolver::anonymous().with_docker_config(w.registry_tls.authfile.clone().unwrap()).with_secret(
-            &c.host,
-            c.user.as_deref().unwrap(),
-            Secret::new(c.password.clone().unwrap()),
-            "PRPOD_REGISTRY_TOKEN_PASSWORD",
-        );
+    let creds = CredentialResolver::anonymous()
+        .with_docker_config(w.registry_tls.authfile.clone().unwrap())
+        .with_secret(&c.host, c.user.as_deref().unwrap(), c.password.clone().unwrap(), "PRPOD_REGISTRY_TOKEN_PASSWORD");
     let client = RegistryClient::new(RegistryOptions { ca_file: c.ca.clone(), ..Default::default() }, creds).unwrap();
     let (app, out) = (app_copy(0), TempDir::new("layout"));
     let rt = rt();
@@ -334,7 +317,7 @@ fn the_token_registry_bearer_flow() {
     let pushed = rt.block_on(client.push(&built.image, &name, &tags, &|_| {})).unwrap();
     assert_eq!((pushed.layers.pushed, pushed.layers.mounted), (3, 0), "the base layer crossed registries: {pushed:?}");
     for tag in &tags {
-        assert_eq!(skopeo_digest(&c, None, &name.with_tag(tag)).unwrap(), pushed.digest);
+        assert_eq!(skopeo_digest(c, None, &name.with_tag(tag)).unwrap(), pushed.digest);
     }
     // A second repository on C gets every layer by cross-repository mount (a token with pull on
     // the source and push on the target).
@@ -355,18 +338,15 @@ fn the_token_registry_bearer_flow() {
     let err = rt.block_on(bad.check_push_access(&name)).unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
     // The read-only user may pull but not push.
-    if let (Some(u), Some(p)) =
-        (w.var("PRPOD_REGISTRY_TOKEN_READER_USER"), w.var("PRPOD_REGISTRY_TOKEN_READER_PASSWORD"))
-    {
-        let reader = CredentialResolver::anonymous().with_secret(&c.host, u, Secret::new(p), "reader");
-        let reader =
-            RegistryClient::new(RegistryOptions { ca_file: c.ca.clone(), ..Default::default() }, reader).unwrap();
-        let r = prpod::clients::registry::ImageReference { name: name.clone(), tag: Some("pr-7".into()), digest: None };
-        assert_eq!(rt.block_on(reader.manifest_digest(&r)).unwrap().as_deref(), Some(pushed.digest.as_str()));
-        let err = rt.block_on(reader.check_push_access(&name)).unwrap_err();
-        assert!(matches!(err, RegistryError::Denied { .. } | RegistryError::Unauthorized { .. }), "{err}");
-        assert!(!err.to_string().contains(p));
-    }
+    let r = &w.registry_token_reader;
+    let (u, p) = (r.user.as_deref().unwrap(), r.password.clone().unwrap());
+    let reader = CredentialResolver::anonymous().with_secret(&c.host, u, p.clone(), "reader");
+    let reader = RegistryClient::new(RegistryOptions { ca_file: c.ca.clone(), ..Default::default() }, reader).unwrap();
+    let r = prpod::clients::registry::ImageReference { name: name.clone(), tag: Some("pr-7".into()), digest: None };
+    assert_eq!(rt.block_on(reader.manifest_digest(&r)).unwrap().as_deref(), Some(pushed.digest.as_str()));
+    let err = rt.block_on(reader.check_push_access(&name)).unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. } | RegistryError::Unauthorized { .. }), "{err}");
+    assert!(!err.to_string().contains(p.expose()));
 }
 
 /// A layout with `n` layers of `mib` MiB of random bytes each (incompressible, like the bench's).
