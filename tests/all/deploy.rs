@@ -50,7 +50,7 @@ pub fn web_image(w: &World) -> ImageRef {
 async fn pull_secret(w: &World) -> Secret {
     let r = &w.registry_tls;
     CredentialResolver::anonymous()
-        .with_secret(&r.host_pod, r.user.as_ref().unwrap(), Secret::new(r.password.clone().unwrap()), "the test")
+        .with_secret(&r.host_pod, r.user.as_ref().unwrap(), r.password.clone().unwrap(), "the test")
         .dockerconfigjson(&[&r.host_pod])
         .await
         .unwrap()
