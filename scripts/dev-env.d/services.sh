@@ -217,7 +217,10 @@ start_kube_proxy() {
     --hostname-override="$NODE_NAME" --bind-address="$POD_GW" --cluster-cidr="$POD_CIDR" --masquerade-all \
     --healthz-bind-address="127.0.0.1:$P_PROXY_HZ" --metrics-bind-address="127.0.0.1:$P_PROXY_METRICS" \
     --nodeport-addresses="127.0.0.1/32,$POD_GW/32" \
-    --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
+    --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 \
+    --iptables-min-sync-period=0s
+  # (min sync 0: a Service answers as soon as its endpoints change, not up to 1 s later; a test
+  # that curls a ClusterIP right after its pod is Ready otherwise races kube-proxy)
 }
 probe_kube_proxy() { curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$P_PROXY_HZ/healthz"; }
 stop_kube_proxy() {
