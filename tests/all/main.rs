@@ -12,6 +12,7 @@ mod deploy;
 mod fault_proxy;
 mod plugins;
 mod push;
+mod run;
 mod sandbox;
 
 use std::path::{Path, PathBuf};

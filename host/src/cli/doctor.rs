@@ -284,11 +284,13 @@ async fn rbac_checks(kube: &Kube, ns: &str, ingress: bool) -> Vec<Check> {
         match a {
             Ok(a) if a.allowed => {}
             Ok(_) => {
-                let res = match r.subresource {
-                    Some(s) => format!("{}/{s}", r.resource),
-                    None => r.resource.to_string(),
-                };
-                let res = if r.group.is_empty() { res } else { format!("{res}.{}", r.group) };
+                let mut res = r.resource.to_string();
+                if !r.group.is_empty() {
+                    res = format!("{res}.{}", r.group);
+                }
+                if let Some(s) = r.subresource {
+                    res = format!("{res}/{s}");
+                }
                 missing.push(format!("{} {res}", r.verb));
                 if !whys.contains(&r.why) {
                     whys.push(r.why);

@@ -156,7 +156,10 @@ async fn execute(
             let e = ErrorReport::of(&err);
             report.error = Some(e.clone());
             reporter.run_report(&report)?;
-            reporter.error(&err);
+            // JSON: the report carries the error; people get it on stderr as well.
+            if reporter.format() == crate::report::Format::Human {
+                reporter.error(&err);
+            }
             Ok(e.exit_code)
         }
     }
