@@ -592,3 +592,92 @@ roleRef: {{kind: Role, name: read-only, apiGroup: rbac.authorization.k8s.io}}
     }
     assert!(text.contains("v1.20.2"), "{text}");
 }
+
+/// A release left `pending-upgrade` by a killed deploy: without the dead run's lock, prpod leaves
+/// it alone and says what to run (exit 4); with the lock a prpod run left behind (expired, never
+/// released), prpod rolls it back to its last good revision and deploys.
+#[test]
+fn a_release_stuck_pending_is_reported_or_recovered() {
+    let w = world();
+    let repo = unique_name("prpod-test/pending");
+    let p = Preview::new(false, &repo, "");
+    let sha = fake_sha("p1");
+    let img = build_example(w, &repo, &sha, false);
+    let out = p.deploy(&img, &sha, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+    // A Helm upgrade killed mid-wait (the image never becomes ready), as a killed CI job leaves it.
+    let home = prpod_test_support::HelmHome::new();
+    let chart = p.dir.path().join("stuck");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: stuck\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        chart.join("templates/cm.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck}\nspec:\n  selector: {matchLabels: {app: stuck}}\n  \
+         template:\n    metadata: {labels: {app: stuck}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n        \
+         - {name: c, image: 10.244.0.1:1/never:1}\n",
+    )
+    .unwrap();
+    let mut helm = home
+        .command(&w.helm, &w.kubeconfig)
+        .args(["upgrade", "--install", &p.ns])
+        .arg(&chart)
+        .args(["--namespace", &p.ns, "--wait", "--timeout", "120s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |home: &prpod_test_support::HelmHome| {
+        let out = home
+            .command(&w.helm, &w.kubeconfig)
+            .args(["history", &p.ns, "-n", &p.ns, "--max", "1", "-o", "json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v[0]["status"].as_str().unwrap_or("").to_string()
+    };
+    prpod_test_support::wait_for("helm to start the upgrade", std::time::Duration::from_secs(30), || {
+        (status(&home) == "pending-upgrade").then_some(())
+    });
+    helm.kill().unwrap();
+    helm.wait().unwrap();
+    assert_eq!(status(&home), "pending-upgrade");
+
+    let sha2 = fake_sha("p2");
+    let out = p.deploy(&img, &sha2, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
+    let err = json(&out)["error"]["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("pending-upgrade") && err.contains(&format!("helm rollback {} 1 --namespace {}", p.ns, p.ns)),
+        "{err}"
+    );
+    assert_eq!(status(&home), "pending-upgrade", "left alone");
+
+    // The lock a dead prpod run left: taken over, and the release recovered.
+    let stale = "2020-01-01T00:00:00.000000Z";
+    w.kubectl_apply(
+        &p.ns,
+        &format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: prpod-deploy-{}}}\nspec:\n  \
+             holderIdentity: prpod/ci-runner-7/4242/0123456789ab\n  leaseDurationSeconds: 30\n  renewTime: \"{stale}\"\n",
+            p.ns
+        ),
+    );
+    let out = p.prpod(
+        &{
+            let mut a = vec!["deploy".to_string()];
+            a.extend(p.context(&sha2));
+            a.extend(["--image".into(), img.clone()]);
+            a
+        }
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let human = String::from_utf8_lossy(&out.stderr);
+    assert!(human.contains("stuck in pending-upgrade") && human.contains("rolled back to revision 1"), "{human}");
+    assert_eq!(status(&home), "deployed");
+    let leases = w.kubectl_ok(["get", "leases", "-n", &p.ns, "-o", "name"]);
+    assert!(leases.trim().is_empty(), "the lock is released after the deploy: {leases}");
+}
