@@ -258,8 +258,16 @@ pub struct ValuesFiles(pub Vec<PathBuf>);
 
 impl Helm {
     /// Finds `binary` (a name on `PATH` or a path), detects its version, and makes a private home.
+    /// The version is remembered per binary (path, size, mtime) in prpod's cache directory, so a
+    /// warm run spawns no `helm version`.
     pub async fn detect(binary: &Path, target: KubeTarget) -> Result<Helm, HelmError> {
         let home = HelmHome::new().map_err(|source| HelmError::Io { what: "a private Helm home".into(), source })?;
+        let cache = version_cache_file(binary);
+        if let Some(printed) = cache.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+            && let Some(major) = parse_major(&printed)
+        {
+            return Ok(Helm { binary: binary.to_path_buf(), version: printed, major, home, target });
+        }
         let mut cmd = Command::new(binary);
         cmd.args(["version", "--template", "{{.Version}}"]).envs(home.env()).stdin(Stdio::null());
         let out = cmd
@@ -542,6 +550,26 @@ fn clean_stderr(s: &str) -> String {
     let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
     let text = lines.join("; ");
     text.strip_prefix("Error: ").unwrap_or(&text).to_string()
+}
+
+/// `$PRPOD_CACHE_DIR/helm-version/<hash of the binary's path, size and mtime>` (`None` when the
+/// cache is off or the binary is not found).
+fn version_cache_file(binary: &Path) -> Option<PathBuf> {
+    use sha2::Digest;
+    let dir = match std::env::var_os("PRPOD_CACHE_DIR") {
+        Some(d) if d == "off" => return None,
+        Some(d) => PathBuf::from(d),
+        None => directories::BaseDirs::new()?.cache_dir().join("prpod"),
+    };
+    let path = if binary.components().count() > 1 {
+        binary.to_path_buf()
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(binary)).find(|p| p.is_file())?
+    };
+    let meta = std::fs::metadata(&path).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let key = hex::encode(sha2::Sha256::digest(format!("{}\0{}\0{mtime}", path.display(), meta.len())));
+    Some(dir.join("helm-version").join(&key[..32]))
 }
 
 fn parse_major(version: &str) -> Option<HelmMajor> {

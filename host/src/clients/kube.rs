@@ -792,6 +792,26 @@ impl Kube {
         api.logs(pod, &lp).await.map_err(|e| KubeError::from_kube(format!("read the log of {pod}/{container}"), e))
     }
 
+    /// The latest revision and status of Helm release `release` as Helm 3 and 4 store it (Secrets
+    /// labelled `owner=helm,name=RELEASE`, one per revision), without running Helm: a read for
+    /// `prpod plan`. `None` when there is no release.
+    pub async fn helm_release_state(&self, namespace: &str, release: &str) -> Result<Option<(u32, String)>, KubeError> {
+        let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), namespace);
+        let lp = ListParams::default().labels(&format!("owner=helm,name={release}"));
+        let list = api
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| KubeError::from_kube(format!("read release {release} in {namespace}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|s| {
+                let l = s.metadata.labels.as_ref()?;
+                Some((l.get("version")?.parse::<u32>().ok()?, l.get("status")?.clone()))
+            })
+            .max_by_key(|(v, _)| *v))
+    }
+
     /// Sets the replicas of Deployment `name` (through its scale subresource).
     pub async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> Result<(), KubeError> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);

@@ -358,25 +358,19 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- plan: what the deploy would do -----------------------------------------------------
     if input.mode == Mode::Plan {
         let phase = reporter.phase(Phase::Deploy);
-        let current = match tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            helm.status(&release.name, &release.namespace),
-        )
-        .await
-        {
-            Ok(Ok(Some(r))) => format!(
-                "upgrade release {} in namespace {} from revision {} ({})",
-                release.name, release.namespace, r.revision, r.status
-            ),
-            Ok(Ok(None)) => format!("install release {} in namespace {} (new)", release.name, release.namespace),
-            Ok(Err(e)) => format!(
-                "install or upgrade release {} in namespace {} (its state is unknown: {e})",
-                release.name, release.namespace
-            ),
-            Err(_) => format!(
-                "install or upgrade release {} in namespace {} (the cluster did not answer)",
-                release.name, release.namespace
-            ),
+        // A read through the API (no Helm process): the release's latest revision, if any.
+        let read = async {
+            let kube = Kube::connect(&target).await?;
+            kube.helm_release_state(&release.namespace, &release.name).await
+        };
+        let (name, ns) = (&release.name, &release.namespace);
+        let current = match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+            Ok(Ok(Some((rev, status)))) => {
+                format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
+            }
+            Ok(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
+            Ok(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
+            Err(_) => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
         };
         out.plan.push(format!("would {current} with Helm {}", helm.version()));
         if input.pull_secret.is_some() {
