@@ -681,3 +681,85 @@ fn a_release_stuck_pending_is_reported_or_recovered() {
     let leases = w.kubectl_ok(["get", "leases", "-n", &p.ns, "-o", "name"]);
     assert!(leases.trim().is_empty(), "the lock is released after the deploy: {leases}");
 }
+
+/// `prpod run` for the example app, from the git server: clone with the token, build (native),
+/// push to the TLS registry, deploy, verify; the page names the commit. A second commit upgrades
+/// the preview (revision 2), and the Deployment runs the new digest.
+#[test]
+fn run_the_example_pr_end_to_end_then_a_new_commit() {
+    let w = world();
+    let name = unique_name("acme/hello-web");
+    let url = w.git.publish(&repo_root().join("examples/hello-web"), &name);
+    let work = TempDir::new("pr-branch");
+    let git = |args: &[&str]| {
+        let out = w
+            .git
+            .git_with_token(&w.git.token)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["clone", "-q", &url, "."]);
+    git(&["checkout", "-q", "-b", "feature/greeting"]);
+    let commit = |text: &str| {
+        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", text]);
+        git(&["push", "-q", "-f", "origin", "feature/greeting"]);
+        git(&["rev-parse", "HEAD"])
+    };
+    let repo = unique_name("prpod-test/run");
+    let p = Preview::new(false, &repo, "");
+    // [source], [image] and [build] for the example on the world.
+    std::fs::write(
+        p.dir.path().join("prpod.toml"),
+        format!(
+            "[source]\nusername = \"{}\"\n\n[image]\nrepository = \"{}\"\nbuild_args = {{ BASE = \"{}\" }}\n\n\
+             [build]\nbackend = \"native\"\n\n[deploy]\ntimeout = \"90s\"\nset = {{ terminationGracePeriodSeconds = 1 }}\n",
+            w.git.user, p.repository, w.web_image_tls
+        ),
+    )
+    .unwrap();
+    let run = |sha: &str| {
+        let mut args = vec!["--output".to_string(), "json".into(), "run".into()];
+        args.extend(["--repo-url".into(), url.clone(), "--pr".into(), p.pr.to_string()]);
+        args.extend([
+            "--branch".into(),
+            "feature/greeting".into(),
+            "--base".into(),
+            "main".into(),
+            "--sha".into(),
+            sha.into(),
+        ]);
+        p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let sha1 = commit("hello");
+    let out = run(&sha1);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = json(&out);
+    assert_eq!(r["revision"], 1);
+    assert_eq!(r["release"]["namespace"], p.ns.as_str());
+    let phases: Vec<&str> = r["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["context", "tags", "source", "build", "push", "chart", "deploy", "verify"], "{r}");
+    let digest1 = r["image"]["digest"].as_str().unwrap().to_string();
+    assert!(deployment_image(&p.ns).ends_with(&format!("@{digest1}")));
+    let served = pages(&p.ns);
+    assert!(served.len() == 1 && served[0].contains(&sha1), "{served:?}");
+
+    let sha2 = commit("hello again");
+    let out = run(&sha2);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = json(&out);
+    assert_eq!(r["revision"], 2);
+    let digest2 = r["image"]["digest"].as_str().unwrap().to_string();
+    assert_ne!(digest1, digest2);
+    assert!(deployment_image(&p.ns).ends_with(&format!("@{digest2}")));
+    let served = pages(&p.ns);
+    assert!(!served.is_empty() && served.iter().all(|s| s.contains(&sha2)), "{served:?}");
+    p.assert_stored_values_clean();
+}
