@@ -68,14 +68,13 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureK
     if let Some(k) = cause.downcast_ref::<FailureKind>() {
         return Some(Some(*k));
     }
-    // Client error types, each implementing `Classify`, go here:
+    // Client error types, each implementing `Classify`, go here.
     if let Some(e) = cause.downcast_ref::<crate::clients::registry::RegistryError>() {
         return Some(e.failure_kind());
     }
     if let Some(e) = cause.downcast_ref::<crate::native_build::NativeBuildError>() {
         return Some(e.failure_kind());
     }
-    // if let Some(e) = cause.downcast_ref::<crate::clients::git::GitError>() { return Some(e.failure_kind()); }
     if let Some(e) = cause.downcast_ref::<crate::clients::helm::HelmError>() {
         return Some(e.failure_kind());
     }
@@ -86,6 +85,15 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureK
         return Some(e.failure_kind());
     }
     if let Some(e) = cause.downcast_ref::<crate::phases::chart::ChartError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::clients::git::GitError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::clients::buildah::BuildahError>() {
+        return Some(e.failure_kind());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::clients::buildx::BuildxError>() {
         return Some(e.failure_kind());
     }
     None

@@ -414,7 +414,7 @@ impl Manifest {
 }
 
 /// A repository checked out at exactly one commit (the source phase's value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Checkout {
     /// The work tree: the commit's files and nothing else.
     pub path: PathBuf,
@@ -424,6 +424,9 @@ pub struct Checkout {
     pub repository_url: String,
     /// Objects received by this run's fetch (0: everything was in the cache).
     pub objects_fetched: u64,
+    /// Keeps the run's work tree alive: it is removed when the last clone of this value drops.
+    #[serde(skip)]
+    pub work_dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 /// What a push moved: layers uploaded, found already present, mounted from another repository of
@@ -454,7 +457,7 @@ pub struct PushedImage {
 }
 
 /// An image a build backend produced (the build phase's value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BuiltImage {
     /// The backend that built it (`native`, `buildah`, `buildx`).
     pub backend: String,
@@ -467,6 +470,9 @@ pub struct BuiltImage {
     pub digest: String,
     /// Build steps run and steps served from cache, when the backend says.
     pub steps: Option<BuildSteps>,
+    /// Keeps `layout` alive: removed when the last clone of this value drops.
+    #[serde(skip)]
+    pub work_dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 /// How much of a build ran and how much came from cache.

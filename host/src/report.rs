@@ -539,6 +539,16 @@ impl Transfer {
         self.reporter.emit(Event::Progress { phase: self.phase, done, total });
     }
 
+    /// Takes back `bytes` counted before (an upload attempt that will be repeated).
+    pub fn retreat(&self, bytes: u64) {
+        let (done, total) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.0 = s.0.saturating_sub(bytes);
+            *s
+        };
+        self.reporter.emit(Event::Progress { phase: self.phase, done, total });
+    }
+
     /// Records `bytes` more transferred.
     pub fn advance(&self, bytes: u64) {
         let (done, total) = {

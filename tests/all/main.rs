@@ -5,6 +5,7 @@
 //! world (Helm, registries, the cluster) use `prpod_test_support::world()`, which fails with
 //! a message saying `scripts/dev-env up` when the world is not running.
 
+mod build;
 mod cache;
 mod chart;
 mod cli;

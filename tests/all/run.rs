@@ -155,9 +155,9 @@ impl Preview {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("PRPOD_HELM", &self.helm)
             .env("PRPOD_REGISTRY_USER", w.registry_tls.user.as_ref().unwrap())
-            .env("PRPOD_REGISTRY_PASSWORD", w.registry_tls.password.as_ref().unwrap())
+            .env("PRPOD_REGISTRY_PASSWORD", w.registry_tls.password.as_ref().unwrap().expose())
             .env("PRPOD_REGISTRY_CA", w.registry_tls.ca.as_ref().unwrap())
-            .env("PRPOD_GIT_TOKEN", &w.git.token)
+            .env("PRPOD_GIT_TOKEN", w.git.token.expose())
             .output()
             .expect("run prpod");
         assert_no_secrets(&out.stdout, "stdout");
@@ -214,7 +214,7 @@ impl Drop for Preview {
 pub fn assert_no_secrets(bytes: &[u8], what: &str) {
     let w = world();
     let text = String::from_utf8_lossy(bytes);
-    for (name, s) in [("registry password", w.registry_tls.password.as_deref().unwrap()), ("git token", &w.git.token)] {
+    for (name, s) in [("registry password", w.registry_tls.password.as_ref().unwrap().expose()), ("git token", w.git.token.expose())] {
         assert!(!text.contains(s), "the {name} appears in {what}:\n{text}");
         // Helm stores release data base64-encoded (then gzipped): the plain form is the check
         // that matters for values; the encoded one catches a Secret manifest carrying it.

@@ -98,7 +98,8 @@ pub async fn run(args: BuildArgs, mut config: Config, env: &Env, reporter: &Repo
         tags: run.tags,
         image: pushed.map(|p| ImageSummary { repository: p.repository.clone(), digest: p.digest.clone() }),
         backend: run.built.as_ref().map(|b| b.backend.clone()),
-        layers: pushed.map(|p| p.layers),
+        // buildx pushes by itself and says nothing about layers.
+        layers: pushed.filter(|_| run.built.as_ref().is_some_and(|b| b.layout.is_some())).map(|p| p.layers),
         phases: reporter.phases(),
         ..RunReport::default()
     })?;

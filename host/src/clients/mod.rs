@@ -3,6 +3,9 @@
 //! [`crate::secret::Secret`], and never call phases. Test support reuses them instead of keeping
 //! its own copies.
 
+pub mod buildah;
+pub mod buildx;
+pub mod git;
 pub mod helm;
 pub mod kube;
 pub mod registry;

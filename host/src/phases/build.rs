@@ -1,14 +1,20 @@
 //! The build phase: the checkout built into an image by one backend ([`BuiltImage`]).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::Context;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Env, Section};
-use crate::model::{BuiltImage, Checkout, TagSet};
-use crate::phases::Inputs;
+use crate::clients::buildah::{self, Buildah};
+use crate::clients::buildx::{self, Buildx};
+use crate::clients::registry::{CredentialResolver, ImageName, ImageReference, RegistryClient, RegistryConfig};
+use crate::config::{Config, ConfigError, Env, Section};
+use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
+use crate::native_build::{self, NativeBuildError, NativeBuildRequest};
 use crate::report::PhaseHandle;
+use crate::secret::Secret;
 
 /// `[image]`: what is built and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -44,21 +50,8 @@ impl Default for ImageConfig {
 impl ImageConfig {
     /// The target platform: configured, or this machine's.
     pub fn platform(&self) -> String {
-        self.platform.clone().unwrap_or_else(host_platform)
+        self.platform.clone().unwrap_or_else(crate::native_build::host_platform)
     }
-}
-
-/// `linux/amd64`, `linux/arm64`, ...: the platform images built on this machine run on.
-pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "arm" => "arm/v7",
-        other => other,
-    };
-    format!("linux/{arch}")
 }
 
 impl Section for ImageConfig {
@@ -247,36 +240,420 @@ impl Section for BuildConfig {
 
 /// The image repository to push to, normalised: registries refuse uppercase, so
 /// `ghcr.io/Acme/Web` becomes `ghcr.io/acme/web` (said once, through `phase`).
-pub fn image_repository(image: &ImageConfig, phase: &PhaseHandle) -> anyhow::Result<String> {
+pub fn image_name(image: &ImageConfig, phase: &PhaseHandle) -> anyhow::Result<ImageName> {
     let Some(repo) = image.repository.as_deref() else {
         anyhow::bail!(
             "no image repository: set `[image] repository` in prpod.toml, PRPOD_IMAGE, or pass --image \
              (e.g. ghcr.io/acme/web)"
         );
     };
-    let normalised = repo.to_ascii_lowercase();
-    if normalised != repo {
-        phase.note(format!("image repository {repo} normalised to {normalised} (registries refuse uppercase)"));
+    let parsed = ImageName::parse(repo).context("`image.repository` is not usable")?;
+    if let Some(from) = parsed.changed_from {
+        phase.note(format!("image repository {from} normalised to {} (registries refuse uppercase)", parsed.value));
     }
-    Ok(normalised)
+    Ok(parsed.value)
 }
 
-/// Builds the checkout.
+/// The registry side of a run: one client, and the credentials it resolves (builders get them
+/// as files written from the same resolver).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The client.
+    pub client: RegistryClient,
+    /// Its credentials.
+    pub credentials: CredentialResolver,
+}
+
+impl Registry {
+    /// The client and credentials `[registry]` describes for a run pushing to `image`, with
+    /// `password` (from `--registry-password-stdin`) beating the other sources for that host.
+    /// Reads a password variable or file now, so a missing one fails before any work.
+    pub fn for_push(config: &RegistryConfig, image: &ImageName, password: Option<&Secret>) -> anyhow::Result<Registry> {
+        let credentials = config.credentials(image.api_host(), password.cloned())?;
+        let client = RegistryClient::new(config.options()?, credentials.clone())?;
+        Ok(Registry { client, credentials })
+    }
+}
+
+/// The build arguments of a run: `[image] build_args` (and `--build-arg`), plus `PRPOD_GIT_SHA`
+/// (the full commit SHA) unless the user set it. Unused ones are ignored, as by docker.
+pub fn build_args(image: &ImageConfig, ctx: &PrContext) -> BTreeMap<String, String> {
+    let mut args = image.build_args.clone();
+    args.entry("PRPOD_GIT_SHA".into()).or_insert_with(|| ctx.sha.clone());
+    args
+}
+
+/// The chosen backend and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The backend (never `auto`).
+    pub backend: Backend,
+    /// Why, for people.
+    pub why: String,
+}
+
+/// Resolves `auto`: `native` when it can build the Dockerfile (no RUN, one stage); otherwise
+/// buildx when `docker buildx version` works, then buildah; otherwise an error naming what to
+/// install. An explicit backend is taken as is.
+pub async fn choose_backend(configured: Backend, dockerfile: &Path, buildx: &Buildx) -> anyhow::Result<Choice> {
+    if configured != Backend::Auto {
+        return Ok(Choice { backend: configured, why: format!("--backend / build.backend = {}", configured.name()) });
+    }
+    let blocker = match native_build::check_dockerfile(dockerfile) {
+        Ok(_) => {
+            return Ok(Choice {
+                backend: Backend::Native,
+                why: "the Dockerfile needs no RUN: built in-process".into(),
+            });
+        }
+        Err(e @ NativeBuildError::Dockerfile { .. }) => e.to_string(),
+        Err(e) => return Err(e.into()),
+    };
+    // `file:line: RUN is not supported ...`: keep the location for the note.
+    let at = blocker.split(": ").next().unwrap_or("").to_string();
+    if buildx.available().await {
+        return Ok(Choice {
+            backend: Backend::Buildx,
+            why: format!("{at} needs a builder; docker buildx is available"),
+        });
+    }
+    if Buildah::available().await {
+        return Ok(Choice {
+            backend: Backend::Buildah,
+            why: format!("{at} needs a builder; docker buildx is not available, buildah is"),
+        });
+    }
+    anyhow::bail!(
+        "{blocker}; and neither docker buildx nor buildah is installed: install buildah (Debian/Ubuntu: \
+         apt-get install buildah runc) or docker with the buildx plugin"
+    )
+}
+
+/// Builds the checkout into an image for `image` with the backend `config` picks.
 pub async fn build(
     checkout: &Checkout,
-    repository: &str,
+    ctx: &PrContext,
+    image: &ImageName,
     tags: &TagSet,
-    inputs: &Inputs<'_>,
+    config: &Config,
+    registry: &Registry,
     phase: &PhaseHandle,
 ) -> anyhow::Result<BuiltImage> {
-    let _ = (checkout, repository, tags, inputs, phase);
-    anyhow::bail!("the build phase is not implemented yet")
+    let context_dir = checkout.path.join(&config.image.context);
+    let dockerfile = context_dir.join(&config.image.dockerfile);
+    if !dockerfile.is_file() {
+        anyhow::bail!(
+            "no Dockerfile at {} in {} at {}: set `[image] dockerfile` (relative to `image.context` = `{}`) or \
+             pass --dockerfile",
+            shown_path(&config.image.context, &config.image.dockerfile).display(),
+            ctx.repository,
+            &ctx.sha[..12.min(ctx.sha.len())],
+            config.image.context.display()
+        );
+    }
+    if !context_dir.is_dir() {
+        anyhow::bail!("the build context `{}` is not a directory of the repository", config.image.context.display());
+    }
+    let args = build_args(&config.image, ctx);
+    let platform = config.image.platform();
+    let work =
+        Arc::new(tempfile::Builder::new().prefix("prpod-build-").tempdir().context("failed to create a temp dir")?);
+    let probe = Buildx::default();
+    let choice = choose_backend(config.build.backend, &dockerfile, &probe).await?;
+    phase.note(format!("backend {}: {}", choice.backend.name(), choice.why));
+    let mut built = match choice.backend {
+        Backend::Native | Backend::Auto => {
+            let out_dir = work.path().join("image");
+            let req = NativeBuildRequest {
+                context_dir: context_dir.clone(),
+                // Relative, so errors name the Dockerfile as the user wrote it.
+                dockerfile: config.image.dockerfile.clone(),
+                build_args: args,
+                platform: Some(platform),
+                out_dir: out_dir.clone(),
+                source_date_epoch: None,
+            };
+            let out =
+                native_build::build(&req, &registry.client, &|e| tracing::debug!(target: "prpod::build", ?e)).await?;
+            BuiltImage {
+                backend: "native".into(),
+                repository: image.to_string(),
+                layout: Some(out_dir),
+                digest: out.image.digest().to_string(),
+                steps: None,
+                work_dir: None,
+            }
+        }
+        Backend::Buildah => {
+            build_buildah(&context_dir, &dockerfile, args, platform, image, tags, config, registry, work.path(), phase)
+                .await?
+        }
+        Backend::Buildx => {
+            build_buildx(&context_dir, &dockerfile, args, platform, image, tags, config, registry, work.path(), phase)
+                .await?
+        }
+    };
+    built.work_dir = Some(work);
+    Ok(built)
+}
+
+/// Private files for a builder process: a 0700 directory holding an authfile (0600) with the
+/// credentials of `hosts`, a cert dir with the configured CA, and a `registries.conf` for
+/// plain-HTTP registries.
+async fn registry_files(
+    dir: &Path,
+    hosts: &BTreeSet<String>,
+    registry: &Registry,
+    rc: &RegistryConfig,
+) -> anyhow::Result<buildah::RegistryAccess> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = dir.join("registry");
+    std::fs::create_dir_all(&private).with_context(|| format!("failed to create {}", private.display()))?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let doc = registry.credentials.dockerconfigjson(&hosts).await?;
+    let authfile = private.join("auth.json");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&authfile)
+            .with_context(|| format!("failed to create {}", authfile.display()))?;
+        f.write_all(doc.expose().as_bytes())?;
+    }
+    let mut access = buildah::RegistryAccess { authfile: Some(authfile), ..Default::default() };
+    if let Some(ca) = &rc.ca_file {
+        let certs = private.join("certs");
+        std::fs::create_dir_all(&certs)?;
+        std::fs::copy(ca, certs.join("ca.crt"))
+            .with_context(|| format!("failed to read the registry CA {} (`registry.ca_file`)", ca.display()))?;
+        access.cert_dir = Some(certs);
+    }
+    if !rc.plain_http.is_empty() {
+        let conf = private.join("registries.conf");
+        let mut text = String::from("# written by prpod for one build: plain-HTTP registries\n");
+        for h in &rc.plain_http {
+            text.push_str(&format!("[[registry]]\nlocation = \"{h}\"\ninsecure = true\n"));
+        }
+        std::fs::write(&conf, text)?;
+        access.registries_conf = Some(conf);
+    }
+    Ok(access)
+}
+
+/// Registry hosts a build talks to: the pushed-to one and every `FROM` (after ARG expansion).
+fn registry_hosts(dockerfile: &Path, args: &BTreeMap<String, String>, push: &ImageName) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::from([push.registry().to_string()]);
+    let Ok(text) = std::fs::read_to_string(dockerfile) else { return hosts };
+    let Ok(parsed) = native_build::Dockerfile::parse("Dockerfile", &text) else { return hosts };
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for ins in &parsed.instructions {
+        match ins.keyword.as_str() {
+            "ARG" => {
+                for decl in ins.args.split_whitespace() {
+                    let (k, v) = decl.split_once('=').unwrap_or((decl, ""));
+                    let v = args.get(k).cloned().unwrap_or_else(|| v.trim_matches('"').to_string());
+                    vars.entry(k.to_string()).or_insert(v);
+                }
+            }
+            "FROM" => {
+                let Some(word) = ins.args.split_whitespace().find(|w| !w.starts_with("--")) else { continue };
+                if word.eq_ignore_ascii_case("scratch") {
+                    continue;
+                }
+                let mut image = word.to_string();
+                for (k, v) in &vars {
+                    image = image.replace(&format!("${{{k}}}"), v).replace(&format!("${k}"), v);
+                }
+                if let Ok(r) = ImageReference::parse(&image) {
+                    hosts.insert(r.value.name.registry().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    hosts
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_buildah(
+    context_dir: &Path,
+    dockerfile: &Path,
+    args: BTreeMap<String, String>,
+    platform: String,
+    image: &ImageName,
+    tags: &TagSet,
+    config: &Config,
+    registry: &Registry,
+    work: &Path,
+    phase: &PhaseHandle,
+) -> anyhow::Result<BuiltImage> {
+    let hosts = registry_hosts(dockerfile, &args, image);
+    let access = registry_files(work, &hosts, registry, &config.registry).await?;
+    let b = &config.build.buildah;
+    let storage =
+        buildah::Storage { root: b.root.clone(), runroot: b.runroot.clone(), driver: b.storage_driver.clone() };
+    let tool = Buildah::new(storage, access);
+    // buildah 1.28 reads one cache repository: the first of the policy's cache tags whose
+    // repository exists (the branch's own, else the base branch's).
+    let mut cache_from = None;
+    for tag in &tags.cache_from {
+        let repo = buildah::cache_repository(&image.to_string(), tag);
+        let name = ImageName::parse(&repo).with_context(|| format!("cache repository {repo}"))?.value;
+        if registry.client.has_tags(&name).await? {
+            cache_from = Some(repo);
+            break;
+        }
+    }
+    let cache_to = tags.cache_to.as_ref().map(|t| buildah::cache_repository(&image.to_string(), t));
+    match &cache_from {
+        Some(r) => phase.note(format!("layer cache from {r}")),
+        None if !tags.cache_from.is_empty() => phase.note("no layer cache yet: a cold build"),
+        None => {}
+    }
+    let local = format!("localhost/prpod/{}:build", image.repository());
+    let req = buildah::BuildRequest {
+        context_dir: context_dir.to_path_buf(),
+        dockerfile: dockerfile.to_path_buf(),
+        build_args: args,
+        platform,
+        tag: local,
+        cache_from,
+        cache_to,
+        iidfile: work.join("iid"),
+    };
+    let built = tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await?;
+    let layout = work.join("image");
+    tool.push_to_layout(&built.image_id, &layout).await?;
+    let digest = crate::clients::registry::OciImage::open(&layout)?.digest().to_string();
+    Ok(BuiltImage {
+        backend: "buildah".into(),
+        repository: image.to_string(),
+        layout: Some(layout),
+        digest,
+        steps: Some(built.steps),
+        work_dir: None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_buildx(
+    context_dir: &Path,
+    dockerfile: &Path,
+    args: BTreeMap<String, String>,
+    platform: String,
+    image: &ImageName,
+    tags: &TagSet,
+    config: &Config,
+    registry: &Registry,
+    work: &Path,
+    phase: &PhaseHandle,
+) -> anyhow::Result<BuiltImage> {
+    let x = &config.build.buildx;
+    let hosts = registry_hosts(dockerfile, &args, image);
+    let docker_config = docker_config_dir(work, &hosts, registry).await?;
+    let tool = Buildx { docker_config };
+    let builder = buildx::Builder {
+        name: x.builder.clone(),
+        driver: x.driver.clone(),
+        namespace: x.namespace.clone(),
+        replicas: x.replicas,
+    };
+    if tool.ensure_builder(&builder).await? {
+        phase.note(format!("created buildx builder {} (driver {})", builder.name, builder.driver));
+    }
+    let req = buildx::BuildRequest {
+        context_dir: context_dir.to_path_buf(),
+        dockerfile: dockerfile.to_path_buf(),
+        build_args: args,
+        platform,
+        repository: image.to_string(),
+        tags: std::iter::once(&tags.primary).chain(&tags.extra).cloned().collect(),
+        cache_from: tags.cache_from.clone(),
+        cache_to: tags.cache_to.clone(),
+        provenance: x.provenance.clone(),
+        bake_file: x.bake_file.as_ref().map(|f| context_dir.join(f)),
+        bake_target: x.bake_target.clone(),
+        metadata_file: work.join("metadata.json"),
+    };
+    let digest = tool.build_push(&builder, &req, &|l| tracing::debug!(target: "prpod::build", "buildx: {l}")).await?;
+    Ok(BuiltImage {
+        backend: "buildx".into(),
+        repository: image.to_string(),
+        layout: None,
+        digest,
+        steps: None,
+        work_dir: None,
+    })
+}
+
+/// A private `DOCKER_CONFIG` for buildx: the user's docker config directory (builders,
+/// contexts, plugins) linked in, and a `config.json` (0600) with the credentials prpod resolved
+/// merged over the user's. `None` when there are no credentials to add.
+async fn docker_config_dir(
+    work: &Path,
+    hosts: &BTreeSet<String>,
+    registry: &Registry,
+) -> anyhow::Result<Option<PathBuf>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let hosts_v: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let doc = registry.credentials.dockerconfigjson(&hosts_v).await?;
+    let ours: serde_json::Value = serde_json::from_str(doc.expose()).unwrap_or_default();
+    let auths = ours.get("auths").and_then(|a| a.as_object()).cloned().unwrap_or_default();
+    if auths.is_empty() {
+        return Ok(None);
+    }
+    let user_dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".docker")));
+    let dir = work.join("docker-config");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut config = serde_json::Map::new();
+    if let Some(user) = &user_dir {
+        if let Ok(entries) = std::fs::read_dir(user) {
+            for e in entries.flatten() {
+                if e.file_name() != "config.json" {
+                    let _ = std::os::unix::fs::symlink(e.path(), dir.join(e.file_name()));
+                }
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(user.join("config.json")) {
+            config = serde_json::from_str(&text).unwrap_or_default();
+        }
+    }
+    let merged = config.entry("auths").or_insert_with(|| serde_json::json!({}));
+    if let Some(m) = merged.as_object_mut() {
+        for (h, v) in auths {
+            m.insert(h, v);
+        }
+    }
+    // Hosts prpod has credentials for must not be sent to a helper instead.
+    if let Some(helpers) = config.get_mut("credHelpers").and_then(|h| h.as_object_mut()) {
+        for h in hosts {
+            helpers.remove(h);
+        }
+    }
+    let path = dir.join("config.json");
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    use std::io::Write;
+    f.write_all(serde_json::Value::Object(config).to_string().as_bytes())?;
+    Ok(Some(dir))
+}
+
+/// `context/dockerfile` as a person writes it (`Dockerfile`, not `./Dockerfile`).
+fn shown_path(context: &Path, dockerfile: &Path) -> PathBuf {
+    context.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect::<PathBuf>().join(dockerfile)
 }
 
 /// One line for people.
 pub fn summary(b: &BuiltImage) -> String {
     match b.steps {
-        Some(s) => format!("{} built {} ({} steps run, {} cached)", b.backend, short(&b.digest), s.executed, s.cached),
+        Some(s) => {
+            format!("{} built {} ({} steps run, {} from cache)", b.backend, short(&b.digest), s.executed, s.cached)
+        }
         None => format!("{} built {}", b.backend, short(&b.digest)),
     }
 }

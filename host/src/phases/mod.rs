@@ -18,6 +18,7 @@ pub mod verify;
 
 use serde::Serialize;
 
+use crate::clients::registry::ImageName;
 use crate::config::{Config, Env};
 use crate::model::{BuiltImage, Checkout, PrContext, PushedImage, ReleaseTarget, TagSet};
 use crate::plugins::{PluginHost, World};
@@ -107,7 +108,8 @@ pub enum Mode {
     Plan,
 }
 
-/// The credentials of a run, each for exactly one client.
+/// The credentials of a run that prpod reads itself; the other registry credentials are
+/// resolved from `[registry]` by [`build::Registry::for_push`].
 #[derive(Debug, Default, Clone)]
 pub struct Secrets {
     /// Token for cloning over HTTPS (`source.token_file`, `PRPOD_GIT_TOKEN`, `GITHUB_TOKEN`).
@@ -128,6 +130,10 @@ impl Secrets {
 pub struct Run {
     /// The PR context.
     pub context: Option<PrContext>,
+    /// The image repository (normalised).
+    pub image: Option<ImageName>,
+    /// The registry client and credentials of the run (deploy reuses them for pull secrets).
+    pub registry: Option<build::Registry>,
     /// The tag-policy's tags.
     pub tags: Option<TagSet>,
     /// The tag-policy's release.
@@ -146,20 +152,28 @@ pub struct Run {
 /// reporter. On error the run so far is lost with it: the reporter already holds the phases.
 pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyhow::Result<Run> {
     let mut run = Run::default();
-    let host = PluginHost::new()?;
+    let config = inputs.config;
 
+    // Context: the PR, the image it becomes, and the registry credentials (read now, so a
+    // missing password fails before anything is cloned or built).
     let phase = reporter.phase(Phase::Context);
-    let ctx = context::resolve(inputs.context, &inputs.config.source, inputs.env)?;
+    let ctx = context::resolve(inputs.context, &config.source, inputs.env)?;
+    let image = build::image_name(&config.image, &phase)?;
+    let registry =
+        build::Registry::for_push(&registry_config(config), &image, inputs.secrets.registry_password.as_ref())?;
+    let repository = image.to_string();
     phase.finish(context::summary(&ctx));
     run.context = Some(ctx.clone());
+    run.image = Some(image.clone());
+    run.registry = Some(registry.clone());
     if last == Phase::Context {
         return Ok(run);
     }
 
     let phase = reporter.phase(Phase::Tags);
-    let repository = build::image_repository(&inputs.config.image, &phase)?;
-    let plugin = host.load(&inputs.config.plugin_ref(World::TagPolicy))?;
-    let plugin = plugin.with_limits(inputs.config.limits_for(World::TagPolicy));
+    let host = PluginHost::new()?;
+    let plugin = host.load(&config.plugin_ref(World::TagPolicy))?;
+    let plugin = plugin.with_limits(config.limits_for(World::TagPolicy));
     let tags = plugin.compute_tags(&ctx, &repository).await?;
     let release = plugin.release(&ctx).await?;
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
@@ -175,7 +189,7 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     }
 
     let phase = reporter.phase(Phase::Source);
-    let checkout = source::fetch_checkout(&ctx, &inputs.config.source, inputs.secrets, &phase).await?;
+    let checkout = source::fetch_checkout(&ctx, &config.source, inputs.secrets, &phase).await?;
     phase.finish(source::summary(&checkout));
     run.checkout = Some(checkout.clone());
     if last == Phase::Source {
@@ -183,7 +197,7 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     }
 
     let phase = reporter.phase(Phase::Build);
-    let built = build::build(&checkout, &repository, &tags, inputs, &phase).await?;
+    let built = build::build(&checkout, &ctx, &image, &tags, config, &registry, &phase).await?;
     phase.finish(build::summary(&built));
     run.built = Some(built.clone());
     if last == Phase::Build {
@@ -191,8 +205,12 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     }
 
     let phase = reporter.phase(Phase::Push);
-    let pushed = push::push(&built, &tags, inputs, &phase).await?;
-    phase.finish(push::summary(&pushed));
+    let (pushed, already) = push::push(&built, &image, &tags, &registry, &phase).await?;
+    if already {
+        phase.skip(format!("{} pushed {}@{} itself", built.backend, pushed.repository, pushed.digest));
+    } else {
+        phase.finish(push::summary(&pushed));
+    }
     run.pushed = Some(pushed);
     Ok(run)
 }

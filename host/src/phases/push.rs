@@ -1,21 +1,80 @@
-//! The push phase: the built image under every tag ([`PushedImage`]).
+//! The push phase: the built image under every tag the tag-policy chose ([`PushedImage`]), by
+//! prpod's own registry client (blobs HEAD-checked, mounted or streamed from disk, the manifest
+//! put under each tag and its digest checked against the registry's). Images a backend pushed
+//! itself (buildx) are not pushed again: the phase is skipped and reports buildx's digest.
 
+use crate::clients::registry::{ImageName, OciImage, PushEvent};
 use crate::model::{BuiltImage, PushedImage, TagSet};
-use crate::phases::Inputs;
+use crate::phases::build::Registry;
 use crate::report::PhaseHandle;
 
-/// Pushes `built` under every tag of `tags`.
+/// The tags an image is pushed under: primary, then the extras (cache tags are the builders').
+pub fn image_tags(tags: &TagSet) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in std::iter::once(&tags.primary).chain(&tags.extra) {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
+}
+
+/// Pushes `built` to `image` under every tag of `tags`. Returns `(pushed, skipped)`: skipped is
+/// true when the backend had pushed already.
 pub async fn push(
     built: &BuiltImage,
+    image: &ImageName,
     tags: &TagSet,
-    inputs: &Inputs<'_>,
+    registry: &Registry,
     phase: &PhaseHandle,
-) -> anyhow::Result<PushedImage> {
-    let _ = (built, tags, inputs, phase);
-    anyhow::bail!("the push phase is not implemented yet")
+) -> anyhow::Result<(PushedImage, bool)> {
+    let tags = image_tags(tags);
+    let Some(layout) = &built.layout else {
+        // buildx pushed with every tag and told us the digest.
+        let pushed = PushedImage {
+            repository: image.to_string(),
+            digest: built.digest.clone(),
+            tags,
+            layers: Default::default(),
+        };
+        return Ok((pushed, true));
+    };
+    let oci = OciImage::open(layout)?;
+    let transfer = phase.transfer();
+    let progress = |e: &PushEvent| match e {
+        PushEvent::Started { total_bytes, .. } => transfer.add_total(*total_bytes),
+        PushEvent::Bytes { sent, .. } => transfer.advance(*sent),
+        PushEvent::Restarted { discarded, .. } => transfer.retreat(*discarded),
+        PushEvent::Blob { outcome, size, .. } => {
+            // A blob that was not uploaded still counts as done for the bar.
+            if *outcome != crate::clients::registry::BlobOutcome::Pushed {
+                transfer.advance(*size);
+            }
+        }
+        PushEvent::Retrying(n) => phase.note(format!(
+            "{} failed ({}), attempt {}: retrying in {:.1}s",
+            n.what,
+            n.reason,
+            n.attempt,
+            n.wait.as_secs_f64()
+        )),
+        PushEvent::Tagged { .. } => {}
+    };
+    let pushed = registry.client.push(&oci, image, &tags, &progress).await?;
+    Ok((pushed, false))
 }
 
 /// One line for people.
 pub fn summary(p: &PushedImage) -> String {
-    format!("{}@{} ({} tags)", p.repository, p.digest, p.tags.len())
+    let l = &p.layers;
+    format!(
+        "{}@{} as {} ({} layers pushed, {} already there, {} mounted, {})",
+        p.repository,
+        p.digest,
+        p.tags.join(", "),
+        l.pushed,
+        l.skipped,
+        l.mounted,
+        crate::report::human_bytes(l.bytes_uploaded)
+    )
 }

@@ -1,9 +1,11 @@
 //! The source phase: the PR's commit, checked out from a clone cache ([`Checkout`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::clients::git;
 use crate::config::{ConfigError, Env, Section};
 use crate::model::{Checkout, PrContext};
 use crate::phases::Secrets;
@@ -75,20 +77,162 @@ impl Section for SourceConfig {
     }
 }
 
-/// Fetches the PR's commit into the clone cache and checks it out.
+/// Fetches the PR's commit into the clone cache and checks it out. The cache holds one
+/// repository per clone URL; a run holds its lock, so two runs for the same repository on one
+/// machine take turns instead of corrupting it. A commit already in the cache is not fetched.
 pub async fn fetch_checkout(
     ctx: &PrContext,
     config: &SourceConfig,
     secrets: &Secrets,
     phase: &PhaseHandle,
 ) -> anyhow::Result<Checkout> {
-    let _ = (ctx, config, secrets, phase);
-    anyhow::bail!("the source phase is not implemented yet")
+    let url = &ctx.repository_url;
+    check_token_transport(url, secrets.git_token.is_some())?;
+    let root = cache_dir(config)?;
+    let dir = root.join(format!("{}.git", cache_key(url)));
+    let lock = lock(&dir, phase).await?;
+    let credentials =
+        secrets.git_token.clone().map(|token| git::Credentials { username: config.username.clone(), token });
+    let timeouts = git::Timeouts {
+        connect: Duration::from_secs(config.connect_timeout_secs),
+        stall: Duration::from_secs(config.stall_timeout_secs),
+    };
+    let repo = git::Repo::new(&dir, credentials, timeouts);
+    repo.init_bare().await?;
+    let objects = if repo.has_commit(&ctx.sha).await {
+        phase.note(format!("{} is already in the clone cache", short(&ctx.sha)));
+        0
+    } else {
+        // When the server refuses a fetch by SHA: the PR's head ref (GitHub serves fork PRs
+        // there), then the branch.
+        let mut fallback = Vec::new();
+        if let Some(n) = ctx.number {
+            fallback.push(format!("refs/pull/{n}/head"));
+        }
+        fallback.push(format!("refs/heads/{}", ctx.branch));
+        repo.fetch_commit(url, &ctx.sha, config.depth, &fallback).await?
+    };
+    let work = work_dir(&root)?;
+    repo.checkout_into(work.path(), &ctx.sha).await?;
+    drop(lock);
+    Ok(Checkout {
+        path: work.path().to_path_buf(),
+        sha: ctx.sha.clone(),
+        repository_url: url.clone(),
+        objects_fetched: objects,
+        work_dir: Some(std::sync::Arc::new(work)),
+    })
+}
+
+/// A fresh directory for this run's work tree under `<root>/work`, removed when the checkout is
+/// dropped. Work trees left by runs that were killed are removed after a day.
+fn work_dir(root: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    let parent = root.join("work");
+    std::fs::create_dir_all(&parent).with_context(|| format!("failed to create {}", parent.display()))?;
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        let day = Duration::from_secs(24 * 3600);
+        for e in entries.flatten() {
+            let old =
+                e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > day);
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("failed to create a work tree under {}", parent.display()))
+}
+
+/// A token is sent over plain HTTP only to this machine (a local git server in tests).
+fn check_token_transport(url: &str, has_token: bool) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url)?;
+    if has_token && parsed.scheme() == "http" {
+        let local = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        anyhow::ensure!(
+            local,
+            "refusing to send the git token over plain http to {}: use an https:// repository URL",
+            parsed.host_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// The clone cache root: `source.cache_dir`, else `$PRPOD_CACHE_DIR/git`, else
+/// `~/.cache/prpod/git`.
+fn cache_dir(config: &SourceConfig) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &config.cache_dir {
+        return Ok(d.clone());
+    }
+    if let Some(d) = std::env::var_os("PRPOD_CACHE_DIR").filter(|d| !d.is_empty() && d != "off") {
+        return Ok(PathBuf::from(d).join("git"));
+    }
+    let dirs = directories::ProjectDirs::from("", "", "prpod")
+        .ok_or_else(|| anyhow::anyhow!("no home directory for the clone cache: set `source.cache_dir`"))?;
+    Ok(dirs.cache_dir().join("git"))
+}
+
+/// `host_port-path-of-repo-<8 hex>`: readable, and distinct for distinct URLs.
+fn cache_key(url: &str) -> String {
+    use sha2::Digest;
+    let readable: String = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .take(80)
+        .collect();
+    let hash = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    format!("{readable}-{}", &hash[..8])
+}
+
+/// Holds `<dir>.lock` until dropped, waiting (and saying so) while another run holds it.
+async fn lock(dir: &std::path::Path, phase: &PhaseHandle) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    let parent = dir.parent().expect("cache dirs have a parent");
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("failed to create the clone cache {}", parent.display()))?;
+    let path = dir.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    phase.note(format!("waiting for another prpod run using {}", dir.display()));
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("failed to lock {}", path.display()));
+            }
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
 }
 
 /// One line for people.
 pub fn summary(c: &Checkout) -> String {
-    format!("{} checked out ({} objects fetched)", &c.sha[..12.min(c.sha.len())], c.objects_fetched)
+    format!("{} checked out ({} objects fetched)", short(&c.sha), c.objects_fetched)
 }
 
 /// The token to clone with: `token_file`, else `PRPOD_GIT_TOKEN`, else `GITHUB_TOKEN`; `None`

@@ -11,6 +11,9 @@
 //! a failing assertion prints `<redacted>`, never a password or token. Commands in messages are
 //! described with [`describe`] (program and arguments), never with `{:?}`, which prints the
 //! environment a credential may travel in.
+//!
+//! Its one dependency is the host crate itself: where a test talks to a service the way prpod
+//! does (git with a token), it uses prpod's own client code instead of a copy.
 
 mod fixtures;
 mod process;
@@ -172,16 +175,8 @@ impl GitServer {
     /// (where `ps`, logs and error messages would show it). No other helper and no prompt: a
     /// wrong token fails at once instead of hanging. Describe it with [`describe`], not `{:?}`.
     pub fn git_with_token(&self, token: &Secret) -> Command {
-        let mut c = Command::new("git");
-        c.args(["-c", "credential.helper="])
-            .args([
-                "-c",
-                "credential.helper=!f() { echo username=\"$PRPOD_GIT_USER\"; echo password=\"$PRPOD_GIT_SECRET\"; }; f",
-            ])
-            .env("PRPOD_GIT_USER", &self.user)
-            .env("PRPOD_GIT_SECRET", token.expose())
-            .env("GIT_TERMINAL_PROMPT", "0");
-        c
+        let creds = prpod::clients::git::Credentials { username: self.user.clone(), token: token.clone() };
+        prpod::clients::git::command(Some(&creds))
     }
 }
 

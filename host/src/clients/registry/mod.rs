@@ -206,6 +206,28 @@ impl RegistryClient {
             .await
     }
 
+    /// Whether repository `name` holds any tag (`GET /v2/NAME/tags/list?n=1`); a repository the
+    /// registry does not know is `false`. Used to pick the first existing cache repository.
+    pub async fn has_tags(&self, name: &ImageName) -> Result<bool, RegistryError> {
+        let host = name.api_host();
+        let scopes = [pull_scope(name.repository())];
+        let url = self.url(name, "tags/list?n=1");
+        self.t
+            .retry(host, &format!("list the tags of {name}"), &no_notice, || async {
+                let resp = self.t.send(host, &scopes, self.t.http.get(&url)).await?;
+                match resp.status() {
+                    StatusCode::NOT_FOUND => Ok(false),
+                    s if s.is_success() => {
+                        let body = limited_body(resp, MAX_JSON).await?;
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        Ok(v.get("tags").and_then(|t| t.as_array()).is_some_and(|t| !t.is_empty()))
+                    }
+                    _ => Err(self.t.unexpected(host, "list tags of", name.repository(), resp).await),
+                }
+            })
+            .await
+    }
+
     /// Fetches `reference`'s manifest as stored (bytes, media type, digest checked against the
     /// bytes and against the reference's digest when pinned).
     pub async fn fetch_manifest(&self, reference: &ImageReference) -> Result<RawManifest, RegistryError> {

@@ -1,0 +1,526 @@
+//! `prpod build` as a process on the service world: the example app (`examples/hello-web`) is
+//! published to the world's git server, cloned with the token, built with `native` and
+//! `buildah`, and pushed to the TLS + htpasswd registry (B) and the token registry (C). The
+//! registry is then asked with skopeo, not prpod. Every run's stdout and stderr are checked for
+//! the git token and the registry password; one run happens under `strace -f -e trace=execve` to
+//! check every child's argv, and the clone cache is searched for the token.
+//!
+//! docker buildx cannot run here: `buildx_*_test_double` tests put a stand-in `docker` (a test
+//! double, `tests/doubles/docker`) on PATH that records its argv and writes a metadata file;
+//! `buildx_real_run_where_docker_buildx_works` runs the real thing where it exists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use prpod_test_support::{Registry, TempDir, World, unique_name, world};
+
+/// The example app, copied so a test can change it.
+fn app_copy() -> TempDir {
+    let dir = TempDir::new("hello-web");
+    let src = crate::repo_root().join("examples/hello-web");
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dir.path()).status().unwrap();
+    assert!(st.success());
+    dir
+}
+
+/// Publishes `dir` as a new repository on the world's git server; returns (clone URL, head SHA).
+fn publish(w: &World, dir: &Path, name: &str) -> (String, String) {
+    let url = w.git.publish(dir, name);
+    (url.clone(), head_of(w, &url))
+}
+
+fn head_of(w: &World, url: &str) -> String {
+    let out = w.git.git_with_token(&w.git.token).args(["ls-remote", url, "refs/heads/main"]).output().unwrap();
+    assert!(out.status.success(), "ls-remote: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// One place for a test's prpod runs: a private HOME, clone cache and buildah storage, the
+/// world's credentials in the environment (never on argv), and nothing else inherited.
+struct Runner {
+    home: TempDir,
+    envs: Vec<(String, String)>,
+    secrets: Vec<String>,
+}
+
+impl Runner {
+    fn new(w: &World) -> Runner {
+        let home = TempDir::new("prpod-home");
+        let reg = &w.registry_tls;
+        let plugin_cache = crate::repo_root().join("target/test-prpod-cache");
+        let mut envs: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), home.path().display().to_string()),
+            ("PRPOD_CACHE_DIR".into(), plugin_cache.display().to_string()),
+            ("PRPOD_SOURCE_CACHE_DIR".into(), home.path().join("git").display().to_string()),
+            ("PRPOD_GIT_USER".into(), w.git.user.clone()),
+            ("PRPOD_GIT_TOKEN".into(), w.git.token.expose().to_string()),
+            ("PRPOD_REGISTRY_USER".into(), reg.user.clone().unwrap()),
+            ("PRPOD_REGISTRY_PASSWORD".into(), reg.password.as_ref().unwrap().expose().to_string()),
+            ("PRPOD_REGISTRY_CA".into(), reg.ca.as_ref().unwrap().display().to_string()),
+            ("PRPOD_BUILDAH_ROOT".into(), home.path().join("buildah/root").display().to_string()),
+            ("PRPOD_BUILDAH_RUNROOT".into(), home.path().join("buildah/runroot").display().to_string()),
+            ("PRPOD_BUILDAH_STORAGE_DRIVER".into(), "vfs".into()),
+        ];
+        if let Ok(tmp) = std::env::var("TMPDIR") {
+            envs.push(("TMPDIR".into(), tmp));
+        }
+        let secrets = vec![w.git.token.expose().to_string(), reg.password.as_ref().unwrap().expose().to_string()];
+        Runner { home, envs, secrets }
+    }
+
+    fn set(&mut self, k: &str, v: &str) {
+        self.envs.retain(|(n, _)| n != k);
+        self.envs.push((k.into(), v.into()));
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear().envs(self.envs.iter().map(|(k, v)| (k, v))).current_dir(self.home.path());
+        c
+    }
+
+    /// `prpod --output json build ARGS`, checked for leaked secrets.
+    fn build(&self, args: &[&str]) -> Output {
+        let out = self
+            .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
+            .args(["--output", "json", "build"])
+            .args(args)
+            .output()
+            .expect("run prpod");
+        self.assert_no_secret(&out);
+        out
+    }
+
+    fn assert_no_secret(&self, out: &Output) {
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        for s in &self.secrets {
+            assert!(!text.contains(s.as_str()), "prpod printed a secret:\n{text}");
+        }
+    }
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "prpod failed ({:?}):\n{}\n{}",
+        out.status,
+        stderr(out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    json(out)
+}
+
+/// skopeo (not prpod) on registry `r`: the digest of `image`, or its error.
+fn skopeo_digest(r: &Registry, image: &str) -> Result<String, String> {
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", "--raw"]);
+    if let Some(d) = &r.cert_dir {
+        c.arg("--cert-dir").arg(d);
+    }
+    if let Some(a) = &r.authfile {
+        c.arg("--authfile").arg(a);
+    }
+    let out = c.arg(format!("docker://{image}")).output().expect("run skopeo");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(prpod::clients::registry::sha256_digest(&out.stdout))
+}
+
+/// The tags of `repo` on `r` per skopeo; empty when the repository does not exist.
+fn skopeo_tags(r: &Registry, repo: &str) -> Vec<String> {
+    let mut c = Command::new("skopeo");
+    c.arg("list-tags");
+    if let Some(d) = &r.cert_dir {
+        c.arg("--cert-dir").arg(d);
+    }
+    if let Some(a) = &r.authfile {
+        c.arg("--authfile").arg(a);
+    }
+    let out = c.arg(format!("docker://{repo}")).output().expect("run skopeo");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Tags"].as_array().map(|t| t.iter().map(|x| x.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+/// Checks a successful build's JSON against the registry: every PR tag at the printed digest.
+fn assert_pushed(r: &Registry, v: &Value, image: &str, pr: u64, branch_tag: &str, sha: &str) -> String {
+    assert_eq!(v["image"]["repository"], image, "{v:#}");
+    let digest = v["image"]["digest"].as_str().unwrap().to_string();
+    let tags = [format!("pr-{pr}"), branch_tag.to_string(), format!("sha-{}", &sha[..12])];
+    assert_eq!(v["tags"]["primary"], tags[0]);
+    for t in &tags {
+        assert_eq!(skopeo_digest(r, &format!("{image}:{t}")).unwrap(), digest, "tag {t}");
+    }
+    let names: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["context", "tags", "source", "build", "push"]);
+    assert!(v["phases"].as_array().unwrap().iter().all(|p| p["status"] == "ok" && p["duration_ms"].is_u64()));
+    assert_eq!(v["context"]["sha"], sha);
+    digest
+}
+
+#[test]
+fn native_build_of_the_example_pushes_pr_tags_to_the_tls_registry() {
+    let w = world();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("native")));
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let run = Runner::new(w);
+    let base = format!("BASE={}", w.web_image_tls);
+    let args = ["--repo-url", &url, "--pr", "7", "--branch", "feature/login", "--sha", &sha, "--image", &image];
+    let out = run.build(&[&args[..], &["--build-arg", &base]].concat());
+    let v = ok(&out);
+    assert_eq!(v["backend"], "native", "auto picks native for a Dockerfile without RUN");
+    assert!(stderr(&out).contains("backend native"), "it says which backend and why: {}", stderr(&out));
+    let digest = assert_pushed(&w.registry_tls, &v, &image, 7, "pr-feature-login", &sha);
+    assert_eq!(v["layers"]["mounted"], 1, "the base layer is mounted, never downloaded: {v:#}");
+
+    // The same commit again: nothing fetched, the same digest, no layer bytes uploaded.
+    let again = ok(&run.build(&[&args[..], &["--build-arg", &base]].concat()));
+    assert_eq!(again["image"]["digest"], digest.as_str());
+    assert_eq!(again["layers"]["bytes_uploaded"], 0, "{again:#}");
+    assert_eq!(again["layers"]["pushed"], 0);
+}
+
+#[test]
+fn buildah_build_uses_and_fills_the_registry_layer_cache() {
+    let w = world();
+    let app = app_copy();
+    let repo_name = format!("build-test/{}", unique_name("buildah"));
+    let (url, sha) = publish(w, app.path(), &repo_name);
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let base = format!("BASE={}", w.web_image_tls);
+    let build = |run: &Runner, sha: &str| {
+        let args = ["--repo-url", &url, "--pr", "8", "--branch", "main", "--sha", sha, "--image", &image];
+        run.build(&[&args[..], &["--build-arg", &base, "--backend", "buildah"]].concat())
+    };
+    let v = ok(&build(&Runner::new(w), &sha));
+    assert_eq!(v["backend"], "buildah");
+    assert_pushed(&w.registry_tls, &v, &image, 8, "pr-main", &sha);
+    // buildah keeps the cache of `cache-main` in its own repository, one tag per cached step.
+    let cache_repo = format!("{image}/cache/cache-main");
+    assert!(!skopeo_tags(&w.registry_tls, &cache_repo).is_empty(), "no cache in {cache_repo}");
+
+    // One file changes; a fresh machine (new buildah storage) builds the next commit.
+    std::fs::write(app.path().join("www/index.html"), "<p>changed @GIT_SHA@</p>\n").unwrap();
+    let (_, sha2) = publish(w, app.path(), &repo_name);
+    assert_ne!(sha, sha2);
+    let out = build(&Runner::new(w), &sha2);
+    let v2 = ok(&out);
+    assert!(stderr(&out).contains(&format!("layer cache from {cache_repo}")), "{}", stderr(&out));
+    let line = stderr(&out).lines().find(|l| l.contains("buildah built")).unwrap_or_default().to_string();
+    let cached: u32 =
+        line.split(", ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(cached >= 3, "the unchanged steps come from the cache: {line}");
+    assert_pushed(&w.registry_tls, &v2, &image, 8, "pr-main", &sha2);
+    assert_ne!(v2["image"]["digest"], v["image"]["digest"]);
+}
+
+#[test]
+fn native_build_through_the_token_registry() {
+    let w = world();
+    let c = w.registry_token.clone();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("token")));
+    let image = c.image(&format!("acme/{}", unique_name("web")));
+    let mut run = Runner::new(w);
+    run.set("PRPOD_REGISTRY_USER", c.user.as_deref().unwrap());
+    run.set("PRPOD_REGISTRY_PASSWORD", c.password.as_ref().unwrap().expose());
+    run.secrets.push(c.password.as_ref().unwrap().expose().to_string());
+    let base = format!("BASE={}", w.var("PRPOD_WEB_IMAGE_TOKEN").expect("the world's web image on C"));
+    let args = ["--repo-url", &url, "--pr", "9", "--branch", "Feature/X", "--sha", &sha, "--image", &image];
+    let v = ok(&run.build(&[&args[..], &["--build-arg", &base]].concat()));
+    assert_pushed(&c, &v, &image, 9, "pr-feature-x", &sha);
+}
+
+#[test]
+fn odd_branches_give_valid_tags_and_an_uppercase_repository_is_normalised() {
+    let w = world();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("odd")));
+    let run = Runner::new(w);
+    let base = format!("BASE={}", w.web_image_tls);
+    let name = unique_name("web");
+    let upper = w.registry_tls.image(&format!("Acme/{}", name.to_uppercase()));
+    let lower = upper.to_lowercase();
+    let long = "x".repeat(300);
+    for branch in [long.as_str(), "Feature/ÜBER--long/../x"] {
+        let args = ["--repo-url", &url, "--pr", "10", "--branch", branch, "--sha", &sha, "--image", &upper];
+        let out = run.build(&[&args[..], &["--build-arg", &base]].concat());
+        let v = ok(&out);
+        assert!(stderr(&out).contains("normalised to"), "{}", stderr(&out));
+        assert_eq!(v["image"]["repository"], lower.as_str());
+        let tag = v["tags"]["extra"][0].as_str().unwrap().to_string();
+        assert!(tag.len() <= 128 && tag.starts_with("pr-"), "{tag}");
+        assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{tag}");
+        assert_eq!(
+            skopeo_digest(&w.registry_tls, &format!("{lower}:{tag}")).unwrap(),
+            v["image"]["digest"].as_str().unwrap()
+        );
+    }
+}
+
+/// Runs a build that must fail: exit `code`, an error naming `needle`, nothing in `image`.
+fn assert_fails(run: &Runner, args: &[&str], image: &str, code: i32, needle: &str) -> Duration {
+    let start = Instant::now();
+    let out = run.build(args);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(code), "{}\n{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    let v = json(&out);
+    let msg = v["error"].as_str().unwrap().to_string();
+    assert!(msg.contains(needle), "error `{msg}` does not say `{needle}`");
+    assert!(skopeo_tags(&world().registry_tls, image).is_empty(), "something was pushed to {image}");
+    took
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_nothing_is_pushed() {
+    let w = world();
+    let app = app_copy();
+    let repo_name = format!("build-test/{}", unique_name("bad"));
+    let (url, sha) = publish(w, app.path(), &repo_name);
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let base = format!("BASE={}", w.web_image_tls);
+    let with = |sha: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--repo-url",
+            &url,
+            "--pr",
+            "3",
+            "--branch",
+            "main",
+            "--sha",
+            sha,
+            "--image",
+            &image,
+            "--build-arg",
+            &base,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    let mut wrong = Runner::new(w);
+    wrong.set("PRPOD_GIT_TOKEN", "wrong-token-123456");
+    wrong.secrets.push("wrong-token-123456".into());
+    let t = assert_fails(&wrong, &refs(&with(&sha, &[])), &image, 2, "refused the credentials");
+    assert!(t < Duration::from_secs(10), "took {t:?}");
+
+    let run = Runner::new(w);
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let t = assert_fails(&run, &refs(&with(unknown, &[])), &image, 2, "no such commit");
+    assert!(t < Duration::from_secs(10), "took {t:?}");
+    assert_fails(
+        &run,
+        &refs(&with(&sha, &["--dockerfile", "Containerfile"])),
+        &image,
+        2,
+        "no Dockerfile at Containerfile",
+    );
+
+    // RUN under native names the line and the backends that build it.
+    std::fs::write(app.path().join("Dockerfile.run"), "FROM scratch\nRUN true\n").unwrap();
+    let (_, sha2) = publish(w, app.path(), &repo_name);
+    assert_fails(
+        &run,
+        &refs(&with(&sha2, &["--dockerfile", "Dockerfile.run", "--backend", "native"])),
+        &image,
+        2,
+        "Dockerfile.run:2",
+    );
+
+    // A token in the URL is refused without being repeated.
+    let with_token = url.replacen("http://", &format!("http://{}:{}@", w.git.user, w.git.token), 1);
+    let out = run.build(&["--repo-url", &with_token, "--branch", "main", "--sha", &sha, "--image", &image]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(json(&out)["error"].as_str().unwrap().contains("PRPOD_GIT_TOKEN"));
+}
+
+#[test]
+fn unreachable_git_servers_fail_fast_and_name_the_server() {
+    let w = world();
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let mut run = Runner::new(w);
+    run.set("PRPOD_SOURCE_CONNECT_TIMEOUT_SECS", "2");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    // A port nobody listens on: refused at once.
+    let t = assert_fails(
+        &run,
+        &["--repo-url", "http://127.0.0.1:9/x.git", "--branch", "b", "--sha", sha, "--image", &image],
+        &image,
+        4,
+        "127.0.0.1:9",
+    );
+    assert!(t < Duration::from_secs(10), "took {t:?}");
+    // A server that accepts and never answers: the connect timeout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/x.git");
+    let t = assert_fails(
+        &run,
+        &["--repo-url", &url, "--branch", "b", "--sha", sha, "--image", &image],
+        &image,
+        4,
+        "no answer",
+    );
+    assert!(t < Duration::from_secs(10), "took {t:?}");
+    drop(listener);
+}
+
+#[test]
+fn secrets_stay_out_of_child_argv_logs_and_the_clone_cache() {
+    let w = world();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("strace")));
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let mut run = Runner::new(w);
+    run.set("PRPOD_LOG", "prpod=debug");
+    let trace = run.home.path().join("execve.trace");
+    let base = format!("BASE={}", w.web_image_tls);
+    let out = run
+        .command(Path::new("strace"))
+        .args(["-f", "-qq", "-s", "65536", "-e", "trace=execve", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_prpod"))
+        .args(["--output", "json", "build", "--repo-url", &url, "--pr", "11", "--branch", "main", "--sha", &sha])
+        .args(["--image", &image, "--build-arg", &base, "--backend", "buildah"])
+        .output()
+        .expect("strace is installed (Debian: apt-get install strace)");
+    run.assert_no_secret(&out);
+    ok(&out);
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let execs: Vec<&str> = trace.lines().filter(|l| l.contains("execve(")).collect();
+    for program in ["\"git\"", "/git\"", "buildah"] {
+        assert!(execs.iter().any(|l| l.contains(program)), "no {program} in the trace:\n{}", execs.join("\n"));
+    }
+    for s in &run.secrets {
+        assert!(!trace.contains(s.as_str()), "a child's argv holds a secret:\n{trace}");
+    }
+    // Nothing in the clone cache (its .git config included) holds the token.
+    let cache = run.home.path().join("git");
+    let out = Command::new("grep").args(["-rlF", w.git.token.expose()]).arg(&cache).output().unwrap();
+    assert!(out.stdout.is_empty(), "the clone cache holds the token: {}", String::from_utf8_lossy(&out.stdout));
+    let configs = Command::new("sh").arg("-c").arg(format!("cat {}/*.git/config", cache.display())).output().unwrap();
+    let configs = String::from_utf8_lossy(&configs.stdout);
+    assert!(configs.contains("[core]") && !configs.contains(w.git.token.expose()), "{configs}");
+}
+
+/// The `docker` test double: records its argv, answers `buildx version/inspect/create`, writes
+/// a metadata file for `buildx build/bake`.
+fn docker_double(run: &mut Runner) -> PathBuf {
+    let bin = run.home.path().join("double-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let src = crate::repo_root().join("tests/doubles/docker");
+    std::fs::copy(&src, bin.join("docker")).unwrap();
+    let log = run.home.path().join("docker-argv.log");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    run.set("PATH", &path);
+    run.set("DOCKER_DOUBLE_LOG", &log.display().to_string());
+    run.set("DOCKER_DOUBLE_STATE", &run.home.path().join("double-state").display().to_string());
+    log
+}
+
+#[test]
+fn buildx_backend_with_a_docker_test_double() {
+    let w = world();
+    let app = app_copy();
+    std::fs::write(app.path().join("Dockerfile"), "FROM scratch\nCOPY www /www\nRUN [\"/www\"]\n").unwrap();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("buildx")));
+    let image = "ghcr.io/acme/web";
+    let mut run = Runner::new(w);
+    let log = docker_double(&mut run);
+    // auto: the Dockerfile has RUN and `docker buildx version` works, so buildx.
+    let out =
+        run.build(&["--repo-url", &url, "--pr", "12", "--branch", "feature/login", "--sha", &sha, "--image", image]);
+    let v = ok(&out);
+    assert_eq!(v["backend"], "buildx");
+    assert!(stderr(&out).contains("Dockerfile:3 needs a builder; docker buildx is available"), "{}", stderr(&out));
+    assert_eq!(v["image"]["digest"], "sha256:3f5b8e2c1a9d7b6e4f0c2a8d9e1b7c6a5f4e3d2c1b0a9f8e7d6c5b4a39281706");
+    assert!(v["layers"].is_null(), "buildx pushes itself: {v:#}");
+    let push = &v["phases"].as_array().unwrap()[4];
+    assert_eq!((push["name"].as_str(), push["status"].as_str()), (Some("push"), Some("skipped")));
+    let argv = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = argv.lines().collect();
+    assert_eq!(calls[0], "buildx version");
+    assert_eq!(calls[1], "buildx inspect prpod");
+    assert_eq!(calls[2], "buildx create --name prpod --driver docker-container --bootstrap");
+    let build = calls[3];
+    for part in [
+        "buildx build --builder prpod",
+        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-feature-login",
+        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-main",
+        "--cache-to type=registry,ref=ghcr.io/acme/web:cache-feature-login,mode=max",
+        "--tag ghcr.io/acme/web:pr-12 --tag ghcr.io/acme/web:pr-feature-login",
+        &format!("--tag ghcr.io/acme/web:sha-{}", &sha[..12]),
+        "--push --provenance=false --metadata-file",
+        &format!("--build-arg PRPOD_GIT_SHA={sha}"),
+    ] {
+        assert!(build.contains(part), "`{part}` missing from: {build}");
+    }
+    // The builder now exists: it is reused, not created again.
+    let _ = std::fs::remove_file(&log);
+    ok(&run.build(&["--repo-url", &url, "--pr", "12", "--branch", "feature/login", "--sha", &sha, "--image", image]));
+    let argv = std::fs::read_to_string(&log).unwrap();
+    assert!(!argv.contains("buildx create"), "{argv}");
+}
+
+#[test]
+fn buildx_real_run_where_docker_buildx_works() {
+    let works = Command::new("docker").args(["buildx", "version"]).output().is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!("docker buildx is not available here: the real buildx run is skipped (see the test double tests)");
+        return;
+    }
+    let w = world();
+    let app = app_copy();
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        format!("FROM {}\nRUN [\"/bin/true\"]\nCOPY www /www\n", w.web_image_tls),
+    )
+    .unwrap();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("buildx-real")));
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let run = Runner::new(w);
+    let v = ok(&run.build(&[
+        "--repo-url",
+        &url,
+        "--pr",
+        "13",
+        "--branch",
+        "main",
+        "--sha",
+        &sha,
+        "--image",
+        &image,
+        "--backend",
+        "buildx",
+    ]));
+    assert_pushed(&w.registry_tls, &v, &image, 13, "pr-main", &sha);
+}
