@@ -22,7 +22,8 @@ PAUSE_TAG="3.2"
 DEB_PACKAGES=(golang-go make rsync jq etcd-server containerd runc containernetworking-plugins
   docker-registry buildah busybox-static nginx fcgiwrap apache2-utils iptables nftables curl skopeo
   gcc libc6-dev openssl git unzip iproute2 procps util-linux findutils ca-certificates dpkg-dev
-  libnginx-mod-stream python3)
+  libnginx-mod-stream python3
+  strace)  # tests/all/build.rs records child argv with strace (is a secret on a command line?)
 
 # ---- fixed addresses and ports (unusual, 47xxx, so they do not clash with anything common) ----
 BRIDGE=prpodenv0

@@ -133,6 +133,8 @@ fn deploy_verify_and_crash_rollback() {
         assert_eq!(status.workloads[0].pods.len(), 1, "{status:?}");
         let after = verify::check_release(&ctx, &status, std::slice::from_ref(&verifier)).await.unwrap();
         assert!(!chart::has_errors(&after), "{after:?}");
+        let unrouted = verify::wait_for_endpoints(&kube, &release, Duration::from_secs(30)).await.unwrap();
+        assert!(unrouted.is_empty(), "services without a ready endpoint: {unrouted:?}");
         let url = verify::preview_url(&kube, &release).await.unwrap().expect("a preview URL");
         assert_eq!(curl(&url), w.web_body, "GET {url}");
 
@@ -198,9 +200,18 @@ spec:
     dir
 }
 
+/// GET `url`'s body. Once the Endpoints list the pod, kube-proxy still has to write its iptables
+/// rules (a fraction of a second on this node), so a refused connection is retried for 5 s.
 fn curl(url: &str) -> String {
-    let out = std::process::Command::new("curl").args(["-sf", "--max-time", "10", url]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("curl").args(["-sf", "--max-time", "10", url]).output().unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() || Instant::now() > until {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Deletes the namespace when the test ends, pass or fail.

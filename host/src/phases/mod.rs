@@ -463,6 +463,16 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
         return Ok(out);
     }
     lock.release().await;
+    if settled.settled {
+        let left = dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
+        let unrouted = verify::wait_for_endpoints(&kube, release, left).await?;
+        if !unrouted.is_empty() {
+            phase.note(format!(
+                "service(s) {} route to no ready pod yet; the preview URL may not answer (check their selectors)",
+                unrouted.join(", ")
+            ));
+        }
+    }
     out.preview_url = verify::preview_url(&kube, release).await?;
     let pods: usize = status.workloads.iter().map(|w| w.pods.len()).sum();
     let ready: u32 = status.workloads.iter().map(|w| w.ready).sum();

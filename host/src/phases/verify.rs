@@ -161,6 +161,35 @@ pub async fn check_release(
     Ok(out)
 }
 
+/// Waits until every Service of the release that selects pods routes to at least one ready
+/// address, or `wait` passes. A pod turns Ready before the endpoints controller lists it, so
+/// "every replica ready" alone can hand out a preview URL that does not answer yet. Returns the
+/// Services still without a ready endpoint when time ran out (empty when all route).
+pub async fn wait_for_endpoints(
+    kube: &Kube,
+    release: &ReleaseTarget,
+    wait: Duration,
+) -> Result<Vec<String>, KubeError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let services = kube.release_services(&release.namespace, &release.name).await?;
+    let mut pending: Vec<String> = services.into_iter().filter(|s| s.selects_pods).map(|s| s.name).collect();
+    loop {
+        let mut still = Vec::new();
+        for name in pending {
+            if kube.ready_endpoints(&release.namespace, &name).await? == 0 {
+                still.push(name);
+            }
+        }
+        pending = still;
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(pending);
+        }
+        // Endpoints follow pod readiness within a second or so; polling a handful of objects
+        // is cheaper than another watch for the few seconds this lasts.
+        tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline)).await;
+    }
+}
+
 /// Where the preview answers: `http://HOST/` of the release's first Ingress host, else
 /// `http://CLUSTER-IP:PORT/` of its first Service (reachable from inside the cluster's network).
 pub async fn preview_url(kube: &Kube, release: &ReleaseTarget) -> Result<Option<String>, KubeError> {
