@@ -121,7 +121,7 @@ fn deploy_verify_and_crash_rollback() {
         assert_eq!(kube.pull_secrets_of(&ns, "default").await.unwrap(), vec![config.pull_secret.clone()]);
 
         let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(deploy::recover_pending(&helm, &release, &lock, config.timeout).await.unwrap(), None);
+        assert_eq!(deploy::recover_pending(&helm, &kube, &release, &lock, config.timeout).await.unwrap(), None);
         let dreq = DeployRequest { release: &release, chart: &rendered, config: &config };
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
         let rel = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();

@@ -114,15 +114,24 @@ pub async fn run(args: StatusArgs, mut config: Config, env: &Env, reporter: &Rep
         };
         let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
         kube.scale_deployment(&release.namespace, &name, n).await?;
-        let settled = verify::settle(&mut watch, &release, config.deploy.timeout, config.deploy.crash_restarts).await?;
+        let scaled = |s: &verify::Snapshot| s.workloads.iter().any(|w| w.name == name && w.desired == n);
+        let settled =
+            verify::settle_when(&mut watch, &release, config.deploy.timeout, config.deploy.crash_restarts, scaled)
+                .await?;
         let ok = settled.settled
             && settled.snapshot.workloads.iter().any(|w| w.name == name && w.desired == n && w.available >= n);
-        anyhow::ensure!(
-            ok && settled.failures.is_empty(),
-            "Deployment {name} did not reach {n} available replicas within {}s{}",
-            config.deploy.timeout.as_secs(),
-            settled.failures.iter().map(|f| format!("\n  {f}")).collect::<String>()
-        );
+        if !ok || !settled.failures.is_empty() {
+            // The cluster did not do what it was asked: an external failure (exit 4), with what
+            // the pods said.
+            return Err(anyhow::Error::new(crate::error::FailureKind::External).context(format!(
+                "Deployment {name} did not reach {n} available replicas within {}s ({} available){}; \
+                 see `kubectl get pods -n {}`",
+                config.deploy.timeout.as_secs(),
+                settled.snapshot.workloads.iter().find(|w| w.name == name).map_or(0, |w| w.available),
+                settled.failures.iter().map(|f| format!("\n  {f}")).collect::<String>(),
+                release.namespace
+            )));
+        }
         report.scaled =
             Some(format!("Deployment {name} to {n} replicas (until the next deploy, which applies the chart's count)"));
     }

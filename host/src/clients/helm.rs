@@ -481,6 +481,18 @@ impl Helm {
         Ok(())
     }
 
+    /// `helm get manifest RELEASE --revision N`: the manifests Helm stored with that revision.
+    pub async fn manifest(&self, release: &str, namespace: &str, revision: u32) -> Result<String, HelmError> {
+        let rev = revision.to_string();
+        let mut cmd = self.command(&["get", "manifest", release, "--revision", &rev, "--namespace", namespace]);
+        cmd.args(self.cluster_args());
+        let out = self.run(cmd, "get manifest", release, QUICK).await?;
+        if !out.ok {
+            return Err(HelmError::Failed { command: "get manifest", release: release.into(), stderr: out.stderr });
+        }
+        Ok(out.stdout)
+    }
+
     /// `helm uninstall RELEASE --wait`.
     pub async fn uninstall(&self, release: &str, namespace: &str, timeout: Duration) -> Result<(), HelmError> {
         let mut cmd = self.command(&["uninstall", release, "--namespace", namespace, "--wait"]);

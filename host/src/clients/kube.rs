@@ -763,6 +763,47 @@ impl Kube {
             .collect())
     }
 
+    /// Deletes object `kind`/`name` (of `api_version`) in `namespace` when Helm's annotations say
+    /// it belongs to release `release` there; `Ok(false)` when it is gone already or is not the
+    /// release's (then it is left alone). Only namespaced kinds: a cluster-scoped object is
+    /// never deleted here (`Ok(false)`).
+    pub async fn delete_release_object(
+        &self,
+        namespace: &str,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        release: &str,
+    ) -> Result<bool, KubeError> {
+        use kube::api::DynamicObject;
+        use kube::core::GroupVersionKind;
+        use kube::discovery::Scope;
+        let what = format!("delete {kind} {namespace}/{name}");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| KubeError::from_kube(what.clone(), e))?;
+        if caps.scope != Scope::Namespaced {
+            return Ok(false);
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+        let Some(obj) = api.get_opt(name).await.map_err(|e| KubeError::from_kube(what.clone(), e))? else {
+            return Ok(false);
+        };
+        let ann = obj.metadata.annotations.unwrap_or_default();
+        let ours = ann.get("meta.helm.sh/release-name").map(String::as_str) == Some(release)
+            && ann.get("meta.helm.sh/release-namespace").map(String::as_str) == Some(namespace);
+        if !ours {
+            return Ok(false);
+        }
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(e) => Err(KubeError::from_kube(what, e)),
+        }
+    }
+
     /// How many ready addresses Service `name` in `namespace` routes to (0 when its Endpoints do
     /// not exist yet). Read from core/v1 Endpoints, which every Kubernetes from 1.20 to today
     /// serves (discovery.k8s.io/v1 EndpointSlices arrived in 1.21).

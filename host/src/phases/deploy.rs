@@ -375,10 +375,11 @@ impl Drop for DeployLock {
 /// that left it is dead, else reported with the fix. Returns a note saying what was done.
 pub async fn recover_pending(
     helm: &Helm,
+    kube: &Kube,
     release: &ReleaseTarget,
     lock: &DeployLock,
     timeout: Duration,
-) -> Result<Option<String>, HelmError> {
+) -> anyhow::Result<Option<String>> {
     let (name, ns) = (&release.name, &release.namespace);
     let Some(current) = helm.status(name, ns).await? else { return Ok(None) };
     if !current.status.starts_with("pending-") {
@@ -407,15 +408,63 @@ pub async fn recover_pending(
             status: current.status,
             revision: current.revision,
             fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
-        });
+        }
+        .into());
     };
     match last_good {
         Some(r) => {
-            helm.rollback(name, ns, r, timeout).await?;
-            Ok(Some(format!(
+            let mut note = format!(
                 "release was stuck in {} (revision {}) by a run that died ({dead}); rolled back to revision {r}",
                 current.status, current.revision
-            )))
+            );
+            if let Err(e) = helm.rollback(name, ns, r, timeout).await {
+                // Killed before it had applied everything, the upgrade left objects of revision
+                // `r` that its own manifest lacks; Helm's rollback then stops at the first with
+                // "original object ... not found", recording a failed rollback whose manifest is
+                // revision `r`'s. From that record a second rollback goes through; what the
+                // interrupted revision had added is then deleted by hand, as a complete rollback
+                // would have.
+                let HelmError::Failed { stderr, .. } = &e else { return Err(e.into()) };
+                if !stderr.contains("original object") {
+                    return Err(e.into());
+                }
+                helm.rollback(name, ns, r, timeout).await?;
+                let added = added_objects(
+                    &helm.manifest(name, ns, current.revision).await?,
+                    &helm.manifest(name, ns, r).await?,
+                );
+                let mut deleted = Vec::new();
+                for o in &added {
+                    let gone = kube
+                        .delete_release_object(
+                            o.namespace.as_deref().unwrap_or(ns),
+                            &o.api_version,
+                            &o.kind,
+                            &o.name,
+                            name,
+                        )
+                        .await
+                        .map_err(|k| {
+                            anyhow::Error::new(k).context(format!(
+                                "rolled {name} back to revision {r}, but could not remove {} {} that the \
+                                 interrupted upgrade added; delete it and run prpod again",
+                                o.kind, o.name
+                            ))
+                        })?;
+                    if gone {
+                        deleted.push(format!("{}/{}", o.kind, o.name));
+                    }
+                }
+                note.push_str(&format!(
+                    " (the interrupted upgrade was only partly applied: rolled back in two steps{})",
+                    if deleted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", deleted what it added: {}", deleted.join(", "))
+                    }
+                ));
+            }
+            Ok(Some(note))
         }
         None => {
             helm.uninstall(name, ns, timeout).await?;
@@ -425,6 +474,38 @@ pub async fn recover_pending(
             )))
         }
     }
+}
+
+/// One object of a Helm manifest, by identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ManifestObject {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+}
+
+/// The objects of each YAML document of `manifest` (documents without `kind` and `name` skipped).
+fn manifest_objects(manifest: &str) -> std::collections::BTreeSet<ManifestObject> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(manifest)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter_map(|v| {
+            let s = |x: &serde_yaml::Value| x.as_str().map(str::to_string);
+            Some(ManifestObject {
+                api_version: s(&v["apiVersion"])?,
+                kind: s(&v["kind"])?,
+                namespace: s(&v["metadata"]["namespace"]),
+                name: s(&v["metadata"]["name"])?,
+            })
+        })
+        .collect()
+}
+
+/// The objects in manifest `newer` that manifest `older` does not have.
+fn added_objects(newer: &str, older: &str) -> Vec<ManifestObject> {
+    let old = manifest_objects(older);
+    manifest_objects(newer).into_iter().filter(|o| !old.contains(o)).collect()
 }
 
 /// What the deploy needs.
@@ -552,6 +633,19 @@ fn interrupt(pid: Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_objects_are_those_only_the_newer_manifest_has() {
+        let older = "---\n# Source: a/templates/x.yaml\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n\
+                     ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n";
+        let newer = "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n\
+                     apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck, namespace: other}\n---\n\
+                     apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n---\n# empty\n";
+        let added = added_objects(newer, older);
+        let names: Vec<_> = added.iter().map(|o| (o.kind.as_str(), o.name.as_str(), o.namespace.as_deref())).collect();
+        assert_eq!(names, vec![("Deployment", "stuck", Some("other")), ("ConfigMap", "web", None)]);
+        assert!(added_objects(older, older).is_empty());
+    }
 
     #[test]
     fn durations() {

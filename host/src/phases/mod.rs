@@ -410,7 +410,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let since = k8s_openapi::jiff::Timestamp::now();
     deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await?;
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
-    if let Some(note) = deploy::recover_pending(&helm, release, &lock, dc.timeout).await? {
+    if let Some(note) = deploy::recover_pending(&helm, &kube, release, &lock, dc.timeout).await? {
         phase.note(note);
     }
     let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;

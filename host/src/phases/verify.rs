@@ -116,6 +116,19 @@ pub async fn settle(
     wait: Duration,
     crash_restarts: u32,
 ) -> Result<Settled, KubeError> {
+    settle_when(watch, release, wait, crash_restarts, |_| true).await
+}
+
+/// [`settle`], counting the workloads settled only once `seen` also holds. A change made just
+/// before (a scale) reaches the watch a moment later, and until it does the old state looks
+/// settled; `seen` says what the change must look like (e.g. the new replica count).
+pub async fn settle_when(
+    watch: &mut RolloutWatch,
+    release: &ReleaseTarget,
+    wait: Duration,
+    crash_restarts: u32,
+    seen: impl Fn(&Snapshot) -> bool,
+) -> Result<Settled, KubeError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if watch.state.all_listed() {
@@ -124,7 +137,7 @@ pub async fn settle(
             if !failures.is_empty() {
                 return Ok(Settled { snapshot, settled: false, failures });
             }
-            if snapshot.settled() {
+            if seen(&snapshot) && snapshot.settled() {
                 return Ok(Settled { snapshot, settled: true, failures });
             }
         }
