@@ -25,8 +25,9 @@ AUTH=(--cert-dir "$PRPOD_REGISTRY_CERT_DIR" --authfile "$PRPOD_REGISTRY_AUTHFILE
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 cp -a examples/hello-web "$W/src"
-URL=$(scripts/dev-env publish-git "$W/src" "$NAME")
+URL=$(scripts/publish-git "$W/src" "$NAME")
 export GIT_TERMINAL_PROMPT=0 BENCH_GIT_USER=$PRPOD_GIT_USER BENCH_GIT_TOKEN=$PRPOD_GIT_TOKEN
+# shellcheck disable=SC2016 # the helper expands the variables, not this shell
 GITC=(git -c credential.helper= -c 'credential.helper=!f() { echo username=$BENCH_GIT_USER; echo password=$BENCH_GIT_TOKEN; }; f')
 "${GITC[@]}" clone -q "$URL" "$W/clone"
 # prpod reads the world's credentials from the environment (never argv); its own caches in $W.
@@ -35,7 +36,7 @@ export PRPOD_SOURCE_CACHE_DIR=$W/git-cache PRPOD_CACHE_DIR=$W/prpod-cache
 
 round() {  # $1 = round; prints "fetch build push prpod" in ms
   echo "<p>round $1 $RANDOM @GIT_SHA@</p>" > "$W/src/www/index.html"
-  scripts/dev-env publish-git "$W/src" "$NAME" >/dev/null
+  scripts/publish-git "$W/src" "$NAME" >/dev/null
   local sha t0 t1 t2 t3 t4
   sha=$("${GITC[@]}" ls-remote "$URL" refs/heads/main | cut -f1)
   t0=$(ms)

@@ -31,6 +31,7 @@ PRPOD=$PWD/target/release/prpod
 
 # --- the app: examples/hello-web on the world's git server, one repo per backend -------------
 export QS_GIT_USER=$PRPOD_GIT_USER QS_GIT_TOKEN=$PRPOD_GIT_TOKEN GIT_TERMINAL_PROMPT=0
+# shellcheck disable=SC2016 # the helper expands the variables, not this shell
 GITC=(git -c credential.helper= -c 'credential.helper=!f() { echo username="$QS_GIT_USER"; echo password="$QS_GIT_TOKEN"; }; f')
 cat > "$W/helm" <<EOF
 #!/bin/sh
@@ -58,13 +59,13 @@ backend = "$b"
 timeout = "120s"
 set = { terminationGracePeriodSeconds = 1 }
 EOF
-  scripts/dev-env publish-git "$W/$b/src" "bench/prpod-$b"
+  scripts/publish-git "$W/$b/src" "bench/prpod-$b"
 }
 
 prpod_round() {  # $1 = backend, $2 = repo URL, $3 = PR number; prints "before whole" in ms
   local b=$1 url=$2 pr=$3 sha t0 t1 th
   echo "round $RANDOM $(date +%s%N)" > "$W/$b/src/www/round.txt"
-  scripts/dev-env publish-git "$W/$b/src" "bench/prpod-$b" >/dev/null
+  scripts/publish-git "$W/$b/src" "bench/prpod-$b" >/dev/null
   sha=$("${GITC[@]}" ls-remote "$url" refs/heads/main | cut -f1)
   rm -f "$W/helm-upgrade-started"
   t0=$(date +%s%N)
@@ -81,7 +82,7 @@ for b in native buildah; do
   pr=$(( PR_BASE + ${#b} ))
   echo "== prpod run, backend $b (PR $pr): warm-up round"
   prpod_round "$b" "$url" "$pr" >/dev/null
-  for i in $(seq 1 "$ROUNDS"); do prpod_round "$b" "$url" "$pr"; done > "$W/$b.times"
+  for _ in $(seq 1 "$ROUNDS"); do prpod_round "$b" "$url" "$pr"; done > "$W/$b.times"
   echo "$pr" > "$W/$b.pr"
 done
 
@@ -100,7 +101,7 @@ P
  "ports": [{"name": "http", "container_port": 8080}], "replicas": 1}
 EOF
 ) --out "$W/chart" >/dev/null
-for i in $(seq 1 $((ROUNDS * 4))); do
+for _ in $(seq 1 $((ROUNDS * 4))); do
   a=$(ms); "${PLAN[@]}" >/dev/null 2>&1; b=$(ms)
   "$HELM" template pr-1 "$W/chart" --namespace pr-1 >/dev/null; c=$(ms)
   echo "$((b - a)) $((c - b))"
@@ -129,5 +130,7 @@ print("targets: (a) <= 0.5x native, <= 1.0x buildah; (b) <= 1.0x")
 P
 
 for b in native buildah; do
-  [ -f "$W/$b.pr" ] && "$KUBECTL" delete namespace "pr-$(cat "$W/$b.pr")" --wait=false >/dev/null 2>&1 || true
+  if [ -f "$W/$b.pr" ]; then
+    "$KUBECTL" delete namespace "pr-$(cat "$W/$b.pr")" --wait=false >/dev/null 2>&1 || true
+  fi
 done
