@@ -47,12 +47,13 @@ setup() {  # $1 = backend; prints the repo URL
   mkdir -p "$W/$b/src"
   cp -a examples/hello-web/. "$W/$b/src/"
   rm -f "$W/$b/src/prpod.toml"
+  # the base image by the push registry's name: prpod sends the registry password only there
   cat > "$W/$b/prpod.toml" <<EOF
 [source]
 username = "$PRPOD_GIT_USER"
 [image]
 repository = "$PRPOD_REGISTRY_TLS_POD/bench/prpod-$b"
-build_args = { BASE = "$PRPOD_WEB_IMAGE_TLS" }
+build_args = { BASE = "${PRPOD_WEB_IMAGE_TLS/#$PRPOD_REGISTRY_TLS/$PRPOD_REGISTRY_TLS_POD}" }
 [build]
 backend = "$b"
 [deploy]
@@ -70,7 +71,7 @@ prpod_round() {  # $1 = backend, $2 = repo URL, $3 = PR number; prints "before w
   rm -f "$W/helm-upgrade-started"
   t0=$(date +%s%N)
   "$PRPOD" --config "$W/$b/prpod.toml" --output json run --repo-url "$url" --pr "$pr" --branch main \
-    --sha "$sha" > "$W/$b/report.json" 2> "$W/$b/stderr" || { cat "$W/$b/stderr" >&2; exit 1; }
+    --sha "$sha" > "$W/$b/report.json" 2> "$W/$b/stderr" || { cat "$W/$b/stderr" "$W/$b/report.json" >&2; exit 1; }
   t1=$(date +%s%N)
   th=$(cat "$W/helm-upgrade-started")
   echo "$(( (th - t0) / 1000000 )) $(( (t1 - t0) / 1000000 ))"
