@@ -92,16 +92,15 @@ url=$("${GITC[@]}" ls-remote --get-url "$PRPOD_GIT_URL/bench/prpod-native.git" 2
 sha=$("${GITC[@]}" ls-remote "$url" refs/heads/main | cut -f1)
 PLAN=("$PRPOD" --config "$W/native/prpod.toml" plan --repo-url "$url" --pr "$(cat "$W/native.pr")" --branch main --sha "$sha")
 "${PLAN[@]}" --show-manifests > "$W/plan.txt" 2>/dev/null
-"$PRPOD" plugin call chart-generator builtin:chart-webapp --context <(python3 - "$W/native/report.json" <<'P'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(json.dumps(r["context"]))
-P
-) --app <(cat <<EOF
+# (files, not <(...): prpod reads input files only when they are regular files)
+python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["context"]))' \
+  "$W/native/report.json" > "$W/context.json"
+cat > "$W/app.json" <<EOF
 {"name": "hello-web", "image": {"repository": "$PRPOD_REGISTRY_TLS_POD/bench/prpod-native", "tag": "pr-1"},
  "ports": [{"name": "http", "container_port": 8080}], "replicas": 1}
 EOF
-) --out "$W/chart" >/dev/null
+"$PRPOD" plugin call chart-generator builtin:chart-webapp --context "$W/context.json" --app "$W/app.json" \
+  --out "$W/chart" >/dev/null
 for _ in $(seq 1 $((ROUNDS * 4))); do
   a=$(ms); "${PLAN[@]}" >/dev/null 2>&1; b=$(ms)
   "$HELM" template pr-1 "$W/chart" --namespace pr-1 >/dev/null; c=$(ms)
