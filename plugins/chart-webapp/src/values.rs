@@ -94,9 +94,9 @@ pub fn render(ctx: &PrContext, app: &AppSpec, image: &ImageRef) -> String {
     v.push_str(
         "probes:
   readiness:
-    initialDelaySeconds: 1
-    periodSeconds: 5
-    timeoutSeconds: 2
+    initialDelaySeconds: 0
+    periodSeconds: 1
+    timeoutSeconds: 1
     failureThreshold: 3
   liveness:
     initialDelaySeconds: 5
