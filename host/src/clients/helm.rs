@@ -261,9 +261,20 @@ impl Helm {
     /// The version is remembered per binary (path, size, mtime) in prpod's cache directory, so a
     /// warm run spawns no `helm version`.
     pub async fn detect(binary: &Path, target: KubeTarget) -> Result<Helm, HelmError> {
+        let dir = match std::env::var_os("PRPOD_CACHE_DIR") {
+            Some(d) if d == "off" => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => directories::BaseDirs::new().map(|b| b.cache_dir().join("prpod")),
+        };
+        Helm::detect_in(binary, target, dir).await
+    }
+
+    /// [`Helm::detect`] with the version cache under `cache_dir` (`None`: no cache).
+    async fn detect_in(binary: &Path, target: KubeTarget, cache_dir: Option<PathBuf>) -> Result<Helm, HelmError> {
         let home = HelmHome::new().map_err(|source| HelmError::Io { what: "a private Helm home".into(), source })?;
-        let cache = version_cache_file(binary);
+        let cache = cache_dir.and_then(|d| version_cache_file(&d, binary));
         if let Some(printed) = cache.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+            && plain_version(&printed)
             && let Some(major) = parse_major(&printed)
         {
             return Ok(Helm { binary: binary.to_path_buf(), version: printed, major, home, target });
@@ -283,6 +294,14 @@ impl Helm {
                 printed.clone()
             },
         })?;
+        if let Some(file) = &cache
+            && plain_version(&printed)
+        {
+            // Best effort: a cache that cannot be written costs one `helm version` per run.
+            if let Err(e) = write_version_cache(file, &printed) {
+                tracing::debug!(target: "prpod::helm", "not caching Helm's version in {}: {e}", file.display());
+            }
+        }
         Ok(Helm { binary: binary.to_path_buf(), version: printed, major, home, target })
     }
 
@@ -566,13 +585,8 @@ fn clean_stderr(s: &str) -> String {
 
 /// `$PRPOD_CACHE_DIR/helm-version/<hash of the binary's path, size and mtime>` (`None` when the
 /// cache is off or the binary is not found).
-fn version_cache_file(binary: &Path) -> Option<PathBuf> {
+fn version_cache_file(dir: &Path, binary: &Path) -> Option<PathBuf> {
     use sha2::Digest;
-    let dir = match std::env::var_os("PRPOD_CACHE_DIR") {
-        Some(d) if d == "off" => return None,
-        Some(d) => PathBuf::from(d),
-        None => directories::BaseDirs::new()?.cache_dir().join("prpod"),
-    };
     let path = if binary.components().count() > 1 {
         binary.to_path_buf()
     } else {
@@ -582,6 +596,25 @@ fn version_cache_file(binary: &Path) -> Option<PathBuf> {
     let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
     let key = hex::encode(sha2::Sha256::digest(format!("{}\0{}\0{mtime}", path.display(), meta.len())));
     Some(dir.join("helm-version").join(&key[..32]))
+}
+
+/// A version as Helm prints it (`v4.1.4`, `v3.18.0+g1234abc`): short, and nothing a terminal
+/// would act on, since the cache file it may come from is only as trustworthy as the directory.
+fn plain_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-_".contains(c))
+}
+
+/// Writes `version` to `file` whole or not at all (a temporary file renamed into place), in a
+/// directory only the user can read.
+fn write_version_cache(file: &Path, version: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(version.as_bytes())?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn parse_major(version: &str) -> Option<HelmMajor> {
@@ -657,6 +690,31 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warm detect spawns no `helm version`; a cache entry a terminal would act on is ignored.
+    #[tokio::test]
+    async fn the_version_is_cached_per_binary_and_checked_when_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let helm = dir.path().join("helm");
+        std::fs::write(&helm, format!("#!/bin/sh\necho x >> '{}'\nprintf v4.1.4\n", calls.display())).unwrap();
+        std::fs::set_permissions(&helm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = dir.path().join("cache");
+        let count = || std::fs::read_to_string(&calls).map_or(0, |s| s.lines().count());
+        let target = KubeTarget::default();
+        for _ in 0..2 {
+            let h = Helm::detect_in(&helm, target.clone(), Some(cache.clone())).await.unwrap();
+            assert_eq!((h.version(), h.major()), ("v4.1.4", HelmMajor::V4));
+        }
+        assert_eq!(count(), 1, "the second detect read the cache");
+        let entry = version_cache_file(&cache, &helm).unwrap();
+        std::fs::write(&entry, "v4.1.4\x1b]0;owned\x07").unwrap();
+        let h = Helm::detect_in(&helm, target, Some(cache.clone())).await.unwrap();
+        assert_eq!(h.version(), "v4.1.4");
+        assert_eq!(count(), 2, "a tampered entry is not believed");
+        assert_eq!(std::fs::read_to_string(&entry).unwrap(), "v4.1.4", "and is replaced");
+    }
 
     #[test]
     fn majors() {

@@ -299,6 +299,18 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- chart: generate or take, render, check ---------------------------------------------
     let phase = reporter.phase(Phase::Chart);
     let target = dc.kube_target();
+    // A plan reads the release's latest revision through the API (no Helm process); it starts
+    // now so the TLS handshake and the list overlap the chart's rendering.
+    let plan_read = (input.mode == Mode::Plan).then(|| {
+        let (target, ns, name) = (target.clone(), release.namespace.clone(), release.name.clone());
+        tokio::spawn(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), async move {
+                let kube = Kube::connect(&target).await?;
+                kube.helm_release_state(&ns, &name).await
+            })
+            .await
+        })
+    });
     let helm = Helm::detect(&dc.helm, target.clone()).await?;
     let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
     let mut ctx = ctx_in.clone();
@@ -376,13 +388,11 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- plan: what the deploy would do -----------------------------------------------------
     if input.mode == Mode::Plan {
         let phase = reporter.phase(Phase::Deploy);
-        // A read through the API (no Helm process): the release's latest revision, if any.
-        let read = async {
-            let kube = Kube::connect(&target).await?;
-            kube.helm_release_state(&release.namespace, &release.name).await
-        };
         let (name, ns) = (&release.name, &release.namespace);
-        let current = match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+        let read = plan_read.expect("started for a plan").await.map_err(|e| {
+            anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the release's state: {e}"))
+        })?;
+        let current = match read {
             Ok(Ok(Some((rev, status)))) => {
                 format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
             }
