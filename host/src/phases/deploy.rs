@@ -371,6 +371,16 @@ impl Drop for DeployLock {
     }
 }
 
+/// The release's latest revision and its status. Read from the labels of Helm's release Secrets
+/// through the API (no Helm process, ~50 ms less per read); from `helm history` when that finds
+/// nothing or fails (no release yet, another storage driver, no right to list Secrets).
+async fn latest_revision(helm: &Helm, kube: &Kube, name: &str, ns: &str) -> Result<Option<(u32, String)>, HelmError> {
+    if let Ok(Some(state)) = kube.helm_release_state(ns, name).await {
+        return Ok(Some(state));
+    }
+    Ok(helm.status(name, ns).await?.map(|r| (r.revision, r.status)))
+}
+
 /// Before an upgrade: a release stuck in `pending-*` is recovered when the lock shows the run
 /// that left it is dead, else reported with the fix. Returns a note saying what was done.
 pub async fn recover_pending(
@@ -381,6 +391,10 @@ pub async fn recover_pending(
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
     let (name, ns) = (&release.name, &release.namespace);
+    match latest_revision(helm, kube, name, ns).await? {
+        Some((_, status)) if status.starts_with("pending-") => {}
+        _ => return Ok(None),
+    }
     let Some(current) = helm.status(name, ns).await? else { return Ok(None) };
     if !current.status.starts_with("pending-") {
         return Ok(None);
@@ -529,7 +543,7 @@ pub async fn upgrade(
     note: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Release, DeployError> {
     let (name, ns) = (&req.release.name, &req.release.namespace);
-    let previous = helm.status(name, ns).await?.filter(|r| r.status == "deployed").map(|r| r.revision);
+    let previous = latest_revision(helm, kube, name, ns).await?.filter(|(_, s)| s == "deployed").map(|(r, _)| r);
 
     // Helm's own timeout is a backstop: prpod stops the rollout at `timeout` itself, after it has
     // captured the evidence (once Helm rolls back, the failed pods are gone).
