@@ -3,7 +3,7 @@
 //! that were there before the deploy (never blamed for its failure), and the rules that decide a
 //! rollout cannot succeed.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -57,8 +57,47 @@ impl std::fmt::Display for PodFailure {
     }
 }
 
-/// Waiting reasons that mean an image will not be pulled without a change.
-const PULL_FAILURES: [&str; 3] = ["ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
+/// Waiting reasons of a container whose image is not there.
+const PULL_FAILURES: [&str; 4] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
+
+/// Failed pulls after which a pull error that did not look permanent counts as one (the kubelet
+/// retries after 10 s, then 20 s: about half a minute).
+const PULL_ATTEMPTS: u32 = 3;
+
+/// Whether the kubelet's pull error says the image will not be pulled without a change (a wrong
+/// name, tag or digest; credentials; a certificate; a host that does not resolve) rather than
+/// a moment's trouble (a dropped connection, a timeout, a 5xx), which the kubelet retries.
+fn permanent_pull_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "not found",
+        "manifest unknown",
+        "name unknown",
+        "unauthorized",
+        "denied",
+        "forbidden",
+        "401",
+        "403",
+        "404",
+        "x509",
+        "no such host",
+        "invalid reference",
+        "no basic auth credentials",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
+/// What the watch saw of one container's pulls.
+#[derive(Debug, Default, Clone)]
+struct PullState {
+    /// Failed pulls seen (each entry into `ErrImagePull`).
+    failures: u32,
+    /// The last pull error's message (`ImagePullBackOff` carries only "Back-off pulling").
+    error: Option<String>,
+    /// The waiting reason last seen.
+    reason: Option<String>,
+}
 
 /// What the watch has seen of the namespace.
 #[derive(Debug, Default, Clone)]
@@ -73,6 +112,8 @@ pub struct Rollout {
     gone: HashSet<String>,
     /// Warning events, one per (object, reason), latest last.
     pub warnings: Vec<WarningView>,
+    /// Pull attempts by (pod, container).
+    pulls: HashMap<(String, String), PullState>,
 }
 
 impl Rollout {
@@ -84,6 +125,15 @@ impl Rollout {
                     self.before.insert(p.name.clone());
                 }
                 self.gone.remove(&p.name);
+                for c in &p.containers {
+                    let st = self.pulls.entry((p.name.clone(), c.name.clone())).or_default();
+                    let reason = c.waiting_reason.as_deref();
+                    if reason == Some("ErrImagePull") && st.reason.as_deref() != Some("ErrImagePull") {
+                        st.failures += 1;
+                        st.error = c.waiting_message.clone();
+                    }
+                    st.reason = c.waiting_reason.clone();
+                }
                 self.pods.insert(p.name.clone(), p);
             }
             Observed::PodGone(name) => {
@@ -130,12 +180,26 @@ impl Rollout {
             for c in &p.containers {
                 let reason = c.waiting_reason.as_deref().unwrap_or("");
                 let crash = reason == "CrashLoopBackOff" && crash_restarts > 0 && c.restart_count >= crash_restarts;
-                let pull = PULL_FAILURES.contains(&reason);
+                // An image that is not there fails the rollout when the kubelet's error says it
+                // will not be (a bad name, credentials) or after `PULL_ATTEMPTS` failed pulls:
+                // one dropped connection to the registry is not a broken deploy.
+                let pulls = self.pulls.get(&(p.name.clone(), c.name.clone()));
+                let pull_error = pulls.and_then(|s| s.error.clone());
+                let pull = match reason {
+                    "InvalidImageName" | "ErrImageNeverPull" => true,
+                    "ErrImagePull" | "ImagePullBackOff" => {
+                        pull_error.as_deref().is_some_and(permanent_pull_error)
+                            || pulls.map_or(0, |s| s.failures.max(1)) >= PULL_ATTEMPTS
+                    }
+                    _ => false,
+                };
                 let failed_pod = p.phase == "Failed";
                 if crash || pull || failed_pod {
                     let exit = c.terminated.as_ref().or(c.last_terminated.as_ref()).map(|t| t.1);
                     let reason = if failed_pod && reason.is_empty() { "PodFailed".into() } else { reason.to_string() };
-                    out.push(failure(&p.name, &c.name, reason, c.waiting_message.clone(), exit, c.restart_count));
+                    let message =
+                        if pull { pull_error.or_else(|| c.waiting_message.clone()) } else { c.waiting_message.clone() };
+                    out.push(failure(&p.name, &c.name, reason, message, exit, c.restart_count));
                 }
             }
         }
@@ -229,7 +293,7 @@ impl RolloutWatch {
 pub async fn evidence(kube: &Kube, namespace: &str, list: Vec<PodFailure>, lines: u32) -> Vec<PodFailure> {
     let mut out = Vec::new();
     for mut f in list.into_iter().take(5) {
-        let pulling = PULL_FAILURES.contains(&f.reason.as_str()) || f.reason == "ErrImagePull";
+        let pulling = PULL_FAILURES.contains(&f.reason.as_str());
         if !f.container.is_empty() && !pulling {
             let previous = f.restarts > 0;
             let (pod, c) = (&f.pod, &f.container);
@@ -243,4 +307,74 @@ pub async fn evidence(kube: &Kube, namespace: &str, list: Vec<PodFailure>, lines
         out.push(f);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::kube::ContainerView;
+
+    fn waiting(reason: &str, message: &str) -> Observed {
+        Observed::Pod(PodView {
+            name: "web-1".into(),
+            labels: BTreeMap::new(),
+            phase: "Pending".into(),
+            ip: None,
+            terminating: false,
+            created: None,
+            containers: vec![ContainerView {
+                name: "web".into(),
+                ready: false,
+                restart_count: 0,
+                waiting_reason: Some(reason.into()),
+                waiting_message: Some(message.into()),
+                terminated: None,
+                last_terminated: None,
+                image: "r/web@sha256:00".into(),
+            }],
+        })
+    }
+
+    fn rollout() -> Rollout {
+        let mut r = Rollout::default();
+        r.apply(Observed::Listed("Pod"));
+        r
+    }
+
+    #[test]
+    fn a_pull_that_failed_once_on_a_dropped_connection_is_retried_not_failed() {
+        let mut r = rollout();
+        let eof =
+            "failed to pull and unpack image: failed to do request: Get \"https://r/v2/web/manifests/sha256:00\": EOF";
+        for round in 1..=PULL_ATTEMPTS {
+            r.apply(waiting("ErrImagePull", eof));
+            r.apply(waiting("ImagePullBackOff", "Back-off pulling image \"r/web@sha256:00\""));
+            let failures = r.hard_failures(2);
+            if round < PULL_ATTEMPTS {
+                assert!(failures.is_empty(), "after {round} failed pull(s): {failures:?}");
+            } else {
+                assert_eq!(failures.len(), 1);
+                assert_eq!(failures[0].reason, "ImagePullBackOff");
+                assert_eq!(failures[0].message.as_deref(), Some(eof), "the pull's error, not the back-off's");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pull_error_that_will_not_go_away_fails_at_once() {
+        for message in [
+            "rpc error: code = NotFound desc = failed to pull and unpack image: manifest unknown",
+            "failed to authorize: failed to fetch anonymous token: unexpected status: 401 Unauthorized",
+            "failed to do request: Head \"https://nope:5000/v2/\": dial tcp: lookup nope: no such host",
+        ] {
+            let mut r = rollout();
+            r.apply(waiting("ErrImagePull", message));
+            let failures = r.hard_failures(2);
+            assert_eq!(failures.len(), 1, "{message}");
+            assert_eq!(failures[0].message.as_deref(), Some(message));
+        }
+        let mut r = rollout();
+        r.apply(waiting("InvalidImageName", "couldn't parse image reference"));
+        assert_eq!(r.hard_failures(2).len(), 1);
+    }
 }
