@@ -11,7 +11,7 @@ use prpod::clients::registry::CredentialResolver;
 use prpod::model::{DeployTarget, ImageRef, PrContext, ReleaseTarget, TagSet};
 use prpod::phases::chart::{self, AppConfig, ChartRequest};
 use prpod::phases::deploy::{self, DeployConfig, DeployError, DeployLock, DeployRequest};
-use prpod::phases::rollout::RolloutWatch;
+use prpod::phases::rollout::{self, RolloutWatch};
 use prpod::phases::verify;
 use prpod::plugins::{PluginHost, PluginRef};
 use prpod::secret::Secret;
@@ -145,7 +145,26 @@ fn deploy_verify_and_crash_rollback() {
         let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config };
         let started = Instant::now();
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
-        let err = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap_err();
+        let err = match deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await {
+            Err(e) => e,
+            // Helm 4's watcher sometimes calls the Deployment ready at once: against 1.20 its
+            // first read can come from the API server's watch cache, from before the upgrade.
+            // Then the verify phase catches the crash, as `prpod run` does after Helm returns.
+            Ok(rel) => {
+                let settled =
+                    verify::settle(&mut watch, &release, config.timeout, config.crash_restarts).await.unwrap();
+                assert!(!settled.failures.is_empty(), "Helm said {rel:?} and verify saw no failure: {settled:?}");
+                let failures = rollout::evidence(&kube, &ns, settled.failures, config.log_lines).await;
+                let restored = deploy::roll_back(&helm, &rel, config.timeout).await.unwrap();
+                deploy::rolled_back(
+                    &release,
+                    "a new pod failed after Helm returned".into(),
+                    failures,
+                    restored,
+                    &watch.state,
+                )
+            }
+        };
         let elapsed = started.elapsed();
         let text = err.to_string();
         let DeployError::RolledBack { failures, restored, .. } = &err else { panic!("{err:?}") };
