@@ -69,8 +69,9 @@ pub async fn release_target(
             }
         }
     };
-    let plugin =
-        PluginHost::new()?.load(&config.plugin_ref(World::TagPolicy))?.with_limits(config.limits_for(World::TagPolicy));
+    let plugin = PluginHost::shared()?
+        .load(&config.plugin_ref(World::TagPolicy))?
+        .with_limits(config.limits_for(World::TagPolicy));
     Ok((plugin.release(&ctx).await?, Some(ctx)))
 }
 

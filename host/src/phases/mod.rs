@@ -171,7 +171,7 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     }
 
     let phase = reporter.phase(Phase::Tags);
-    let host = PluginHost::new()?;
+    let host = PluginHost::shared()?;
     let plugin = host.load(&config.plugin_ref(World::TagPolicy))?;
     let plugin = plugin.with_limits(config.limits_for(World::TagPolicy));
     let tags = plugin.compute_tags(&ctx, &repository).await?;
@@ -292,7 +292,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     use crate::model::DeployTarget;
 
     let mut out = Delivered::default();
-    let host = PluginHost::new()?;
+    let host = PluginHost::shared()?;
     let dc = &config.deploy;
     let (release, ctx_in) = (input.release, input.ctx);
 

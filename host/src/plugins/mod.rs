@@ -207,6 +207,17 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
+    /// The process's host, made on first use. The phases of one run (tags, then chart and
+    /// verifiers) each ask for it and get the same linker and cache: one host per run.
+    pub fn shared() -> Result<PluginHost, PluginError> {
+        static SHARED: std::sync::OnceLock<PluginHost> = std::sync::OnceLock::new();
+        if let Some(h) = SHARED.get() {
+            return Ok(h.clone());
+        }
+        let made = PluginHost::new()?;
+        Ok(SHARED.get_or_init(|| made).clone())
+    }
+
     /// A host using the process's engine and the on-disk cache named by `PRPOD_CACHE_DIR`
     /// (default `~/.cache/prpod`; `off` disables it).
     pub fn new() -> Result<PluginHost, PluginError> {
