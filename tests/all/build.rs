@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use prpod_test_support::{Registry, TempDir, World, unique_name, world};
 
+use crate::{json, stderr};
+
 /// The example app, copied so a test can change it.
 fn app_copy() -> TempDir {
     let dir = TempDir::new("hello-web");
@@ -101,20 +103,6 @@ impl Runner {
             assert!(!text.contains(s.as_str()), "prpod printed a secret:\n{text}");
         }
     }
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn ok(out: &Output) -> Value {

@@ -3,9 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
-
-use crate::context;
+use crate::{context, json, stderr};
 
 fn prpod(cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prpod"))
@@ -15,20 +13,6 @@ fn prpod(cache: &Path, args: &[&str]) -> Output {
         .current_dir(cache)
         .output()
         .expect("failed to run prpod")
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn write_context(dir: &Path) -> String {

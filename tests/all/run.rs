@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use prpod_test_support::{TempDir, World, unique_name, world};
 use serde_json::Value;
 
-use crate::repo_root;
+use crate::{json, repo_root};
 
 /// A PR number no other test (or agent) uses at the same time: the default policy names the
 /// release and namespace `pr-<number>`.
@@ -224,16 +224,6 @@ pub fn assert_no_secrets(bytes: &[u8], what: &str) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(s);
         assert!(!text.contains(&b64), "the {name} appears base64-encoded in {what}");
     }
-}
-
-pub fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn explain(out: &Output) -> String {
