@@ -384,13 +384,20 @@ pub async fn build(
                 work_dir: None,
             }
         }
-        Backend::Buildah => {
-            build_buildah(&context_dir, &dockerfile, args, platform, image, tags, config, registry, work.path(), phase)
-                .await?
-        }
-        Backend::Buildx => {
-            build_buildx(&context_dir, &dockerfile, args, platform, image, tags, config, registry, work.path(), phase)
-                .await?
+        backend @ (Backend::Buildah | Backend::Buildx) => {
+            let job = BackendJob {
+                context_dir: &context_dir,
+                dockerfile: &dockerfile,
+                args,
+                platform,
+                image,
+                tags,
+                config,
+                registry,
+                work: work.path(),
+                phase,
+            };
+            if backend == Backend::Buildah { build_buildah(job).await? } else { build_buildx(job).await? }
         }
     };
     built.work_dir = Some(work);
@@ -477,19 +484,23 @@ fn registry_hosts(dockerfile: &Path, args: &BTreeMap<String, String>, push: &Ima
     hosts
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn build_buildah(
-    context_dir: &Path,
-    dockerfile: &Path,
+/// What a builder backend (buildah, buildx) gets: the same for both.
+struct BackendJob<'a> {
+    context_dir: &'a Path,
+    dockerfile: &'a Path,
     args: BTreeMap<String, String>,
     platform: String,
-    image: &ImageName,
-    tags: &TagSet,
-    config: &Config,
-    registry: &Registry,
-    work: &Path,
-    phase: &PhaseHandle,
-) -> anyhow::Result<BuiltImage> {
+    image: &'a ImageName,
+    tags: &'a TagSet,
+    config: &'a Config,
+    registry: &'a Registry,
+    /// The build's private temp dir (credentials files, metadata, the image layout).
+    work: &'a Path,
+    phase: &'a PhaseHandle,
+}
+
+async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
+    let BackendJob { context_dir, dockerfile, args, platform, image, tags, config, registry, work, phase } = job;
     let hosts = registry_hosts(dockerfile, &args, image);
     let access = registry_files(work, &hosts, registry, &config.registry).await?;
     let b = &config.build.buildah;
@@ -538,19 +549,8 @@ async fn build_buildah(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn build_buildx(
-    context_dir: &Path,
-    dockerfile: &Path,
-    args: BTreeMap<String, String>,
-    platform: String,
-    image: &ImageName,
-    tags: &TagSet,
-    config: &Config,
-    registry: &Registry,
-    work: &Path,
-    phase: &PhaseHandle,
-) -> anyhow::Result<BuiltImage> {
+async fn build_buildx(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
+    let BackendJob { context_dir, dockerfile, args, platform, image, tags, config, registry, work, phase } = job;
     let x = &config.build.buildx;
     let hosts = registry_hosts(dockerfile, &args, image);
     let docker_config = docker_config_dir(work, &hosts, registry).await?;
