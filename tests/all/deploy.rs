@@ -185,11 +185,9 @@ fn deploy_verify_and_crash_rollback() {
 /// Deployment whose container exits at once.
 fn crash_chart() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("templates")).unwrap();
-    std::fs::write(d.join("Chart.yaml"), "apiVersion: v2\nname: crash\nversion: 0.1.0\n").unwrap();
-    std::fs::write(
-        d.join("templates/app.yaml"),
+    crate::write_chart(
+        dir.path(),
+        "crash",
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -214,8 +212,7 @@ spec:
   selector: {app.kubernetes.io/name: web, app.kubernetes.io/instance: {{ .Release.Name | quote }}}
   ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]
 "#,
-    )
-    .unwrap();
+    );
     dir
 }
 

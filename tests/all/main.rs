@@ -37,6 +37,13 @@ pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Writes a Helm chart `name` (version 0.1.0) of one template file into `dir`.
+pub fn write_chart(dir: &Path, name: &str, template: &str) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("Chart.yaml"), format!("apiVersion: v2\nname: {name}\nversion: 0.1.0\n")).unwrap();
+    std::fs::write(dir.join("templates/app.yaml"), template).unwrap();
+}
+
 /// The repository root.
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use prpod_test_support::{TempDir, World, unique_name, world};
 use serde_json::Value;
 
-use crate::{json, repo_root};
+use crate::{json, repo_root, write_chart};
 
 /// A PR number no other test (or agent) uses at the same time: the default policy names the
 /// release and namespace `pr-<number>`.
@@ -420,10 +420,9 @@ fn verifier_error_blocks_the_deploy_and_plan_writes_nothing() {
 
     // A chart of the repository running an image from another registry.
     let chart = p.dir.path().join("deploy/chart");
-    std::fs::create_dir_all(chart.join("templates")).unwrap();
-    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: outside\nversion: 1.0.0\n").unwrap();
-    std::fs::write(
-        chart.join("templates/web.yaml"),
+    write_chart(
+        &chart,
+        "outside",
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -438,8 +437,7 @@ spec:
           image: docker.io/library/nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000
           ports: [{containerPort: 80, protocol: TCP}]
 "#,
-    )
-    .unwrap();
+    );
     let toml = std::fs::read_to_string(p.dir.path().join("prpod.toml")).unwrap();
     std::fs::write(p.dir.path().join("prpod.toml"), toml.replace("[deploy]\n", "[deploy]\nchart = \"deploy/chart\"\n"))
         .unwrap();
@@ -601,15 +599,13 @@ fn a_release_stuck_pending_is_reported_or_recovered() {
     // A Helm upgrade killed mid-wait (the image never becomes ready), as a killed CI job leaves it.
     let home = prpod_test_support::HelmHome::new();
     let chart = p.dir.path().join("stuck");
-    std::fs::create_dir_all(chart.join("templates")).unwrap();
-    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: stuck\nversion: 0.1.0\n").unwrap();
-    std::fs::write(
-        chart.join("templates/cm.yaml"),
+    write_chart(
+        &chart,
+        "stuck",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck}\nspec:\n  selector: {matchLabels: {app: stuck}}\n  \
          template:\n    metadata: {labels: {app: stuck}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n        \
          - {name: c, image: 10.244.0.1:1/never:1}\n",
-    )
-    .unwrap();
+    );
     let mut helm = home
         .command(&w.helm, &w.kubeconfig)
         .args(["upgrade", "--install", &p.ns])
