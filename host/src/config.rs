@@ -198,6 +198,17 @@ pub trait Section {
     fn check(&self) -> Result<(), ConfigError>;
 }
 
+/// prpod's cache directory (compiled plugins, Helm versions): `$PRPOD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/prpod`, else `~/.cache/prpod`; `None` when `PRPOD_CACHE_DIR=off` (or there is
+/// no home). Read from the process, since the caches live below the commands' configuration.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("PRPOD_CACHE_DIR") {
+        Some(v) if v == "off" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => directories::BaseDirs::new().map(|d| d.cache_dir().join("prpod")),
+    }
+}
+
 /// A snapshot of the environment prpod reads (`PRPOD_*`, GitHub Actions' `GITHUB_*`, tokens).
 /// Taken once per process, and built by hand in tests, so nothing else calls `std::env::var`.
 /// An empty variable counts as unset (CI systems export empty values for missing secrets).

@@ -261,12 +261,7 @@ impl Helm {
     /// The version is remembered per binary (path, size, mtime) in prpod's cache directory, so a
     /// warm run spawns no `helm version`.
     pub async fn detect(binary: &Path, target: KubeTarget) -> Result<Helm, HelmError> {
-        let dir = match std::env::var_os("PRPOD_CACHE_DIR") {
-            Some(d) if d == "off" => None,
-            Some(d) => Some(PathBuf::from(d)),
-            None => directories::BaseDirs::new().map(|b| b.cache_dir().join("prpod")),
-        };
-        Helm::detect_in(binary, target, dir).await
+        Helm::detect_in(binary, target, crate::config::cache_dir()).await
     }
 
     /// [`Helm::detect`] with the version cache under `cache_dir` (`None`: no cache).

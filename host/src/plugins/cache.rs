@@ -53,12 +53,7 @@ impl ComponentCache {
     /// `$PRPOD_CACHE_DIR`, else `$XDG_CACHE_HOME/prpod`, else `~/.cache/prpod`; then
     /// `components/`. `PRPOD_CACHE_DIR=off` disables the cache.
     pub(crate) fn from_env() -> Self {
-        let base = match std::env::var_os("PRPOD_CACHE_DIR") {
-            Some(v) if v == "off" => return ComponentCache { dir: None },
-            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-            _ => directories::BaseDirs::new().map(|d| d.cache_dir().join("prpod")),
-        };
-        ComponentCache { dir: base.map(|b| b.join("components")) }
+        ComponentCache { dir: crate::config::cache_dir().map(|b| b.join("components")) }
     }
 
     /// The compiled component for `bytes` (whose sha256 is `sha256`), from the cache when an
