@@ -391,19 +391,15 @@ pub async fn recover_pending(
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
     let (name, ns) = (&release.name, &release.namespace);
-    match latest_revision(helm, kube, name, ns).await? {
-        Some((_, status)) if status.starts_with("pending-") => {}
-        _ => return Ok(None),
-    }
-    let Some(current) = helm.status(name, ns).await? else { return Ok(None) };
-    if !current.status.starts_with("pending-") {
+    let Some((revision, status)) = latest_revision(helm, kube, name, ns).await? else { return Ok(None) };
+    if !status.starts_with("pending-") {
         return Ok(None);
     }
     let history = helm.history(name, ns).await?;
     let last_good = history
         .iter()
         .rev()
-        .find(|h| h.revision < current.revision && matches!(h.status.as_str(), "deployed" | "superseded"))
+        .find(|h| h.revision < revision && matches!(h.status.as_str(), "deployed" | "superseded"))
         .map(|h| h.revision);
     let Some(dead) = &lock.taken_over_from else {
         let fix = match last_good {
@@ -419,8 +415,8 @@ pub async fn recover_pending(
         return Err(HelmError::Pending {
             release: name.clone(),
             namespace: ns.clone(),
-            status: current.status,
-            revision: current.revision,
+            status,
+            revision,
             fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
         }
         .into());
@@ -429,7 +425,7 @@ pub async fn recover_pending(
         Some(r) => {
             let mut note = format!(
                 "release was stuck in {} (revision {}) by a run that died ({dead}); rolled back to revision {r}",
-                current.status, current.revision
+                status, revision
             );
             if let Err(e) = helm.rollback(name, ns, r, timeout).await {
                 // Killed before it had applied everything, the upgrade left objects of revision
@@ -443,10 +439,8 @@ pub async fn recover_pending(
                     return Err(e.into());
                 }
                 helm.rollback(name, ns, r, timeout).await?;
-                let added = added_objects(
-                    &helm.manifest(name, ns, current.revision).await?,
-                    &helm.manifest(name, ns, r).await?,
-                );
+                let added =
+                    added_objects(&helm.manifest(name, ns, revision).await?, &helm.manifest(name, ns, r).await?);
                 let mut deleted = Vec::new();
                 for o in &added {
                     let gone = kube
@@ -484,7 +478,7 @@ pub async fn recover_pending(
             helm.uninstall(name, ns, timeout).await?;
             Ok(Some(format!(
                 "release was stuck in {} (revision {}) by a run that died ({dead}) and never deployed; uninstalled it",
-                current.status, current.revision
+                status, revision
             )))
         }
     }
