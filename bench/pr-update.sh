@@ -131,6 +131,6 @@ P
 
 for b in native buildah; do
   if [ -f "$W/$b.pr" ]; then
-    "$KUBECTL" delete namespace "pr-$(cat "$W/$b.pr")" --wait=false >/dev/null 2>&1 || true
+    "$KUBECTL" delete namespace "prpod-$b-pr-$(cat "$W/$b.pr")" --wait=false >/dev/null 2>&1 || true
   fi
 done

@@ -16,7 +16,7 @@
 //! repository = "ghcr.io/acme/web"
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -157,6 +157,14 @@ pub struct Config {
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// The keys a repository's prpod.toml may set that the operator set (in this file, a
+    /// `PRPOD_*` variable or a flag), as `section.key`: the repository's file does not override
+    /// them ([`Config::apply_repository`]).
+    #[serde(skip)]
+    pub operator_keys: BTreeSet<String>,
+    /// The operator's `[app]` table as written, merged over the repository's key by key.
+    #[serde(skip)]
+    pub operator_app: toml::Table,
 }
 
 /// Configuration that cannot be used: from the file, or from a `PRPOD_*` variable.
@@ -270,6 +278,8 @@ impl Config {
         let err = |why: String| ConfigError::File { path: path.to_path_buf(), why };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let raw: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        config.record_operator_keys(&raw);
         config.limits.check(|k| format!("limits.{k}")).map_err(err)?;
         for world in World::ALL {
             let p = config.plugin(world);
@@ -295,8 +305,81 @@ impl Config {
         Ok(config)
     }
 
+    /// Remembers which of the repository's keys the operator's file `raw` sets.
+    fn record_operator_keys(&mut self, raw: &toml::Table) {
+        for (section, value) in raw {
+            let Some(table) = value.as_table() else { continue };
+            for key in table.keys() {
+                if crate::repo_config::is_repository_key(section, key) {
+                    self.operator_keys.insert(format!("{section}.{key}"));
+                }
+            }
+        }
+        self.operator_app = raw.get("app").and_then(|a| a.as_table().cloned()).unwrap_or_default();
+    }
+
+    /// Marks a repository key as set by the operator (a flag).
+    pub fn operator_set(&mut self, key: &str) {
+        self.operator_keys.insert(key.to_string());
+    }
+
+    /// Applies what the repository's prpod.toml says (see [`crate::repo_config`]): each key the
+    /// operator did not set, and the repository's `[app]` under the operator's key by key. Checks
+    /// the result; errors name the repository's file.
+    pub fn apply_repository(&mut self, repo: &crate::repo_config::RepositoryConfig) -> Result<(), ConfigError> {
+        let err = |why: String| ConfigError::File { path: repo.path.clone(), why };
+        let free = |c: &Config, key: &str| !c.operator_keys.contains(key);
+        if let Some(app) = &repo.app {
+            let mut merged = app.clone();
+            merged.extend(self.operator_app.clone());
+            self.app = crate::phases::chart::AppConfig::deserialize(toml::Value::Table(merged))
+                .map_err(|e| err(format!("`app`: {e}")))?;
+        }
+        if let Some(v) = &repo.context
+            && free(self, "image.context")
+        {
+            self.image.context = v.clone();
+        }
+        if let Some(v) = &repo.dockerfile
+            && free(self, "image.dockerfile")
+        {
+            self.image.dockerfile = v.clone();
+        }
+        for (k, v) in &repo.build_args {
+            self.image.build_args.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if let Some(v) = &repo.chart
+            && free(self, "deploy.chart")
+        {
+            self.deploy.chart = Some(v.clone());
+        }
+        if let Some(v) = &repo.values
+            && free(self, "deploy.values")
+        {
+            self.deploy.values = v.clone();
+        }
+        if let Some(set) = &repo.set {
+            for (k, v) in set {
+                self.deploy.set.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        self.check().map_err(|e| match e {
+            ConfigError::Value { key, why } => err(format!("`{key}`: {why}")),
+            other => other,
+        })
+    }
+
     /// Applies the `PRPOD_*` variables of every section (they beat the file), then checks again.
     pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        for (var, key) in [
+            ("PRPOD_IMAGE_CONTEXT", "image.context"),
+            ("PRPOD_IMAGE_DOCKERFILE", "image.dockerfile"),
+            ("PRPOD_DEPLOY_CHART", "deploy.chart"),
+        ] {
+            if env.get(var).is_some() {
+                self.operator_set(key);
+            }
+        }
         self.source.apply_env(env)?;
         self.image.apply_env(env)?;
         self.build.apply_env(env)?;

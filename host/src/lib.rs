@@ -13,6 +13,7 @@ pub mod model;
 pub mod native_build;
 pub mod phases;
 pub mod plugins;
+pub mod repo_config;
 pub mod report;
 pub mod secret;
 pub mod untrusted;

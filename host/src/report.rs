@@ -180,6 +180,8 @@ struct Inner {
     /// Print phase lines to stderr (off for tests that capture events).
     print: bool,
     state: Mutex<State>,
+    /// The run's secrets: scrubbed from everything printed.
+    redactor: Mutex<crate::secret::Redactor>,
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +206,35 @@ impl Reporter {
 
     fn build(format: Format, tty: bool, print: bool, captured: Option<Vec<Event>>) -> Reporter {
         let state = Mutex::new(State { captured, ..State::default() });
-        Reporter { inner: Arc::new(Inner { format, tty, print, state }) }
+        Reporter { inner: Arc::new(Inner { format, tty, print, state, redactor: Mutex::default() }) }
+    }
+
+    /// Registers a secret of this run: from now on every line, document and error this reporter
+    /// prints has it (and its base64 forms) replaced by `<redacted>`. Text from Helm, buildah,
+    /// git, the cluster or a chart may echo a credential back; this is the last line of defence.
+    pub fn redact(&self, secret: &crate::secret::Secret) {
+        self.inner.redactor.lock().unwrap_or_else(|p| p.into_inner()).add(secret);
+    }
+
+    /// `text` with every registered secret scrubbed.
+    pub fn scrub(&self, text: &str) -> String {
+        let r = self.inner.redactor.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_empty() { text.to_string() } else { r.scrub(text) }
+    }
+
+    /// Every string in `value` scrubbed.
+    fn scrub_json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => {
+                let clean = self.scrub(s);
+                if clean != *s {
+                    *s = clean;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.scrub_json(v)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| self.scrub_json(v)),
+            _ => {}
+        }
     }
 
     /// The output format.
@@ -302,6 +332,7 @@ impl Reporter {
             return;
         }
         let Some(line) = self.human_line(&event) else { return };
+        let line = self.scrub(&line);
         match &state.bar {
             // Print above the bar instead of through it.
             Some((_, bar)) => bar.println(line),
@@ -320,6 +351,8 @@ impl Reporter {
                     PhaseStatus::Skipped => "-",
                 };
                 let secs = format!("{:.2}s", duration.as_secs_f64());
+                // A summary may quote a tool, a server or the repository: inert, like plugin text.
+                let summary = crate::untrusted::escape(summary);
                 Some(format!("{mark} {:<10} {secs:>7}  {summary}", phase.name()).trim_end().to_string())
             }
             Event::Finding(phase, r) => {
@@ -351,8 +384,10 @@ impl Reporter {
     /// Prints a result document as pretty JSON on stdout (strings escaped so that nothing a
     /// plugin returned can drive a terminal; see [`crate::untrusted`]).
     pub fn result<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        let mut doc = serde_json::to_value(value)?;
+        self.scrub_json(&mut doc);
         let mut out = std::io::stdout().lock();
-        crate::untrusted::to_json_writer(&mut out, value, true)?;
+        crate::untrusted::to_json_writer(&mut out, &doc, true)?;
         writeln!(out)?;
         out.flush()?;
         Ok(())
@@ -364,7 +399,16 @@ impl Reporter {
         if self.inner.format == Format::Json {
             return self.result(report);
         }
-        let mut out = std::io::stdout().lock();
+        // Written to a buffer first, so the whole of it (manifests included) is scrubbed.
+        let mut out: Vec<u8> = Vec::new();
+        self.write_run_report(&mut out, report)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(self.scrub(&String::from_utf8_lossy(&out)).as_bytes())?;
+        stdout.flush()?;
+        Ok(())
+    }
+
+    fn write_run_report(&self, out: &mut Vec<u8>, report: &RunReport) -> anyhow::Result<()> {
         if let Some(image) = &report.image {
             writeln!(out, "image    {}@{}", image.repository, image.digest)?;
         }
@@ -429,21 +473,37 @@ impl Reporter {
         if let Some((_, bar)) = self.state().bar.take() {
             bar.finish_and_clear();
         }
-        let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+        let causes: Vec<String> = err.chain().skip(1).map(|c| self.scrub(&c.to_string())).collect();
+        let message = self.scrub(&err.to_string());
         match self.inner.format {
             Format::Json => {
-                let doc = serde_json::json!({ "error": err.to_string(), "causes": causes });
+                let doc = serde_json::json!({ "error": message, "causes": causes });
                 let mut out = std::io::stdout().lock();
                 let _ = crate::untrusted::to_json_writer(&mut out, &doc, false);
                 let _ = writeln!(out);
             }
-            Format::Human => {
-                let mut out = std::io::stderr().lock();
-                let _ = writeln!(out, "error: {}", crate::untrusted::escape(&err.to_string()));
-                for c in causes {
-                    let _ = writeln!(out, "  caused by: {}", crate::untrusted::escape(&c));
-                }
-            }
+            Format::Human => {}
+        }
+        // People and CI logs get the human line on stderr in either format (as helm and kubectl
+        // do); with `--output json`, stdout keeps the document.
+        self.error_line(&message, &causes);
+    }
+
+    /// Prints only the human form of a failure on stderr: for a command whose JSON document
+    /// (on stdout) already carries the error.
+    pub fn error_stderr(&self, err: &anyhow::Error) {
+        if let Some((_, bar)) = self.state().bar.take() {
+            bar.finish_and_clear();
+        }
+        let causes: Vec<String> = err.chain().skip(1).map(|c| self.scrub(&c.to_string())).collect();
+        self.error_line(&self.scrub(&err.to_string()), &causes);
+    }
+
+    fn error_line(&self, message: &str, causes: &[String]) {
+        let mut out = std::io::stderr().lock();
+        let _ = writeln!(out, "error: {}", crate::untrusted::escape(message));
+        for c in causes {
+            let _ = writeln!(out, "  caused by: {}", crate::untrusted::escape(c));
         }
     }
 }

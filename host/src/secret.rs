@@ -50,6 +50,57 @@ impl Secret {
     }
 }
 
+/// Every secret of a process, to scrub from whatever is printed: the reporter's last line of
+/// defence for text that came from outside (Helm's, buildah's, git's and the cluster's messages,
+/// a chart's manifests). Besides each value itself, its base64 forms are scrubbed (at each of the
+/// three alignments it can have inside a longer base64 text, as `b64enc` of a file holding it
+/// would print it).
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    needles: Vec<Secret>,
+}
+
+impl Redactor {
+    /// Adds `secret` (values shorter than 4 characters are ignored, as in [`Secret::scrub`]).
+    pub fn add(&mut self, secret: &Secret) {
+        use base64::Engine;
+        let v = secret.expose();
+        if v.len() < 4 || self.needles.iter().any(|n| n.expose() == v) {
+            return;
+        }
+        self.needles.push(secret.clone());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for pad in 0..3usize {
+            let mut bytes = vec![0u8; pad];
+            bytes.extend_from_slice(v.as_bytes());
+            let enc = b64.encode(&bytes);
+            // Drop the characters that depend on the filler before and on what follows after.
+            let start = if pad == 0 { 0 } else { (pad * 8).div_ceil(6) };
+            let end_bits = bytes.len() * 8;
+            let end = end_bits / 6;
+            if end > start + 6 {
+                self.needles.push(Secret::new(enc[start..end].to_string()));
+            }
+        }
+    }
+
+    /// `text` with every secret (and its base64 forms) replaced by the placeholder.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for n in &self.needles {
+            if out.contains(n.expose()) {
+                out = n.scrub(&out);
+            }
+        }
+        out
+    }
+
+    /// Whether there is nothing to scrub.
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(REDACTED)
@@ -84,5 +135,21 @@ mod tests {
         assert_eq!(format!("{s} {s:?} {:?}", Some(&s)), "<redacted> <redacted> Some(<redacted>)");
         assert_eq!(s.expose(), "ghp_supersecret");
         assert_eq!(s.scrub("fatal: ghp_supersecret rejected"), "fatal: <redacted> rejected");
+    }
+
+    #[test]
+    fn redactor_scrubs_values_and_their_base64_inside_longer_text() {
+        use base64::Engine;
+        let mut r = Redactor::default();
+        r.add(&Secret::new("hunter2-token"));
+        r.add(&Secret::new("ab"));
+        assert_eq!(r.scrub("pw=hunter2-token ab"), "pw=<redacted> ab");
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for prefix in ["", "A", "AB", "PATH=/bin\0X=", "KEY="] {
+            let env = format!("{prefix}hunter2-token\0HOME=/root");
+            let enc = b64.encode(env.as_bytes());
+            let out = r.scrub(&enc);
+            assert!(out.contains(REDACTED), "{prefix:?}: {enc}");
+        }
     }
 }

@@ -180,7 +180,7 @@ fn native_build_of_the_example_pushes_pr_tags_to_the_tls_registry() {
     let v = ok(&out);
     assert_eq!(v["backend"], "native", "auto picks native for a Dockerfile without RUN");
     assert!(stderr(&out).contains("backend native"), "it says which backend and why: {}", stderr(&out));
-    let digest = assert_pushed(&w.registry_tls, &v, &image, 7, "pr-feature-login", &sha);
+    let digest = assert_pushed(&w.registry_tls, &v, &image, 7, "br-feature-login", &sha);
     assert_eq!(v["layers"]["mounted"], 1, "the base layer is mounted, never downloaded: {v:#}");
 
     // The same commit again: nothing fetched, the same digest, no layer bytes uploaded.
@@ -204,9 +204,9 @@ fn buildah_build_uses_and_fills_the_registry_layer_cache() {
     };
     let v = ok(&build(&Runner::new(w), &sha));
     assert_eq!(v["backend"], "buildah");
-    assert_pushed(&w.registry_tls, &v, &image, 8, "pr-main", &sha);
-    // buildah keeps the cache of `cache-main` in its own repository, one tag per cached step.
-    let cache_repo = format!("{image}/cache/cache-main");
+    assert_pushed(&w.registry_tls, &v, &image, 8, "br-main", &sha);
+    // buildah keeps the PR's own cache (`cache-pr-8`) in its own repository, one tag per step.
+    let cache_repo = format!("{image}/cache/cache-pr-8");
     assert!(!skopeo_tags(&w.registry_tls, &cache_repo).is_empty(), "no cache in {cache_repo}");
 
     // One file changes; a fresh machine (new buildah storage) builds the next commit.
@@ -220,7 +220,7 @@ fn buildah_build_uses_and_fills_the_registry_layer_cache() {
     let cached: u32 =
         line.split(", ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(cached >= 3, "the unchanged steps come from the cache: {line}");
-    assert_pushed(&w.registry_tls, &v2, &image, 8, "pr-main", &sha2);
+    assert_pushed(&w.registry_tls, &v2, &image, 8, "br-main", &sha2);
     assert_ne!(v2["image"]["digest"], v["image"]["digest"]);
 }
 
@@ -238,7 +238,7 @@ fn native_build_through_the_token_registry() {
     let base = format!("BASE={}", w.var("PRPOD_WEB_IMAGE_TOKEN").expect("the world's web image on C"));
     let args = ["--repo-url", &url, "--pr", "9", "--branch", "Feature/X", "--sha", &sha, "--image", &image];
     let v = ok(&run.build(&[&args[..], &["--build-arg", &base]].concat()));
-    assert_pushed(&c, &v, &image, 9, "pr-feature-x", &sha);
+    assert_pushed(&c, &v, &image, 9, "br-feature-x", &sha);
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn odd_branches_give_valid_tags_and_an_uppercase_repository_is_normalised() {
         assert!(stderr(&out).contains("normalised to"), "{}", stderr(&out));
         assert_eq!(v["image"]["repository"], lower.as_str());
         let tag = v["tags"]["extra"][0].as_str().unwrap().to_string();
-        assert!(tag.len() <= 128 && tag.starts_with("pr-"), "{tag}");
+        assert!(tag.len() <= 128 && tag.starts_with("br-"), "{tag}");
         assert!(tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{tag}");
         assert_eq!(
             skopeo_digest(&w.registry_tls, &format!("{lower}:{tag}")).unwrap(),
@@ -462,10 +462,10 @@ fn buildx_backend_with_a_docker_test_double() {
     let build = calls[3];
     for part in [
         "buildx build --builder prpod",
-        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-feature-login",
-        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-main",
-        "--cache-to type=registry,ref=ghcr.io/acme/web:cache-feature-login,mode=max",
-        "--tag ghcr.io/acme/web:pr-12 --tag ghcr.io/acme/web:pr-feature-login",
+        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-pr-12",
+        "--cache-from type=registry,ref=ghcr.io/acme/web:cache-br-main",
+        "--cache-to type=registry,ref=ghcr.io/acme/web:cache-pr-12,mode=max",
+        "--tag ghcr.io/acme/web:pr-12 --tag ghcr.io/acme/web:br-feature-login",
         &format!("--tag ghcr.io/acme/web:sha-{}", &sha[..12]),
         "--push --provenance=false --metadata-file",
         &format!("--build-arg PRPOD_GIT_SHA={sha}"),
@@ -510,5 +510,5 @@ fn buildx_real_run_where_docker_buildx_works() {
         "--backend",
         "buildx",
     ]));
-    assert_pushed(&w.registry_tls, &v, &image, 13, "pr-main", &sha);
+    assert_pushed(&w.registry_tls, &v, &image, 13, "br-main", &sha);
 }

@@ -37,11 +37,11 @@ fn call_tag_policy_prints_tags_and_release() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["primary"], "pr-42");
-    assert_eq!(v["extra"][0], "pr-feature-login");
-    assert_eq!(v["cache_from"][1], "cache-main");
-    assert_eq!(v["cache_to"], "cache-feature-login");
-    assert_eq!(v["release"]["name"], "pr-42");
-    assert_eq!(v["release"]["namespace"], "pr-42");
+    assert_eq!(v["extra"][0], "br-feature-login");
+    assert_eq!(v["cache_from"][1], "cache-br-main");
+    assert_eq!(v["cache_to"], "cache-pr-42");
+    assert_eq!(v["release"]["name"], "web-pr-42");
+    assert_eq!(v["release"]["namespace"], "web-pr-42");
 }
 
 #[test]

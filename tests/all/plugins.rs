@@ -41,16 +41,28 @@ async fn builtin_tag_default_gives_the_seed_scheme() {
         tags,
         TagSet {
             primary: "pr-42".into(),
-            extra: vec!["pr-feature-login_page".into(), "sha-0123456789ab".into()],
-            cache_from: vec!["cache-feature-login_page".into(), "cache-main".into()],
-            cache_to: Some("cache-feature-login_page".into()),
+            extra: vec!["br-feature-login_page".into(), "sha-0123456789ab".into()],
+            cache_from: vec!["cache-pr-42".into(), "cache-br-main".into()],
+            cache_to: Some("cache-pr-42".into()),
         }
     );
     let release = p.release(&ctx).await.unwrap();
-    assert_eq!((release.name.as_str(), release.namespace.as_str()), ("pr-42", "pr-42"));
+    assert_eq!((release.name.as_str(), release.namespace.as_str()), ("web-pr-42", "web-pr-42"));
 
     let no_pr = p.compute_tags(&context(None, "fix/bug"), "r/app").await.unwrap();
-    assert_eq!(no_pr.primary, "pr-fix-bug");
+    assert_eq!(no_pr.primary, "br-fix-bug");
+
+    // A branch named like a PR number cannot take that PR's tag.
+    let seven = p.compute_tags(&context(Some(1), "7"), "r/app").await.unwrap();
+    assert!(!seven.extra.contains(&"pr-7".to_string()) && seven.primary == "pr-1", "{seven:?}");
+
+    // A fork's branch tags carry the fork's owner (the PR's author).
+    let mut fork = context(Some(3), "main");
+    fork.fork = true;
+    fork.author = "mallory".into();
+    let t = p.compute_tags(&fork, "r/app").await.unwrap();
+    assert_eq!(t.extra[0], "br-mallory--main");
+    assert_eq!(t.cache_to.as_deref(), Some("cache-pr-3"), "a fork PR never writes the base branch's cache");
 }
 
 #[tokio::test]

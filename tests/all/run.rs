@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::{json, repo_root, write_chart};
 
 /// A PR number no other test (or agent) uses at the same time: the default policy names the
-/// release and namespace `pr-<number>`.
+/// release and namespace `hello-web-pr-<number>`.
 fn unique_pr() -> u64 {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed) as u64;
@@ -104,7 +104,7 @@ pub struct Preview {
     pub dir: TempDir,
     /// The PR number.
     pub pr: u64,
-    /// `pr-<number>`: release and namespace.
+    /// `hello-web-pr-<number>`: release and namespace (the default policy's names).
     pub ns: String,
     /// The image repository (registry host included).
     pub repository: String,
@@ -131,7 +131,7 @@ impl Preview {
         Preview {
             dir,
             pr,
-            ns: format!("pr-{pr}"),
+            ns: format!("hello-web-pr-{pr}"),
             repository,
             helm: if helm3 { w.helm3.clone() } else { w.helm.clone() },
             kubeconfig: w.kubeconfig.clone(),

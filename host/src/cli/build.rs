@@ -64,9 +64,11 @@ impl BuildFlags {
         }
         if let Some(v) = &self.dockerfile {
             config.image.dockerfile = v.clone();
+            config.operator_set("image.dockerfile");
         }
         if let Some(v) = &self.context_dir {
             config.image.context = v.clone();
+            config.operator_set("image.context");
         }
         if let Some(v) = &self.platform {
             config.image.platform = Some(v.clone());

@@ -55,7 +55,7 @@ impl Cli {
     /// Runs the command (on the caller's tokio runtime); returns the process exit code.
     pub async fn run(self, reporter: &Reporter) -> anyhow::Result<u8> {
         let env = Env::from_process();
-        let mut config = load_config(self.config.as_deref())?;
+        let mut config = load_config(self.config.as_deref(), &env)?;
         config.apply_env(&env)?;
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd, &config, reporter).await,
@@ -69,9 +69,20 @@ impl Cli {
     }
 }
 
-fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+/// The operator's config: `--config` / `PRPOD_CONFIG`, else `./prpod.toml`. In GitHub Actions
+/// (`GITHUB_ACTIONS=true`) without `--config`, the working directory is a checkout of the
+/// repository, which a pull request may have written: there `./prpod.toml` is read as the
+/// repository's file, and an operator key in it is an error (see [`crate::repo_config`]).
+fn load_config(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
     match explicit {
         Some(path) => Config::load(path),
+        None if Path::new("prpod.toml").is_file() && env.get("GITHUB_ACTIONS") == Some("true") => {
+            let mut config = Config::default();
+            if let Some(repo) = crate::repo_config::read(Path::new("."), false)? {
+                config.apply_repository(&repo)?;
+            }
+            Ok(config)
+        }
         None if Path::new("prpod.toml").is_file() => Config::load(Path::new("prpod.toml")),
         None => Ok(Config::default()),
     }

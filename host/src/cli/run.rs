@@ -156,10 +156,8 @@ async fn execute(
             let e = ErrorReport::of(&err);
             report.error = Some(e.clone());
             reporter.run_report(&report)?;
-            // JSON: the report carries the error; people get it on stderr as well.
-            if reporter.format() == crate::report::Format::Human {
-                reporter.error(&err);
-            }
+            // The JSON report carries the error; the human line goes to stderr in both formats.
+            reporter.error_stderr(&err);
             Ok(e.exit_code)
         }
     }
@@ -199,6 +197,18 @@ async fn line(
         Start::Pushed(_) => Phase::Tags,
     };
     let run: Run = phases::walk(&inputs, last, reporter).await?;
+    // The repository's prpod.toml: from the commit the walk checked out, or the directory given
+    // to `deploy`.
+    let repo_config = match (&run.repository_config, &source_dir) {
+        (Some(r), _) => Some(r.clone()),
+        (None, Some(dir)) if run.checkout.is_none() => {
+            crate::repo_config::read(dir, config.deploy.allow_repository_chart)?
+        }
+        _ => None,
+    };
+    if let Some(r) = &repo_config {
+        config.apply_repository(r)?;
+    }
     report.context = run.context.clone();
     report.tags = run.tags.clone();
     report.backend = run.built.as_ref().map(|b| b.backend.clone());

@@ -1,8 +1,11 @@
 //! buildah (1.28+), for Dockerfiles with `RUN` lines on machines without docker buildx.
 //!
-//! Builds run `buildah build --layers --isolation chroot`: chroot isolation creates no network
-//! namespace, CNI bridge or iptables chains on the host (the default `oci` isolation does), and
-//! needs no runtime daemon. Registry credentials reach buildah only through an authfile the
+//! Builds run `buildah build --layers --isolation oci --network none` by default: a pull request's
+//! `RUN` steps run in their own PID, mount, IPC and UTS namespaces under runc, with their own
+//! `/proc` (so `/proc/1/environ` is the step's own shell, not the runner's init, and no other
+//! process of the runner is visible) and no network at all (no CNI bridge or iptables chains are
+//! made on the host either). `chroot` isolation ([`Isolation::Chroot`]) shares the runner's
+//! network and PID namespaces and its `/proc`: only an operator may choose it. Registry credentials reach buildah only through an authfile the
 //! caller created 0600 in a private directory (`--authfile`), never `--creds` on argv.
 //!
 //! buildah's `--cache-from` / `--cache-to` name a *repository*, not a tag: buildah stores each
@@ -42,6 +45,29 @@ pub struct RegistryAccess {
     pub registries_conf: Option<PathBuf>,
 }
 
+/// How `RUN` steps are isolated from the machine prpod runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// runc: own PID, mount, IPC and UTS namespaces, own `/proc`, no network (`--network none`).
+    #[default]
+    Oci,
+    /// chroot: the runner's network and PID namespaces and its `/proc` (every process's
+    /// environment, prpod's credentials included, is readable from a `RUN` step run as root).
+    Chroot,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "oci" => Ok(Isolation::Oci),
+            "chroot" => Ok(Isolation::Chroot),
+            _ => Err("expected `oci` or `chroot`".into()),
+        }
+    }
+}
+
 /// One `buildah build`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRequest {
@@ -61,6 +87,8 @@ pub struct BuildRequest {
     pub cache_to: Option<String>,
     /// Where to write the image ID (`--iidfile`).
     pub iidfile: PathBuf,
+    /// How `RUN` steps are isolated.
+    pub isolation: Isolation,
 }
 
 /// A buildah command failed.
@@ -180,7 +208,11 @@ impl Buildah {
     /// The argv (after `buildah`) of a build: what [`Buildah::build`] runs.
     pub fn build_argv(&self, req: &BuildRequest) -> Vec<OsString> {
         let mut a = self.global_args();
-        a.extend(["build".into(), "--layers".into(), "--isolation".into(), "chroot".into()]);
+        a.extend(["build".into(), "--layers".into()]);
+        match req.isolation {
+            Isolation::Oci => a.extend(["--isolation".into(), "oci".into(), "--network".into(), "none".into()]),
+            Isolation::Chroot => a.extend(["--isolation".into(), "chroot".into()]),
+        }
         a.extend(self.access_args());
         a.extend(["--platform".into(), req.platform.clone().into()]);
         a.extend(["--file".into(), req.dockerfile.clone().into()]);
@@ -380,11 +412,12 @@ mod tests {
             cache_from: Some("reg/web/cache/cache-main".into()),
             cache_to: Some("reg/web/cache/cache-x".into()),
             iidfile: "/tmp/p/iid".into(),
+            isolation: Isolation::Oci,
         };
         let argv: Vec<String> = b.build_argv(&req).iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             argv.join(" "),
-            "--root /r --runroot /rr --storage-driver vfs build --layers --isolation chroot --authfile /tmp/p/auth.json \
+            "--root /r --runroot /rr --storage-driver vfs build --layers --isolation oci --network none --authfile /tmp/p/auth.json \
              --cert-dir /tmp/p/certs --platform linux/amd64 --file /src/Dockerfile --build-arg A=1 --build-arg B=2 \
              --cache-from reg/web/cache/cache-main --cache-to reg/web/cache/cache-x --iidfile /tmp/p/iid \
              --tag localhost/prpod-build:abc /src"

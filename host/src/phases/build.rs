@@ -147,6 +147,11 @@ pub struct BuildahConfig {
     pub runroot: Option<PathBuf>,
     /// `--storage-driver`, e.g. `vfs` or `overlay` (`PRPOD_BUILDAH_STORAGE_DRIVER`).
     pub storage_driver: Option<String>,
+    /// How `RUN` steps are isolated: `oci` (default: runc, own PID/mount namespaces and `/proc`,
+    /// no network) or `chroot` (the runner's network, PIDs and `/proc`: a `RUN` step can read the
+    /// environment of every process of the runner, credentials included; choose it only for
+    /// trusted code) (`PRPOD_BUILDAH_ISOLATION`).
+    pub isolation: crate::clients::buildah::Isolation,
 }
 
 /// `[build.buildx]`: the builder prpod creates or reuses, and how it builds.
@@ -191,6 +196,7 @@ impl Section for BuildConfig {
         env.apply_opt("PRPOD_BUILDAH_ROOT", "build.buildah.root", &mut b.root)?;
         env.apply_opt("PRPOD_BUILDAH_RUNROOT", "build.buildah.runroot", &mut b.runroot)?;
         env.apply_opt("PRPOD_BUILDAH_STORAGE_DRIVER", "build.buildah.storage_driver", &mut b.storage_driver)?;
+        env.apply("PRPOD_BUILDAH_ISOLATION", "build.buildah.isolation", &mut b.isolation)?;
         let x = &mut self.buildx;
         env.apply("PRPOD_BUILDX_BUILDER", "build.buildx.builder", &mut x.builder)?;
         env.apply("PRPOD_BUILDX_DRIVER", "build.buildx.driver", &mut x.driver)?;
@@ -329,6 +335,22 @@ pub async fn choose_backend(configured: Backend, dockerfile: &Path, buildx: &Bui
     )
 }
 
+/// Largest Dockerfile (or `.dockerignore`) prpod lets a build read.
+pub const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
+
+/// The pull request's build inputs, checked before any builder sees them: the context root, the
+/// Dockerfile and `.dockerignore` are reached without following a symlink (a Dockerfile linked to
+/// a file of the runner would be read, and quoted in errors, by the builder), and the files are
+/// regular and at most [`MAX_DOCKERFILE_BYTES`].
+fn check_repository_inputs(root: &Path, image: &ImageConfig) -> anyhow::Result<()> {
+    use crate::input::{check_repository_dir, read_repository_file};
+    check_repository_dir(root, &image.context, "the build context")?;
+    let dockerfile = image.context.join(&image.dockerfile);
+    read_repository_file(root, &dockerfile, MAX_DOCKERFILE_BYTES, "the Dockerfile")?;
+    read_repository_file(root, &image.context.join(".dockerignore"), MAX_DOCKERFILE_BYTES, "the .dockerignore")?;
+    Ok(())
+}
+
 /// Builds the checkout into an image for `image` with the backend `config` picks.
 pub async fn build(
     checkout: &Checkout,
@@ -341,6 +363,7 @@ pub async fn build(
 ) -> anyhow::Result<BuiltImage> {
     let context_dir = checkout.path.join(&config.image.context);
     let dockerfile = context_dir.join(&config.image.dockerfile);
+    check_repository_inputs(&checkout.path, &config.image)?;
     if !dockerfile.is_file() {
         anyhow::bail!(
             "no Dockerfile at {} in {} at {}: set `[image] dockerfile` (relative to `image.context` = `{}`) or \
@@ -534,6 +557,7 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         cache_from,
         cache_to,
         iidfile: work.join("iid"),
+        isolation: b.isolation,
     };
     let built = tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await?;
     let layout = work.join("image");

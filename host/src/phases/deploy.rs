@@ -72,6 +72,10 @@ pub struct DeployConfig {
     /// Log lines quoted per failing container. Default 20.
     #[serde(default = "default_log_lines")]
     pub log_lines: u32,
+    /// Whether the repository's prpod.toml may set `chart`, `values` and `set` (a chart the
+    /// pull request chooses). An operator setting. Default false.
+    #[serde(default)]
+    pub allow_repository_chart: bool,
 }
 
 fn default_timeout() -> Duration {
@@ -103,6 +107,7 @@ impl Default for DeployConfig {
             kube_context: None,
             pull_secret: default_pull_secret(),
             log_lines: default_log_lines(),
+            allow_repository_chart: false,
         }
     }
 }

@@ -146,6 +146,10 @@ pub struct Run {
     pub built: Option<BuiltImage>,
     /// The pushed image.
     pub pushed: Option<PushedImage>,
+    /// The repository's prpod.toml at the PR's commit, when it has one (already checked: only
+    /// keys the repository may set). The walk applied it for the build; the deploy half applies
+    /// it too ([`Config::apply_repository`]).
+    pub repository_config: Option<crate::repo_config::RepositoryConfig>,
 }
 
 /// Walks the line from the start through `last` (inclusive), recording each phase with the
@@ -153,6 +157,7 @@ pub struct Run {
 pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyhow::Result<Run> {
     let mut run = Run::default();
     let config = inputs.config;
+    redact_secrets(inputs, reporter);
 
     // Context: the PR, the image it becomes, and the registry credentials (read now, so a
     // missing password fails before anything is cloned or built).
@@ -162,6 +167,7 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let registry =
         build::Registry::for_push(&registry_config(config), &image, inputs.secrets.registry_password.as_ref())?;
     let repository = image.to_string();
+    refuse_untrusted_fork(&ctx, inputs)?;
     phase.finish(context::summary(&ctx));
     run.context = Some(ctx.clone());
     run.image = Some(image.clone());
@@ -190,8 +196,20 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
 
     let phase = reporter.phase(Phase::Source);
     let checkout = source::fetch_checkout(&ctx, &config.source, inputs.secrets, &phase).await?;
+    let repo_config = source::repository_config(&checkout, config, &phase)?;
     phase.finish(source::summary(&checkout));
     run.checkout = Some(checkout.clone());
+    let merged;
+    let config = match &repo_config {
+        Some(r) => {
+            let mut c = config.clone();
+            c.apply_repository(r)?;
+            merged = c;
+            &merged
+        }
+        None => config,
+    };
+    run.repository_config = repo_config;
     if last == Phase::Source {
         return Ok(run);
     }
@@ -215,8 +233,59 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     Ok(run)
 }
 
-/// The build half of a plan: the source is read only when the chart lives in the repository
-/// (`[deploy] chart`); the build and the push say what they would do.
+/// Registers every secret the run can reach with the reporter, which scrubs them from all it
+/// prints: the credentials prpod read, and the variables and files that hold others.
+fn redact_secrets(inputs: &Inputs<'_>, reporter: &Reporter) {
+    for s in inputs.secrets.all() {
+        reporter.redact(s);
+    }
+    let registry = &inputs.config.registry;
+    let vars = ["PRPOD_REGISTRY_PASSWORD", "PRPOD_GIT_TOKEN", "GITHUB_TOKEN", "PRPOD_CACHE_KEY", "ACTIONS_RUNTIME_TOKEN"];
+    for var in vars.iter().copied().chain(registry.password_env.as_deref()) {
+        if let Some(v) = inputs.env.get(var) {
+            reporter.redact(&Secret::new(v));
+        }
+    }
+    if let Some(f) = &registry.password_file
+        && let Ok(text) = crate::input::read_text_file(f, 1 << 20, "registry password file")
+    {
+        reporter.redact(&Secret::new(text.trim()));
+    }
+}
+
+/// A pull request from a fork runs code and files its author controls: with secrets present (a
+/// git token, registry credentials) it is refused unless the operator set `[source] allow_forks`.
+fn refuse_untrusted_fork(ctx: &PrContext, inputs: &Inputs<'_>) -> anyhow::Result<()> {
+    if !ctx.fork || inputs.config.source.allow_forks {
+        return Ok(());
+    }
+    let registry = &inputs.config.registry;
+    let mut held = Vec::new();
+    if inputs.secrets.git_token.is_some() {
+        held.push("a git token");
+    }
+    if inputs.secrets.registry_password.is_some()
+        || inputs.env.get("PRPOD_REGISTRY_PASSWORD").is_some()
+        || registry.password_file.is_some()
+        || registry.password_env.as_deref().is_some_and(|v| inputs.env.get(v).is_some())
+    {
+        held.push("registry credentials");
+    }
+    anyhow::ensure!(
+        held.is_empty(),
+        "pull request {} of {} comes from a fork, and this run holds {}: refusing to build and deploy a fork's \
+         code with them. Run fork pull requests without secrets (GitHub gives `pull_request` runs from forks \
+         none), or set `[source] allow_forks = true` (PRPOD_ALLOW_FORKS=true) in the operator's config if you \
+         accept that a fork's Dockerfile and chart run with these credentials in reach",
+        ctx.number.map(|n| format!("#{n}")).unwrap_or_else(|| ctx.branch.clone()),
+        ctx.repository,
+        held.join(" and ")
+    );
+    Ok(())
+}
+
+/// The build half of a plan: the source is read (for the repository's prpod.toml and chart); the
+/// build and the push say what they would do.
 async fn plan_build(
     inputs: &Inputs<'_>,
     ctx: PrContext,
@@ -225,15 +294,14 @@ async fn plan_build(
     mut run: Run,
     reporter: &Reporter,
 ) -> anyhow::Result<Run> {
+    // The source is always read: the repository's prpod.toml at this commit says what the app
+    // is and which chart it takes, and a plan checks what a run would deploy.
     let phase = reporter.phase(Phase::Source);
     let sha12 = ctx.sha.get(..12).unwrap_or(&ctx.sha);
-    if inputs.config.deploy.chart.is_some() {
-        let checkout = source::fetch_checkout(&ctx, &inputs.config.source, inputs.secrets, &phase).await?;
-        phase.finish(source::summary(&checkout));
-        run.checkout = Some(checkout);
-    } else {
-        phase.skip(format!("would fetch {sha12} from {}", ctx.repository_url));
-    }
+    let checkout = source::fetch_checkout(&ctx, &inputs.config.source, inputs.secrets, &phase).await?;
+    run.repository_config = source::repository_config(&checkout, inputs.config, &phase)?;
+    phase.finish(source::summary(&checkout));
+    run.checkout = Some(checkout);
     reporter
         .phase(Phase::Build)
         .skip(format!("would build {repository} from {sha12} (backend {})", inputs.config.build.backend.name()));
@@ -241,6 +309,9 @@ async fn plan_build(
     reporter.phase(Phase::Push).skip(format!("would push {repository} as {}", all.join(", ")));
     Ok(run)
 }
+
+/// Largest values file prpod hands Helm from the repository.
+pub const MAX_VALUES_BYTES: u64 = 8 << 20;
 
 /// What the deploy half of the line (chart, deploy, verify) starts from.
 pub struct DeliverInputs<'a> {
@@ -333,6 +404,13 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
             None => config.resolve_path(v),
         })
         .collect();
+    // Values files in the pull request's checkout: no symlink followed on the way (one to a file
+    // of the runner would be read by Helm into the manifests), regular, and bounded.
+    if let Some(root) = input.chart_root {
+        for v in &dc.values {
+            crate::input::read_repository_file(root, v, MAX_VALUES_BYTES, "the values file (`[deploy] values`)")?;
+        }
+    }
     let generator = match chart_dir {
         Some(_) => None,
         None => Some(

@@ -35,6 +35,9 @@ pub struct SourceConfig {
     pub connect_timeout_secs: u64,
     /// Seconds a fetch may go without progress once it started (`PRPOD_SOURCE_STALL_TIMEOUT_SECS`).
     pub stall_timeout_secs: u64,
+    /// Whether a pull request from a fork may run while the run holds secrets (a git token or
+    /// registry credentials). Default false: such a run is refused (`PRPOD_ALLOW_FORKS`).
+    pub allow_forks: bool,
 }
 
 impl Default for SourceConfig {
@@ -47,6 +50,7 @@ impl Default for SourceConfig {
             cache_dir: None,
             connect_timeout_secs: 8,
             stall_timeout_secs: 60,
+            allow_forks: false,
         }
     }
 }
@@ -59,6 +63,7 @@ impl Section for SourceConfig {
         env.apply_opt("PRPOD_SOURCE_CACHE_DIR", "source.cache_dir", &mut self.cache_dir)?;
         env.apply("PRPOD_SOURCE_CONNECT_TIMEOUT_SECS", "source.connect_timeout_secs", &mut self.connect_timeout_secs)?;
         env.apply("PRPOD_SOURCE_STALL_TIMEOUT_SECS", "source.stall_timeout_secs", &mut self.stall_timeout_secs)?;
+        env.apply("PRPOD_ALLOW_FORKS", "source.allow_forks", &mut self.allow_forks)?;
         Ok(())
     }
 
@@ -77,6 +82,24 @@ impl Section for SourceConfig {
     }
 }
 
+/// The repository's prpod.toml at the checked-out commit, when it has one, checked against
+/// what a repository may set ([`crate::repo_config`]); the phase notes which keys it set.
+pub fn repository_config(
+    checkout: &Checkout,
+    config: &crate::config::Config,
+    phase: &PhaseHandle,
+) -> Result<Option<crate::repo_config::RepositoryConfig>, ConfigError> {
+    let repo = crate::repo_config::read(&checkout.path, config.deploy.allow_repository_chart)?;
+    if let Some(r) = &repo {
+        let keys = r.keys();
+        phase.note(format!(
+            "the commit's prpod.toml sets {}",
+            if keys.is_empty() { "nothing".to_string() } else { keys.join(", ") }
+        ));
+    }
+    Ok(repo)
+}
+
 /// Fetches the PR's commit into the clone cache and checks it out. The cache holds one
 /// repository per clone URL; a run holds its lock, so two runs for the same repository on one
 /// machine take turns instead of corrupting it. A commit already in the cache is not fetched.
@@ -89,6 +112,7 @@ pub async fn fetch_checkout(
     let url = &ctx.repository_url;
     check_token_transport(url, secrets.git_token.is_some())?;
     let root = cache_dir(config)?;
+    private_dir(&root)?;
     let dir = root.join(format!("{}.git", cache_key(url)));
     let lock = lock(&dir, phase).await?;
     let credentials =
@@ -144,6 +168,30 @@ fn work_dir(root: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
         .prefix("run-")
         .tempdir_in(&parent)
         .with_context(|| format!("failed to create a work tree under {}", parent.display()))
+}
+
+/// Creates the clone cache 0700, or makes an existing one of ours 0700: it holds other pull
+/// requests' code and work trees, which nobody else on the machine should read or plant files in.
+fn private_dir(root: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("failed to create the clone cache {}", root.display()))?;
+    let meta = std::fs::symlink_metadata(root).with_context(|| format!("failed to read {}", root.display()))?;
+    anyhow::ensure!(
+        meta.is_dir() && meta.uid() == rustix::process::geteuid().as_raw(),
+        "the clone cache {} is not a directory of yours: set `[source] cache_dir` (PRPOD_SOURCE_CACHE_DIR) to a \
+         private directory",
+        root.display()
+    );
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("failed to make the clone cache {} private (0700)", root.display()))?;
+    }
+    Ok(())
 }
 
 /// A token is sent over plain HTTP only to this machine (a local git server in tests).

@@ -1,14 +1,20 @@
 //! prpod's seed tag scheme, as pure functions over plain inputs.
 //!
-//! * primary tag: `pr-<number>` when the pull request number is known, else `pr-<branch>`;
-//! * extra tags: `pr-<branch>` and `sha-<first 12 hex of the commit>`, never repeating the primary;
-//! * cache-from: `cache-<branch>`, then `cache-<base branch, or main>` (deduplicated);
-//! * cache-to: `cache-<branch>`;
-//! * release name and namespace: `pr-<number>`, else `pr-<branch>` as a DNS-1123 label.
+//! * primary tag: `pr-<number>` when the pull request number is known, else `br-<branch>`;
+//! * extra tags: `br-<branch>` and `sha-<first 12 hex of the commit>`, never repeating the primary.
+//!   Branch-derived tags carry the prefix `br-`, so no branch (not even one named `7`) can produce
+//!   a PR's `pr-7`; a fork's branch carries its owner, `br-<owner>--<branch>` (`--` never occurs in
+//!   a sanitised name, so `alice`'s `x` and the base repository's `alice-x` stay apart);
+//! * cache-to: this PR's own, `cache-pr-<number>` (`cache-br-<branch>` for a build without a PR):
+//!   a PR never writes a cache that another PR or the base branch reads;
+//! * cache-from: the own cache, then the base branch's `cache-br-<base branch, or main>`, which
+//!   only builds of the base branch itself (no PR number) write;
+//! * release name and namespace: `<repository name>-pr-<number>`, else
+//!   `<repository name>-br-<branch>`, as a DNS-1123 label of at most 53 characters.
 //!
 //! Branch names are sanitised with [`sanitize`]. A name too long for its limit is cut and keeps a
 //! stable hash suffix (`-` and the first [`HASH_HEX_DIGITS`] hex digits of the SHA-256 of the
-//! full, unsanitised branch), so two long branches sharing a prefix do not end up with the same
+//! full, unsanitised name), so two long branches sharing a prefix do not end up with the same
 //! name: 64 bits make a collision among one repository's branches a 1-in-10^10 event even for a
 //! million long branches.
 //!
@@ -139,34 +145,64 @@ pub fn validate_sha(sha: &str) -> Result<String, String> {
     }
 }
 
+/// The branch a build is for: its name, and the fork's owner when it lives in a fork.
+#[derive(Debug, Clone, Copy)]
+pub struct Branch<'a> {
+    /// The branch name, exactly as git names it.
+    pub name: &'a str,
+    /// The owner of the fork the branch lives in (`None`: the repository itself).
+    pub fork_owner: Option<&'a str>,
+}
+
+impl<'a> Branch<'a> {
+    /// A branch of the repository itself.
+    pub fn own(name: &'a str) -> Branch<'a> {
+        Branch { name, fork_owner: None }
+    }
+
+    /// The sanitised name tags carry (`<owner>--<branch>` for a fork), and the original the hash
+    /// suffix of a shortened name is taken from.
+    fn part(&self, dns: bool) -> Result<(String, String), String> {
+        let clean = |s: &str| if dns { sanitize_dns(s) } else { sanitize(s) };
+        let branch = clean(self.name)?;
+        Ok(match self.fork_owner {
+            Some(owner) => (format!("{}--{branch}", clean(owner).map_err(|e| format!("fork owner: {e}"))?), format!("{owner}:{}", self.name)),
+            None => (branch, self.name.to_string()),
+        })
+    }
+}
+
 /// `<prefix><sanitised branch>`, shortened with a hash suffix to fit a tag.
-fn branch_tag(prefix: &str, branch: &str) -> Result<String, String> {
-    let s = sanitize(branch)?;
-    Ok(fit(prefix, &s, branch, MAX_TAG_LEN))
+fn branch_tag(prefix: &str, branch: Branch<'_>) -> Result<String, String> {
+    let (part, original) = branch.part(false)?;
+    Ok(fit(prefix, &part, &original, MAX_TAG_LEN))
 }
 
 /// Computes the tags for one build. See the crate docs for the rules.
-pub fn compute_tags(number: Option<u64>, branch: &str, base_branch: Option<&str>, sha: &str) -> Result<Tags, String> {
+pub fn compute_tags(number: Option<u64>, branch: Branch<'_>, base_branch: Option<&str>, sha: &str) -> Result<Tags, String> {
     let sha = validate_sha(sha)?;
-    let branch_pr = branch_tag("pr-", branch)?;
+    let branch_tag_ = branch_tag("br-", branch)?;
     let primary = match number {
         Some(n) => format!("pr-{n}"),
-        None => branch_pr.clone(),
+        None => branch_tag_.clone(),
     };
     let mut extra = Vec::with_capacity(2);
-    for t in [branch_pr, format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())])] {
+    for t in [branch_tag_, format!("sha-{}", &sha[..SHORT_SHA_LEN.min(sha.len())])] {
         if t != primary && !extra.contains(&t) {
             extra.push(t);
         }
     }
-    let cache_branch = branch_tag("cache-", branch)?;
+    let cache_to = match number {
+        Some(n) => format!("cache-pr-{n}"),
+        None => branch_tag("cache-br-", branch)?,
+    };
     let base = base_branch.map(str::trim).filter(|b| !b.is_empty()).unwrap_or(DEFAULT_BASE_BRANCH);
-    let cache_base = branch_tag("cache-", base).map_err(|e| format!("base {e}"))?;
-    let mut cache_from = vec![cache_branch.clone()];
-    if cache_base != cache_branch {
+    let cache_base = branch_tag("cache-br-", Branch::own(base)).map_err(|e| format!("base {e}"))?;
+    let mut cache_from = vec![cache_to.clone()];
+    if cache_base != cache_to {
         cache_from.push(cache_base);
     }
-    let tags = Tags { primary, extra, cache_from, cache_to: Some(cache_branch) };
+    let tags = Tags { primary, extra, cache_from, cache_to: Some(cache_to) };
     debug_assert!(all_valid(&tags));
     Ok(tags)
 }
@@ -175,18 +211,40 @@ fn all_valid(t: &Tags) -> bool {
     std::iter::once(&t.primary).chain(&t.extra).chain(&t.cache_from).chain(&t.cache_to).all(|t| is_valid_tag(t))
 }
 
-/// The Helm release name and Kubernetes namespace of the preview: `pr-<number>`, or
-/// `pr-<branch>` as a DNS-1123 label (at most 53 characters, shortened with a hash suffix)
-/// when no number is known. Both are the same name.
-pub fn release(number: Option<u64>, branch: &str) -> Result<(String, String), String> {
+/// How many hex digits of SHA-256 a shortened repository name carries in a release name.
+const REPO_HASH_HEX_DIGITS: usize = 8;
+
+/// The Helm release name and Kubernetes namespace of the preview: `<repo>-pr-<number>`, or
+/// `<repo>-br-<branch>` when no number is known, as a DNS-1123 label of at most 53 characters.
+/// `<repo>` is the name part of the `owner/name` slug. A repository name too long to fit is cut
+/// and keeps `-` and 8 hex digits of the SHA-256 of the whole slug; a branch name too long is cut
+/// and keeps 16 of the SHA-256 of slug and branch. Both names are the same.
+pub fn release(repository: &str, number: Option<u64>, branch: Branch<'_>) -> Result<(String, String), String> {
+    let slug_name = repository.rsplit('/').next().unwrap_or(repository);
+    let repo = sanitize_dns(slug_name).map_err(|_| {
+        format!("repository {repository:?} has no characters usable in a release name (letters, digits, '-')")
+    })?;
     let name = match number {
-        Some(n) => format!("pr-{n}"),
+        Some(n) => {
+            let suffix = format!("-pr-{n}");
+            if repo.len() + suffix.len() <= MAX_RELEASE_LEN {
+                format!("{repo}{suffix}")
+            } else {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(repository.as_bytes());
+                let hash: String =
+                    digest.iter().take(REPO_HASH_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect();
+                let keep = MAX_RELEASE_LEN.saturating_sub(suffix.len() + 1 + hash.len());
+                let cut = repo[..keep.min(repo.len())].trim_end_matches('-');
+                if cut.is_empty() { format!("{hash}{suffix}") } else { format!("{cut}-{hash}{suffix}") }
+            }
+        }
         None => {
-            let s = sanitize_dns(branch)?;
-            fit("pr-", &s, branch, MAX_RELEASE_LEN)
+            let (part, original) = branch.part(true)?;
+            fit("", &format!("{repo}-br-{part}"), &format!("{repository}#{original}"), MAX_RELEASE_LEN)
         }
     };
-    debug_assert!(is_dns1123_label(&name, MAX_RELEASE_LEN));
+    debug_assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
     let namespace = name.clone();
     debug_assert!(is_dns1123_label(&namespace, MAX_NAMESPACE_LEN));
     Ok((name, namespace))
@@ -199,7 +257,11 @@ mod tests {
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
     fn tags(number: Option<u64>, branch: &str, base: Option<&str>) -> Tags {
-        compute_tags(number, branch, base, SHA).unwrap()
+        compute_tags(number, Branch::own(branch), base, SHA).unwrap()
+    }
+
+    fn rel(number: Option<u64>, branch: &str) -> Result<(String, String), String> {
+        release("acme/web", number, Branch::own(branch))
     }
 
     #[test]
@@ -208,40 +270,71 @@ mod tests {
             tags(Some(42), "feature/Login-Page", Some("main")),
             Tags {
                 primary: "pr-42".into(),
-                extra: vec!["pr-feature-login-page".into(), "sha-0123456789ab".into()],
-                cache_from: vec!["cache-feature-login-page".into(), "cache-main".into()],
-                cache_to: Some("cache-feature-login-page".into()),
+                extra: vec!["br-feature-login-page".into(), "sha-0123456789ab".into()],
+                cache_from: vec!["cache-pr-42".into(), "cache-br-main".into()],
+                cache_to: Some("cache-pr-42".into()),
             }
         );
     }
 
     #[test]
-    fn no_number_primary_is_branch_and_not_repeated() {
-        let t = tags(None, "fix/bug", Some("develop"));
-        assert_eq!(t.primary, "pr-fix-bug");
-        assert_eq!(t.extra, vec!["sha-0123456789ab".to_string()]);
-        assert_eq!(t.cache_from, vec!["cache-fix-bug", "cache-develop"]);
-        assert_eq!(t.cache_to.as_deref(), Some("cache-fix-bug"));
+    fn a_branch_named_like_a_number_never_makes_a_pr_tag() {
+        let t = tags(Some(1), "7", None);
+        assert!(!t.extra.contains(&"pr-7".to_string()), "{t:?}");
+        assert_eq!(t.extra[0], "br-7");
+        assert_eq!(tags(None, "7", None).primary, "br-7");
+        assert_ne!(tags(None, "7", None).primary, tags(Some(7), "x", None).primary);
     }
 
     #[test]
-    fn base_defaults_to_main_and_dedupes() {
-        assert_eq!(tags(Some(1), "x", None).cache_from, vec!["cache-x", "cache-main"]);
-        assert_eq!(tags(Some(1), "x", Some("")).cache_from, vec!["cache-x", "cache-main"]);
-        assert_eq!(tags(Some(1), "main", None).cache_from, vec!["cache-main"]);
-        assert_eq!(tags(Some(1), "Main", Some("main")).cache_from, vec!["cache-main"]);
+    fn a_pr_never_writes_the_base_branchs_cache() {
+        // A PR whose head branch is called `main` still writes only its own cache.
+        let t = tags(Some(3), "main", Some("main"));
+        assert_eq!(t.cache_to.as_deref(), Some("cache-pr-3"));
+        assert_eq!(t.cache_from, vec!["cache-pr-3", "cache-br-main"]);
+        // Only a build of the base branch itself (no PR) writes the base cache.
+        assert_eq!(tags(None, "main", None).cache_to.as_deref(), Some("cache-br-main"));
+        assert_eq!(tags(None, "main", None).cache_from, vec!["cache-br-main"]);
+    }
+
+    #[test]
+    fn fork_branch_tags_carry_the_owner() {
+        let fork = |owner, branch| compute_tags(Some(5), Branch { name: branch, fork_owner: Some(owner) }, None, SHA);
+        let t = fork("Alice", "feature/x").unwrap();
+        assert_eq!(t.extra[0], "br-alice--feature-x");
+        // The repository's own branch `alice-feature-x` cannot collide with it.
+        assert_ne!(t.extra[0], tags(Some(5), "alice-feature-x", None).extra[0]);
+        assert_ne!(fork("a-b", "c").unwrap().extra[0], fork("a", "b-c").unwrap().extra[0]);
+        let (name, _) = release("acme/web", None, Branch { name: "x", fork_owner: Some("bob") }).unwrap();
+        assert_eq!(name, "web-br-bob--x");
+    }
+
+    #[test]
+    fn no_number_primary_is_branch_and_not_repeated() {
+        let t = tags(None, "fix/bug", Some("develop"));
+        assert_eq!(t.primary, "br-fix-bug");
+        assert_eq!(t.extra, vec!["sha-0123456789ab".to_string()]);
+        assert_eq!(t.cache_from, vec!["cache-br-fix-bug", "cache-br-develop"]);
+        assert_eq!(t.cache_to.as_deref(), Some("cache-br-fix-bug"));
+    }
+
+    #[test]
+    fn base_defaults_to_main() {
+        assert_eq!(tags(Some(1), "x", None).cache_from, vec!["cache-pr-1", "cache-br-main"]);
+        assert_eq!(tags(Some(1), "x", Some("")).cache_from, vec!["cache-pr-1", "cache-br-main"]);
+        assert_eq!(tags(None, "Main", Some("main")).cache_from, vec!["cache-br-main"]);
     }
 
     #[test]
     fn short_sha_kept_whole_and_lowercased() {
-        let t = compute_tags(Some(7), "a", None, "ABCDEF1").unwrap();
-        assert_eq!(t.extra, vec!["pr-a", "sha-abcdef1"]);
+        let t = compute_tags(Some(7), Branch::own("a"), None, "ABCDEF1").unwrap();
+        assert_eq!(t.extra, vec!["br-a", "sha-abcdef1"]);
     }
 
     #[test]
     fn bad_sha_rejected_with_value() {
         for bad in ["", "abc", "xyz1234", &"a".repeat(41), "0123456 "] {
-            let e = compute_tags(Some(1), "b", None, bad).unwrap_err();
+            let e = compute_tags(Some(1), Branch::own("b"), None, bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
     }
@@ -272,23 +365,40 @@ mod tests {
         for b in ["", "///", "🚀", "._-", "日本"] {
             let e = sanitize(b).unwrap_err();
             assert!(e.contains(&format!("{b:?}")), "{e}");
-            assert!(compute_tags(Some(1), b, None, SHA).is_err());
-            assert!(release(None, b).is_err());
+            assert!(compute_tags(Some(1), Branch::own(b), None, SHA).is_err());
+            assert!(rel(None, b).is_err());
         }
         // With a number the release does not need the branch.
-        assert_eq!(release(Some(3), "🚀").unwrap(), ("pr-3".into(), "pr-3".into()));
-        let e = compute_tags(Some(1), "ok", Some("///"), SHA).unwrap_err();
+        assert_eq!(rel(Some(3), "🚀").unwrap(), ("web-pr-3".into(), "web-pr-3".into()));
+        let e = compute_tags(Some(1), Branch::own("ok"), Some("///"), SHA).unwrap_err();
         assert!(e.starts_with("base branch \"///\""), "{e}");
     }
 
     #[test]
-    fn release_names() {
-        assert_eq!(release(Some(42), "whatever").unwrap(), ("pr-42".into(), "pr-42".into()));
+    fn release_names_carry_the_repository() {
+        assert_eq!(rel(Some(42), "whatever").unwrap(), ("web-pr-42".into(), "web-pr-42".into()));
         assert_eq!(
-            release(None, "Feature/My_Branch.v2").unwrap(),
-            ("pr-feature-my-branch-v2".into(), "pr-feature-my-branch-v2".into())
+            rel(None, "Feature/My_Branch.v2").unwrap(),
+            ("web-br-feature-my-branch-v2".into(), "web-br-feature-my-branch-v2".into())
         );
-        assert_eq!(release(Some(u64::MAX), "x").unwrap().0, format!("pr-{}", u64::MAX));
+        assert_eq!(rel(Some(u64::MAX), "x").unwrap().0, format!("web-pr-{}", u64::MAX));
+        // Two repositories' PR #1 get two names.
+        let other = release("acme/hello-web", Some(1), Branch::own("x")).unwrap().0;
+        assert_eq!(other, "hello-web-pr-1");
+        assert_ne!(other, rel(Some(1), "x").unwrap().0);
+        assert_eq!(release("Acme/My_Repo.js", Some(1), Branch::own("x")).unwrap().0, "my-repo-js-pr-1");
+    }
+
+    #[test]
+    fn long_repository_names_are_cut_with_a_hash_and_keep_the_number() {
+        let slug = format!("acme/{}", "r".repeat(100));
+        let (name, _) = release(&slug, Some(12345), Branch::own("x")).unwrap();
+        assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
+        assert!(name.ends_with("-pr-12345"), "{name}");
+        let (other, _) = release(&format!("{slug}x"), Some(12345), Branch::own("x")).unwrap();
+        assert_ne!(name, other);
+        let (max, _) = release(&slug, Some(u64::MAX), Branch::own("x")).unwrap();
+        assert!(is_dns1123_label(&max, MAX_RELEASE_LEN), "{max}");
     }
 
     #[test]
@@ -297,15 +407,15 @@ mod tests {
         let t = tags(None, &branch, None);
         assert_eq!(t.primary.len(), MAX_TAG_LEN);
         assert!(t.primary.ends_with(&format!("-{}", hash_suffix(&branch))));
-        assert!(t.primary.starts_with("pr-feature-aaaa"));
+        assert!(t.primary.starts_with("br-feature-aaaa"));
         for tag in std::iter::once(&t.primary).chain(&t.extra).chain(&t.cache_from) {
             assert!(is_valid_tag(tag), "{tag}");
         }
-        let (name, ns) = release(None, &branch).unwrap();
+        let (name, ns) = rel(None, &branch).unwrap();
         assert_eq!(name.len(), MAX_RELEASE_LEN);
         assert!(is_dns1123_label(&name, MAX_RELEASE_LEN));
         assert!(is_dns1123_label(&ns, MAX_NAMESPACE_LEN));
-        assert!(name.ends_with(&hash_suffix(&branch)));
+        assert!(name.ends_with(&hash_suffix(&format!("acme/web#{branch}"))));
     }
 
     #[test]
@@ -314,38 +424,37 @@ mod tests {
         let a = format!("{prefix}-one");
         let b = format!("{prefix}-two");
         assert_ne!(tags(None, &a, None).primary, tags(None, &b, None).primary);
-        assert_ne!(tags(Some(1), &a, None).cache_to, tags(Some(1), &b, None).cache_to);
-        assert_ne!(release(None, &a).unwrap().0, release(None, &b).unwrap().0);
+        assert_ne!(tags(None, &a, None).cache_to, tags(None, &b, None).cache_to);
+        assert_ne!(rel(None, &a).unwrap().0, rel(None, &b).unwrap().0);
         // Also for names only the release has to shorten.
         let p = "feature-".repeat(6);
-        assert_ne!(release(None, &format!("{p}alpha")).unwrap().0, release(None, &format!("{p}beta")).unwrap().0);
+        assert_ne!(rel(None, &format!("{p}alpha")).unwrap().0, rel(None, &format!("{p}beta")).unwrap().0);
     }
 
     #[test]
     fn cut_does_not_end_in_separator() {
-        // The cut lands right after a '-': it must be trimmed before the hash suffix.
-        // 53 - "pr-" - "-" - 16 hex digits leaves 33 characters: 32 b's and the '-'.
-        let branch = format!("{}-{}", "b".repeat(32), "c".repeat(40));
-        let (name, _) = release(None, &branch).unwrap();
+        // 53 - "web-br-" (7) - "-" - 16 hex digits leaves 29 characters: 28 b's and the '-'.
+        let branch = format!("{}-{}", "b".repeat(28), "c".repeat(40));
+        let (name, _) = rel(None, &branch).unwrap();
         assert!(is_dns1123_label(&name, MAX_RELEASE_LEN), "{name}");
         assert!(!name.contains("--"), "{name}");
-        assert_eq!(name, format!("pr-{}-{}", "b".repeat(32), hash_suffix(&branch)));
+        assert_eq!(name, format!("web-br-{}-{}", "b".repeat(28), hash_suffix(&format!("acme/web#{branch}"))));
     }
 
     #[test]
     fn exact_boundaries() {
-        // 125 + "pr-" = 128: fits as is.
+        // 125 + "br-" = 128: fits as is.
         let b = "d".repeat(125);
-        assert_eq!(tags(None, &b, None).primary, format!("pr-{b}"));
+        assert_eq!(tags(None, &b, None).primary, format!("br-{b}"));
         // 126: one too many, shortened.
         let b = "d".repeat(126);
         let p = tags(None, &b, None).primary;
-        assert_eq!(p, format!("pr-{}-{}", "d".repeat(108), hash_suffix(&b)));
-        // Release: 50 + "pr-" = 53 fits; 51 is shortened.
-        let b = "e".repeat(50);
-        assert_eq!(release(None, &b).unwrap().0, format!("pr-{b}"));
-        let b = "e".repeat(51);
-        assert_eq!(release(None, &b).unwrap().0, format!("pr-{}-{}", "e".repeat(33), hash_suffix(&b)));
+        assert_eq!(p, format!("br-{}-{}", "d".repeat(108), hash_suffix(&b)));
+        // Release: 46 + "web-br-" = 53 fits; 47 is shortened.
+        let b = "e".repeat(46);
+        assert_eq!(rel(None, &b).unwrap().0, format!("web-br-{b}"));
+        let b = "e".repeat(47);
+        assert_eq!(rel(None, &b).unwrap().0.len(), MAX_RELEASE_LEN);
     }
 
     #[test]
@@ -375,7 +484,7 @@ mod tests {
     #[test]
     fn slashes_and_case_map_like_git_hosts() {
         let t = tags(Some(9), "Users/Alice/Fix--Thing", Some("release/1.x"));
-        assert_eq!(t.extra[0], "pr-users-alice-fix-thing");
-        assert_eq!(t.cache_from[1], "cache-release-1.x");
+        assert_eq!(t.extra[0], "br-users-alice-fix-thing");
+        assert_eq!(t.cache_from[1], "cache-br-release-1.x");
     }
 }

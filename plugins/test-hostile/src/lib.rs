@@ -74,7 +74,7 @@ fn label<'a>(ctx: &'a PrContext, key: &str) -> Option<&'a str> {
 }
 
 fn normal_tags(ctx: &PrContext) -> Result<TagSet, String> {
-    let t = tag_scheme::compute_tags(ctx.number, &ctx.branch, ctx.base_branch.as_deref(), &ctx.sha)?;
+    let t = tag_scheme::compute_tags(ctx.number, tag_scheme::Branch::own(&ctx.branch), ctx.base_branch.as_deref(), &ctx.sha)?;
     Ok(TagSet { primary: t.primary, extra: t.extra, cache_from: t.cache_from, cache_to: t.cache_to })
 }
 
@@ -260,7 +260,7 @@ impl Guest for Hostile {
         if ctx.branch == "bad-release" {
             return Ok(ReleaseTarget { name: "Bad_Release".into(), namespace: "Bad_Release".into() });
         }
-        let (name, namespace) = tag_scheme::release(ctx.number, &ctx.branch)?;
+        let (name, namespace) = tag_scheme::release(&ctx.repository, ctx.number, tag_scheme::Branch::own(&ctx.branch))?;
         Ok(ReleaseTarget { name, namespace })
     }
 
