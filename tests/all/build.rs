@@ -20,7 +20,7 @@ use prpod_test_support::{Registry, TempDir, World, unique_name, world};
 use crate::{json, stderr};
 
 /// The example app, copied so a test can change it.
-fn app_copy() -> TempDir {
+pub(crate) fn app_copy() -> TempDir {
     let dir = TempDir::new("hello-web");
     let src = crate::repo_root().join("examples/hello-web");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dir.path()).status().unwrap();
@@ -29,7 +29,7 @@ fn app_copy() -> TempDir {
 }
 
 /// Publishes `dir` as a new repository on the world's git server; returns (clone URL, head SHA).
-fn publish(w: &World, dir: &Path, name: &str) -> (String, String) {
+pub(crate) fn publish(w: &World, dir: &Path, name: &str) -> (String, String) {
     let url = w.git.publish(dir, name);
     (url.clone(), head_of(w, &url))
 }
@@ -42,14 +42,14 @@ fn head_of(w: &World, url: &str) -> String {
 
 /// One place for a test's prpod runs: a private HOME, clone cache and buildah storage, the
 /// world's credentials in the environment (never on argv), and nothing else inherited.
-struct Runner {
+pub(crate) struct Runner {
     home: TempDir,
     envs: Vec<(String, String)>,
     secrets: Vec<String>,
 }
 
 impl Runner {
-    fn new(w: &World) -> Runner {
+    pub(crate) fn new(w: &World) -> Runner {
         let home = TempDir::new("prpod-home");
         let reg = &w.registry_tls;
         let plugin_cache = crate::repo_root().join("target/test-prpod-cache");
@@ -74,7 +74,7 @@ impl Runner {
         Runner { home, envs, secrets }
     }
 
-    fn set(&mut self, k: &str, v: &str) {
+    pub(crate) fn set(&mut self, k: &str, v: &str) {
         self.envs.retain(|(n, _)| n != k);
         self.envs.push((k.into(), v.into()));
     }
@@ -86,7 +86,7 @@ impl Runner {
     }
 
     /// `prpod --output json build ARGS`, checked for leaked secrets.
-    fn build(&self, args: &[&str]) -> Output {
+    pub(crate) fn build(&self, args: &[&str]) -> Output {
         let out = self
             .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
             .args(["--output", "json", "build"])
@@ -105,7 +105,7 @@ impl Runner {
     }
 }
 
-fn ok(out: &Output) -> Value {
+pub(crate) fn ok(out: &Output) -> Value {
     assert!(
         out.status.success(),
         "prpod failed ({:?}):\n{}\n{}",

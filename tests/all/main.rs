@@ -15,6 +15,7 @@ mod plugins;
 mod push;
 mod run;
 mod sandbox;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
