@@ -47,7 +47,8 @@ fn tag_policy(c: &mut Criterion) {
     group.bench_function("native", |b| {
         b.iter(|| {
             let c = std::hint::black_box(&ctx);
-            tag_scheme::compute_tags(c.number, tag_scheme::Branch::own(&c.branch), c.base_branch.as_deref(), &c.sha).unwrap()
+            tag_scheme::compute_tags(c.number, tag_scheme::Branch::own(&c.branch), c.base_branch.as_deref(), &c.sha)
+                .unwrap()
         })
     });
     group.finish();

@@ -95,7 +95,9 @@ fn belongs(section: &str, key: &str) -> String {
         ("image", "repository") => "it decides where the image, and the registry credentials, go",
         ("image", _) => "it decides how the image is built",
         ("deploy", "helm") => "it decides which program prpod runs as Helm",
-        ("deploy", "kubeconfig" | "kube_context") => "it decides which cluster and credentials are used (a kubeconfig can run programs)",
+        ("deploy", "kubeconfig" | "kube_context") => {
+            "it decides which cluster and credentials are used (a kubeconfig can run programs)"
+        }
         ("deploy", _) => "it decides how and where previews are deployed",
         ("build", _) => "it decides the build backend and the programs it runs",
         ("plugins" | "limits", _) => "it decides the policy plugins and their limits",
@@ -113,11 +115,12 @@ fn belongs(section: &str, key: &str) -> String {
 pub fn read(dir: &Path, allow_chart: bool) -> Result<Option<RepositoryConfig>, ConfigError> {
     let path = dir.join(FILE_NAME);
     let err = |why: String| ConfigError::File { path: path.clone(), why };
-    let bytes = match crate::input::read_repository_file(dir, Path::new(FILE_NAME), MAX_BYTES, "the repository's config") {
-        Ok(Some(b)) => b,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(err(e.into_io().to_string())),
-    };
+    let bytes =
+        match crate::input::read_repository_file(dir, Path::new(FILE_NAME), MAX_BYTES, "the repository's config") {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(err(e.into_io().to_string())),
+        };
     let text = String::from_utf8(bytes).map_err(|_| err("it is not UTF-8 text".into()))?;
     parse(&text, &path, allow_chart).map(Some)
 }

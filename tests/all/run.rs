@@ -27,6 +27,16 @@ fn unique_pr() -> u64 {
 }
 
 /// A 40-hex commit SHA unique to this call.
+/// Publishes the example app as a new repository; returns its name and its head commit.
+pub fn publish_example(w: &prpod_test_support::World) -> (String, String) {
+    let name = unique_name("acme/hello-web");
+    let url = w.git.publish(&repo_root().join("examples/hello-web"), &name);
+    let out = w.git.git_with_token(&w.git.token).args(["ls-remote", &url, "refs/heads/main"]).output().unwrap();
+    assert!(out.status.success(), "ls-remote: {}", String::from_utf8_lossy(&out.stderr));
+    let sha = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    (name, sha)
+}
+
 pub fn fake_sha(seed: &str) -> String {
     let name = unique_name(seed);
     let mut h: u64 = 0xcbf29ce484222325;
@@ -108,6 +118,8 @@ pub struct Preview {
     pub ns: String,
     /// The image repository (registry host included).
     pub repository: String,
+    /// The git repository the PR belongs to (`acme/hello-web`).
+    pub git_repo: String,
     helm: PathBuf,
     kubeconfig: PathBuf,
 }
@@ -133,9 +145,23 @@ impl Preview {
             pr,
             ns: format!("hello-web-pr-{pr}"),
             repository,
+            git_repo: "acme/hello-web".into(),
             helm: if helm3 { w.helm3.clone() } else { w.helm.clone() },
             kubeconfig: w.kubeconfig.clone(),
         }
+    }
+
+    /// The preview of repository `name` (the last part of its slug): the default policy's names
+    /// are `<name>-pr-<number>`.
+    pub fn of_repository(mut self, name: &str) -> Preview {
+        self.ns = format!("{}-pr-{}", name.rsplit('/').next().unwrap(), self.pr);
+        self.git_repo = name.to_string();
+        self
+    }
+
+    /// `--repo-url` and `--pr` of this preview (what `status` and `doctor` need to name it).
+    pub fn pr_flags(&self) -> Vec<String> {
+        vec!["--repo-url".into(), world().git.repo_url(&self.git_repo), "--pr".into(), self.pr.to_string()]
     }
 
     /// Uses `kubeconfig` instead of the admin's.
@@ -158,6 +184,7 @@ impl Preview {
             .env("PRPOD_REGISTRY_PASSWORD", w.registry_tls.password.as_ref().unwrap().expose())
             .env("PRPOD_REGISTRY_CA", w.registry_tls.ca.as_ref().unwrap())
             .env("PRPOD_GIT_TOKEN", w.git.token.expose())
+            .env("PRPOD_GIT_USER", &w.git.user)
             .output()
             .expect("run prpod");
         assert_no_secrets(&out.stdout, "stdout");
@@ -169,7 +196,7 @@ impl Preview {
     pub fn context(&self, sha: &str) -> Vec<String> {
         vec![
             "--repo-url".into(),
-            format!("{}/acme/hello-web.git", world().git.url),
+            world().git.repo_url(&self.git_repo),
             "--pr".into(),
             self.pr.to_string(),
             "--branch".into(),
@@ -333,7 +360,9 @@ fn deploy_upgrade_scale_crash(helm3: bool) {
     );
 
     // status --replicas 3: scaled, waited for, three Ready pods.
-    let out = p.prpod(&["--output", "json", "status", "--pr", &p.pr.to_string(), "--replicas", "3"]);
+    let flags = p.pr_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = p.prpod(&[&["--output", "json", "status"][..], &flags, &["--replicas", "3"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let s = json(&out);
     let pods = s["pods"].as_array().unwrap();
@@ -341,7 +370,7 @@ fn deploy_upgrade_scale_crash(helm3: bool) {
     assert!(pods.iter().all(|p| p["ready"] == 1 && p["phase"] == "Running"), "{s}");
     assert_eq!(s["revision"], 2);
     assert_eq!(s["image_digests"][0], digest2);
-    let out = p.prpod(&["status", "--pr", &p.pr.to_string()]);
+    let out = p.prpod(&[&["status"][..], &flags].concat());
     assert!(String::from_utf8_lossy(&out.stdout).contains("3/3 ready"), "{}", explain(&out));
 
     // A commit whose container exits at once: rolled back, exit 5, pod + reason + log named.
@@ -385,7 +414,9 @@ fn deploy_upgrade_scale_and_crash_with_helm_3() {
 fn verifier_error_blocks_the_deploy_and_plan_writes_nothing() {
     let w = world();
     let repo = unique_name("prpod-test/hello");
-    let p = Preview::new(false, &repo, "");
+    // A plan reads the PR's commit (its prpod.toml, its chart): a real one.
+    let (name, head) = publish_example(w);
+    let p = Preview::new(false, &repo, "").of_repository(&name);
     let sha = fake_sha("v1");
     let img = build_example(w, &repo, &sha, false);
     let out = p.deploy(&img, &sha, &[]);
@@ -394,7 +425,7 @@ fn verifier_error_blocks_the_deploy_and_plan_writes_nothing() {
     // plan: the same line, nothing written.
     let tags_before = list_tags(w, &repo);
     let before = resources(&p.ns);
-    let sha2 = fake_sha("v2");
+    let sha2 = head;
     let mut args = vec!["--output", "json", "plan"];
     let ctx = p.context(&sha2);
     args.extend(ctx.iter().map(String::as_str));
@@ -414,7 +445,7 @@ fn verifier_error_blocks_the_deploy_and_plan_writes_nothing() {
         .filter(|p| p["status"] == "skipped")
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(skipped, ["source", "build", "push", "deploy", "verify"], "{r}");
+    assert_eq!(skipped, ["build", "push", "deploy", "verify"], "{r}");
     assert_eq!(list_tags(w, &repo), tags_before, "plan pushed nothing");
     assert_eq!(resources(&p.ns), before, "plan changed nothing in the cluster");
 
@@ -574,7 +605,9 @@ roleRef: {{kind: Role, name: read-only, apiGroup: rbac.authorization.k8s.io}}
     let rbac = r["checks"].as_array().unwrap().iter().find(|c| c["name"] == "rbac").unwrap();
     assert_eq!(rbac["status"], "fail");
 
-    let out = p.prpod(&["doctor", "--pr", &p.pr.to_string()]);
+    let flags = p.pr_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = p.prpod(&[&["doctor"][..], &flags].concat());
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for name in ["git", "helm", "registry push access", "cluster", "rbac"] {
@@ -725,7 +758,7 @@ fn run_the_example_pr_end_to_end_then_a_new_commit() {
         git(&["rev-parse", "HEAD"])
     };
     let repo = unique_name("prpod-test/run");
-    let p = Preview::new(false, &repo, "");
+    let p = Preview::new(false, &repo, "").of_repository(&name);
     // [source], [image] and [build] for the example on the world.
     std::fs::write(
         p.dir.path().join("prpod.toml"),

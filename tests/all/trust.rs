@@ -51,7 +51,18 @@ fn repository_prpod_toml_may_not_set_operator_keys() {
         let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("opkey")));
         let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
         let out = Runner::new(w).build(&[
-            "--repo-url", &url, "--pr", "5", "--branch", "evil", "--sha", &sha, "--image", &image, "--build-arg", &base,
+            "--repo-url",
+            &url,
+            "--pr",
+            "5",
+            "--branch",
+            "evil",
+            "--sha",
+            &sha,
+            "--image",
+            &image,
+            "--build-arg",
+            &base,
         ]);
         assert_eq!(out.status.code(), Some(2), "{key}: {}", stderr(&out));
         let err = stderr(&out);
@@ -69,13 +80,27 @@ fn repository_prpod_toml_describes_the_app() {
     // The repository moves its Dockerfile: its prpod.toml says so, and the build finds it.
     std::fs::create_dir_all(app.path().join("docker")).unwrap();
     std::fs::rename(app.path().join("Dockerfile"), app.path().join("docker/Web.Dockerfile")).unwrap();
-    std::fs::write(app.path().join("prpod.toml"), "[image]\ndockerfile = \"docker/Web.Dockerfile\"\n[app]\nport = 8080\n")
-        .unwrap();
+    std::fs::write(
+        app.path().join("prpod.toml"),
+        "[image]\ndockerfile = \"docker/Web.Dockerfile\"\n[app]\nport = 8080\n",
+    )
+    .unwrap();
     let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("appkeys")));
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
     let base = format!("BASE={}", w.web_image_tls);
     let out = Runner::new(w).build(&[
-        "--repo-url", &url, "--pr", "6", "--branch", "x", "--sha", &sha, "--image", &image, "--build-arg", &base,
+        "--repo-url",
+        &url,
+        "--pr",
+        "6",
+        "--branch",
+        "x",
+        "--sha",
+        &sha,
+        "--image",
+        &image,
+        "--build-arg",
+        &base,
     ]);
     let v = ok(&out);
     assert_eq!(v["backend"], "native");
@@ -88,7 +113,8 @@ fn github_actions_reads_the_working_directory_prpod_toml_as_the_repositorys() {
     let dir = TempDir::new("actions-cwd");
     let ctx = context_file(dir.path());
     std::fs::write(dir.path().join("prpod.toml"), "[deploy]\nhelm = \"./evil.sh\"\n").unwrap();
-    let args = ["plugin", "call", "tag-policy", "builtin:tag-default", "--context", &ctx, "--image", "r.example/acme/web"];
+    let args =
+        ["plugin", "call", "tag-policy", "builtin:tag-default", "--context", &ctx, "--image", "r.example/acme/web"];
     let out = prpod_in(dir.path(), &[("GITHUB_ACTIONS", "true")], &args);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("`deploy.helm`") && stderr(&out).contains("--config"), "{}", stderr(&out));
@@ -115,7 +141,15 @@ fn fork_under_pull_request_target_with_secrets_is_refused_unless_allowed() {
         ("PRPOD_GIT_TOKEN", "fork-test-token-123456"),
     ];
     // A closed port on this machine: a run that gets past the context fails at once at the clone.
-    let args = ["--output", "json", "build", "--repo-url", "http://127.0.0.1:9/acme/web.git", "--image", "127.0.0.1:9/acme/web"];
+    let args = [
+        "--output",
+        "json",
+        "build",
+        "--repo-url",
+        "http://127.0.0.1:9/acme/web.git",
+        "--image",
+        "127.0.0.1:9/acme/web",
+    ];
     let out = prpod_in(dir.path(), &actions, &args);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
@@ -145,8 +179,20 @@ fn a_dockerfile_symlinked_out_of_the_repository_is_not_read() {
     let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("dflink")));
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
     for backend in ["native", "buildah"] {
-        let out = Runner::new(w)
-            .build(&["--repo-url", &url, "--pr", "5", "--branch", "x", "--sha", &sha, "--image", &image, "--backend", backend]);
+        let out = Runner::new(w).build(&[
+            "--repo-url",
+            &url,
+            "--pr",
+            "5",
+            "--branch",
+            "x",
+            "--sha",
+            &sha,
+            "--image",
+            &image,
+            "--backend",
+            backend,
+        ]);
         assert_eq!(out.status.code(), Some(2), "{backend}: {}", stderr(&out));
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         assert!(all.contains("symlink") && all.contains("Dockerfile"), "{backend}: {all}");
@@ -179,7 +225,8 @@ fn a_buildah_run_step_sees_neither_the_runners_processes_nor_its_network() {
         if let Some(i) = isolation {
             run.set("PRPOD_BUILDAH_ISOLATION", i);
         }
-        let args = ["--repo-url", &url, "--pr", pr, "--branch", "x", "--sha", &sha, "--image", &image, "--backend", "buildah"];
+        let args =
+            ["--repo-url", &url, "--pr", pr, "--branch", "x", "--sha", &sha, "--image", &image, "--backend", "buildah"];
         run.build(&[&args[..], &["--build-arg", &base]].concat())
     };
     ok(&build("5", None));

@@ -201,7 +201,8 @@ async fn line(
     // to `deploy`.
     let repo_config = match (&run.repository_config, &source_dir) {
         (Some(r), _) => Some(r.clone()),
-        (None, Some(dir)) if run.checkout.is_none() => {
+        // Unless that directory's prpod.toml is the operator's own file (prpod run in it).
+        (None, Some(dir)) if run.checkout.is_none() && !is_operator_file(config, dir) => {
             crate::repo_config::read(dir, config.deploy.allow_repository_chart)?
         }
         _ => None,
@@ -263,6 +264,15 @@ async fn line(
         report.plan = Some(delivered.plan.clone());
     }
     Ok(delivered)
+}
+
+/// Whether `dir/prpod.toml` is the file the operator's config was read from.
+fn is_operator_file(config: &Config, dir: &std::path::Path) -> bool {
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    config.path.as_deref().is_some_and(|p| same(p, &dir.join(crate::repo_config::FILE_NAME)))
 }
 
 /// `REPO[:tag]@sha256:<64 hex>`, required to be pinned.

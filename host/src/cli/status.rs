@@ -53,9 +53,26 @@ pub async fn release_target(
         Err(e) => {
             let n =
                 flags.pr.with_context(|| format!("no PR context ({e}); pass --pr N, or --release and --namespace"))?;
+            // The default names include the repository: find it as the context would.
+            let url = flags
+                .repo_url
+                .clone()
+                .or_else(|| env.get("PRPOD_SOURCE_URL").map(str::to_string))
+                .or_else(|| config.source.url.clone());
+            let repository = env
+                .get("GITHUB_REPOSITORY")
+                .map(str::to_string)
+                .or_else(|| url.as_deref().map(phases::context::slug_from_url))
+                .filter(|r| !r.is_empty())
+                .with_context(|| {
+                    format!(
+                        "no repository for PR #{n}: the preview's names include it; pass --repo-url URL (or set \
+                         `[source] url`), or --release and --namespace"
+                    )
+                })?;
             PrContext {
-                repository_url: String::new(),
-                repository: String::new(),
+                repository_url: url.unwrap_or_default(),
+                repository,
                 number: Some(n),
                 branch: flags.branch.clone().unwrap_or_default(),
                 base_branch: flags.base.clone(),

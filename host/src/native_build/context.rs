@@ -117,10 +117,16 @@ pub enum Kind {
     Symlink(PathBuf),
 }
 
+/// Most entries a build context may hold (after `.dockerignore`).
+pub const MAX_CONTEXT_ENTRIES: usize = 200_000;
+/// Most bytes of regular files a build context may hold (after `.dockerignore`).
+pub const MAX_CONTEXT_BYTES: u64 = 4 << 30;
+
 /// Every entry of the context not excluded by `ignore`, sorted by path. Special files (sockets,
 /// devices, fifos) are an error: they have no place in an image layer.
 pub fn walk(context: &Path, ignore: &Ignore) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
         let dir = context.join(&rel_dir);
@@ -153,7 +159,18 @@ pub fn walk(context: &Path, ignore: &Ignore) -> Result<Vec<Entry>, String> {
             if ignore.excluded(&rel) {
                 continue;
             }
+            if let Kind::File { size, .. } = &kind {
+                bytes += size;
+            }
             out.push(Entry { rel, path: item.path(), kind });
+            // The pull request decides what the context holds: bound it, as every other input.
+            if out.len() > MAX_CONTEXT_ENTRIES || bytes > MAX_CONTEXT_BYTES {
+                return Err(format!(
+                    "the build context holds more than {MAX_CONTEXT_ENTRIES} entries or {} GiB of files; \
+                     exclude what the image does not need in .dockerignore",
+                    MAX_CONTEXT_BYTES >> 30
+                ));
+            }
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));

@@ -247,7 +247,8 @@ fn check_sha(sha: &str) -> Result<String, ContextError> {
 }
 
 /// `owner/name` from `https://host/owner/name.git`.
-fn slug_from_url(url: &str) -> String {
+/// The `owner/name` slug of a clone URL (`https://host/acme/web.git` -> `acme/web`).
+pub fn slug_from_url(url: &str) -> String {
     let path = url::Url::parse(url).map(|u| u.path().to_string()).unwrap_or_default();
     let parts: Vec<&str> = path.trim_matches('/').trim_end_matches(".git").rsplitn(3, '/').collect();
     match parts.as_slice() {

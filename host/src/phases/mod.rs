@@ -240,7 +240,8 @@ fn redact_secrets(inputs: &Inputs<'_>, reporter: &Reporter) {
         reporter.redact(s);
     }
     let registry = &inputs.config.registry;
-    let vars = ["PRPOD_REGISTRY_PASSWORD", "PRPOD_GIT_TOKEN", "GITHUB_TOKEN", "PRPOD_CACHE_KEY", "ACTIONS_RUNTIME_TOKEN"];
+    let vars =
+        ["PRPOD_REGISTRY_PASSWORD", "PRPOD_GIT_TOKEN", "GITHUB_TOKEN", "PRPOD_CACHE_KEY", "ACTIONS_RUNTIME_TOKEN"];
     for var in vars.iter().copied().chain(registry.password_env.as_deref()) {
         if let Some(v) = inputs.env.get(var) {
             reporter.redact(&Secret::new(v));

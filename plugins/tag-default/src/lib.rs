@@ -35,7 +35,10 @@ impl Guest for TagDefault {
 /// for the head repository's owner, so the pull request's author stands for it: on GitHub a fork
 /// PR's author is the owner of the fork in all but organisation-owned forks.
 fn branch(ctx: &PrContext) -> tag_scheme::Branch<'_> {
-    tag_scheme::Branch { name: &ctx.branch, fork_owner: (ctx.fork && !ctx.author.is_empty()).then_some(ctx.author.as_str()) }
+    tag_scheme::Branch {
+        name: &ctx.branch,
+        fork_owner: (ctx.fork && !ctx.author.is_empty()).then_some(ctx.author.as_str()),
+    }
 }
 
 export!(TagDefault);

@@ -166,7 +166,10 @@ impl<'a> Branch<'a> {
         let clean = |s: &str| if dns { sanitize_dns(s) } else { sanitize(s) };
         let branch = clean(self.name)?;
         Ok(match self.fork_owner {
-            Some(owner) => (format!("{}--{branch}", clean(owner).map_err(|e| format!("fork owner: {e}"))?), format!("{owner}:{}", self.name)),
+            Some(owner) => (
+                format!("{}--{branch}", clean(owner).map_err(|e| format!("fork owner: {e}"))?),
+                format!("{owner}:{}", self.name),
+            ),
             None => (branch, self.name.to_string()),
         })
     }
@@ -179,7 +182,12 @@ fn branch_tag(prefix: &str, branch: Branch<'_>) -> Result<String, String> {
 }
 
 /// Computes the tags for one build. See the crate docs for the rules.
-pub fn compute_tags(number: Option<u64>, branch: Branch<'_>, base_branch: Option<&str>, sha: &str) -> Result<Tags, String> {
+pub fn compute_tags(
+    number: Option<u64>,
+    branch: Branch<'_>,
+    base_branch: Option<&str>,
+    sha: &str,
+) -> Result<Tags, String> {
     let sha = validate_sha(sha)?;
     let branch_tag_ = branch_tag("br-", branch)?;
     let primary = match number {
@@ -232,8 +240,7 @@ pub fn release(repository: &str, number: Option<u64>, branch: Branch<'_>) -> Res
             } else {
                 use sha2::Digest;
                 let digest = sha2::Sha256::digest(repository.as_bytes());
-                let hash: String =
-                    digest.iter().take(REPO_HASH_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect();
+                let hash: String = digest.iter().take(REPO_HASH_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect();
                 let keep = MAX_RELEASE_LEN.saturating_sub(suffix.len() + 1 + hash.len());
                 let cut = repo[..keep.min(repo.len())].trim_end_matches('-');
                 if cut.is_empty() { format!("{hash}{suffix}") } else { format!("{cut}-{hash}{suffix}") }

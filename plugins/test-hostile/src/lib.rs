@@ -74,7 +74,12 @@ fn label<'a>(ctx: &'a PrContext, key: &str) -> Option<&'a str> {
 }
 
 fn normal_tags(ctx: &PrContext) -> Result<TagSet, String> {
-    let t = tag_scheme::compute_tags(ctx.number, tag_scheme::Branch::own(&ctx.branch), ctx.base_branch.as_deref(), &ctx.sha)?;
+    let t = tag_scheme::compute_tags(
+        ctx.number,
+        tag_scheme::Branch::own(&ctx.branch),
+        ctx.base_branch.as_deref(),
+        &ctx.sha,
+    )?;
     Ok(TagSet { primary: t.primary, extra: t.extra, cache_from: t.cache_from, cache_to: t.cache_to })
 }
 
