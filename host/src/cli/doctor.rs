@@ -251,6 +251,61 @@ async fn registry_checks(config: &Config, repo: &str) -> Vec<Check> {
              --registry-password-stdin, or a docker config.json",
         )),
     }
+    out.extend(pull_secret_checks(&registry, &resolver, &name).await);
+    out
+}
+
+/// The pull Secret a run would write: whether there is one, whether its credential outlives the
+/// job, and whether it can read the repository (with those credentials alone). Without one, the
+/// registry must let the cluster pull anonymously.
+async fn pull_secret_checks(
+    registry: &crate::clients::registry::RegistryConfig,
+    resolver: &crate::clients::registry::CredentialResolver,
+    name: &ImageName,
+) -> Vec<Check> {
+    use crate::clients::registry::CredentialResolver;
+    const NAME: &str = "registry pull secret";
+    const FIX: &str = "give prpod read-only pull credentials: `registry.pull_username` + PRPOD_REGISTRY_PULL_PASSWORD \
+                       (or `pull_password_file`)";
+    let host = name.api_host();
+    let mut out = Vec::new();
+    let pull_resolver = match resolver.pull_only(host).await {
+        Err(e) => return vec![fail(NAME, e.to_string(), FIX)],
+        Ok(None) => {
+            // No pull Secret: fine when the registry serves the image without credentials.
+            let anonymous = registry.options().and_then(|o| RegistryClient::new(o, CredentialResolver::anonymous()));
+            let verdict = match anonymous {
+                Ok(c) => c.check_pull_access(name).await,
+                Err(e) => Err(e),
+            };
+            return vec![match verdict {
+                Ok(()) => ok(NAME, format!("none (no pull credentials given); {name} can be pulled without")),
+                Err(e) => warn(
+                    NAME,
+                    format!("none (no pull credentials given), and {name} cannot be pulled without: {e}"),
+                    FIX,
+                ),
+            }];
+        }
+        Ok(Some(r)) => r,
+    };
+    if let Ok(Some(p)) = resolver.pull_secret(host).await
+        && let Some(why) = &p.short_lived
+    {
+        out.push(warn(
+            "registry pull secret lifetime",
+            format!("the pull Secret's credential looks short-lived: {why}; pods rescheduled later cannot pull"),
+            FIX,
+        ));
+    }
+    let client = match registry.options().and_then(|o| RegistryClient::new(o, pull_resolver)) {
+        Ok(c) => c,
+        Err(e) => return vec![fail(NAME, e.to_string(), "fix `[registry]`")],
+    };
+    out.push(match client.check_pull_access(name).await {
+        Ok(()) => ok(NAME, format!("its credentials may pull from {name}")),
+        Err(e) => fail(NAME, format!("its credentials cannot pull from {name}: {e}"), FIX),
+    });
     out
 }
 

@@ -2,9 +2,13 @@
 //!
 //! ```toml
 //! [registry]
+//! host = "ghcr.io"                        # the one host username/password go to (default: image.repository's)
 //! username = "ci"                         # with password_env / password_file / --registry-password-stdin
 //! password_env = "PRPOD_REGISTRY_PASSWORD" # the default
 //! password_file = "/run/secrets/registry" # instead of the variable
+//! pull_username = "puller"                # read-only credentials for the preview's pull Secret
+//! pull_password_env = "PRPOD_REGISTRY_PULL_PASSWORD" # the default, or pull_password_file
+//! pull_with_push_credentials = false      # true: the pull Secret holds the push credentials
 //! docker_config = "~/.docker/config.json" # default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json
 //! ca_file = "/etc/prpod/registry-ca.pem"  # or PRPOD_REGISTRY_CA
 //! plain_http = ["127.0.0.1:5000"]         # or PRPOD_REGISTRY_PLAIN_HTTP (comma-separated)
@@ -24,12 +28,31 @@ use crate::secret::Secret;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// The registry host (`ghcr.io`, `registry.example:5443`) the explicit credentials belong to
+    /// (env `PRPOD_REGISTRY_HOST`). Default: the host of `image.repository`. When set, a run
+    /// pushing anywhere else is refused instead of sending them there.
+    pub host: Option<String>,
     /// Username for the pushed-to registry (env `PRPOD_REGISTRY_USER`).
     pub username: Option<String>,
     /// Environment variable holding the password or token (default `PRPOD_REGISTRY_PASSWORD`).
     pub password_env: Option<String>,
     /// File holding the password or token (wins over `password_env`).
     pub password_file: Option<PathBuf>,
+    /// Username of read-only credentials for the same host (env `PRPOD_REGISTRY_PULL_USER`):
+    /// written to the preview namespace's pull Secret, and used for every read (a `FROM` image
+    /// on the push host). Without them there is no pull Secret, unless
+    /// `pull_with_push_credentials`.
+    pub pull_username: Option<String>,
+    /// Environment variable holding the pull password or token (default
+    /// `PRPOD_REGISTRY_PULL_PASSWORD`).
+    pub pull_password_env: Option<String>,
+    /// File holding the pull password or token (wins over `pull_password_env`).
+    pub pull_password_file: Option<PathBuf>,
+    /// Write the push credentials into the pull Secret when no pull credentials are given (env
+    /// `PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS=true`). Default `false`: a chart can mount
+    /// the pull Secret, and a CI token in it dies with the job.
+    #[serde(default)]
+    pub pull_with_push_credentials: bool,
     /// Docker `config.json` to read `auths` / `credsStore` / `credHelpers` from.
     pub docker_config: Option<PathBuf>,
     /// PEM bundle of CAs to trust besides the system's (env `PRPOD_REGISTRY_CA`).
@@ -46,6 +69,9 @@ pub struct RegistryConfig {
 /// The default variable a registry password or token is read from.
 pub const DEFAULT_PASSWORD_ENV: &str = "PRPOD_REGISTRY_PASSWORD";
 
+/// The default variable the pull password or token is read from.
+pub const DEFAULT_PULL_PASSWORD_ENV: &str = "PRPOD_REGISTRY_PULL_PASSWORD";
+
 impl RegistryConfig {
     /// Fills unset keys from `PRPOD_REGISTRY_USER`, `PRPOD_REGISTRY_CA`,
     /// `PRPOD_REGISTRY_PLAIN_HTTP` (flags > environment > file: call this after the file and
@@ -54,6 +80,15 @@ impl RegistryConfig {
         let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if let Some(u) = non_empty("PRPOD_REGISTRY_USER") {
             self.username = Some(u);
+        }
+        if let Some(h) = non_empty("PRPOD_REGISTRY_HOST") {
+            self.host = Some(h.trim().to_string());
+        }
+        if let Some(u) = non_empty("PRPOD_REGISTRY_PULL_USER") {
+            self.pull_username = Some(u);
+        }
+        if let Some(v) = non_empty("PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS") {
+            self.pull_with_push_credentials = matches!(v.trim(), "1" | "true" | "yes");
         }
         if let Some(ca) = non_empty("PRPOD_REGISTRY_CA") {
             self.ca_file = Some(PathBuf::from(ca));
@@ -89,8 +124,11 @@ impl RegistryConfig {
 
     /// The credential resolver for a run that pushes to `push_host`: explicit credentials from
     /// `stdin_password` (`--registry-password-stdin`, already read by the CLI), else
-    /// `password_file`, else `password_env` (when that variable is set) bound to that host; a
-    /// docker config for every host.
+    /// `password_file`, else `password_env` (when that variable is set) bound to `host` (default
+    /// `push_host`); the pull credentials for the same host; a docker config for every host.
+    ///
+    /// Refused: explicit credentials when `host` names another registry than `push_host` (they
+    /// go to the registry the operator named, never to the one a repository setting names).
     pub fn credentials(
         &self,
         push_host: &str,
@@ -100,6 +138,21 @@ impl RegistryConfig {
             Some(p) => CredentialResolver::anonymous().with_docker_config(p),
             None => CredentialResolver::anonymous().with_default_docker_config(),
         };
+        r = r.with_pull_with_push(self.pull_with_push_credentials);
+        let bound = match &self.host {
+            Some(h) => super::reference::api_host(h.trim()).to_string(),
+            None => super::reference::api_host(push_host).to_string(),
+        };
+        if let Some((username, password, source)) = self.pull_credentials()? {
+            if self.pull_with_push_credentials {
+                return Err(RegistryError::Config(
+                    "both `registry.pull_username` and `registry.pull_with_push_credentials = true` are set: keep one \
+                     (separate pull credentials are the safer choice)"
+                        .into(),
+                ));
+            }
+            r = r.with_pull_secret(&bound, &username, password, &source);
+        }
         let env_name = self.password_env.clone().unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string());
         let (password, source) = if let Some(p) = stdin_password {
             (p, "stdin".to_string())
@@ -116,8 +169,43 @@ impl RegistryConfig {
             source_desc: source.clone(),
             detail: "a password was given but no username: set `registry.username` or PRPOD_REGISTRY_USER".into(),
         })?;
-        r = r.with_secret(push_host, username, password, &source);
+        let push_api = super::reference::api_host(push_host);
+        if bound != push_api {
+            return Err(RegistryError::Credentials {
+                source_desc: source,
+                detail: format!(
+                    "they belong to `registry.host` = {bound}, but the image is pushed to {push_api}: prpod sends \
+                     them to {bound} only; push there, or set `registry.host` (PRPOD_REGISTRY_HOST) to {push_api} \
+                     if those credentials are meant for it"
+                ),
+            });
+        }
+        r = r.with_secret(&bound, username, password, &source);
         Ok(r)
+    }
+
+    /// The pull credentials: `pull_username` with the secret from `pull_password_file`, else
+    /// `pull_password_env` (default `PRPOD_REGISTRY_PULL_PASSWORD`); `None` without a
+    /// `pull_username`. Half a pair is an error naming the missing half.
+    pub fn pull_credentials(&self) -> Result<Option<(String, Secret, String)>, RegistryError> {
+        let source = match (&self.pull_password_file, &self.pull_password_env) {
+            (Some(f), _) => PasswordSource::File(f.clone()),
+            (None, Some(e)) => PasswordSource::Env(e.clone()),
+            (None, None) => PasswordSource::Env(DEFAULT_PULL_PASSWORD_ENV.into()),
+        };
+        let Some(username) = self.pull_username.as_deref().filter(|u| !u.trim().is_empty()) else {
+            if self.pull_password_file.is_some() || self.pull_password_env.is_some() {
+                return Err(RegistryError::Credentials {
+                    source_desc: source.describe(),
+                    detail: "a pull password was configured but no pull username: set `registry.pull_username` \
+                             or PRPOD_REGISTRY_PULL_USER"
+                        .into(),
+                });
+            }
+            return Ok(None);
+        };
+        let password = source.read()?;
+        Ok(Some((username.to_string(), password, source.describe())))
     }
 }
 
