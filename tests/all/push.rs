@@ -524,7 +524,7 @@ fn a_token_realm_on_another_plain_http_host_gets_no_credentials() {
     let realm = HttpDouble::start(|_| Answer::status(200).body(r#"{"token":"t","expires_in":300}"#));
     let realm_url = format!("{}/token", realm.url());
     let registry = HttpDouble::start(move |r| match r.header("authorization") {
-        Some(a) if a == "Bearer t" => Answer::status(404),
+        Some("Bearer t") => Answer::status(404),
         _ => Answer::status(401).header("WWW-Authenticate", format!("Bearer realm=\"{realm_url}\",service=\"double\"")),
     });
     let name = ImageName::parse(&format!("{}/acme/web", registry.addr)).unwrap().value;
@@ -569,4 +569,33 @@ fn a_redirect_to_another_origin_drops_the_credentials() {
     let seen = storage.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(!carries_credentials(&seen), "{seen:?}");
+}
+
+#[test]
+fn reads_on_the_push_host_use_the_pull_credentials_and_writes_the_push_ones() {
+    use base64::Engine;
+    let basic =
+        |u: &str, p: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+    let registry = HttpDouble::start(|r| match (r.header("authorization"), r.method.as_str()) {
+        (None, _) => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"double\""),
+        (Some(_), "POST") => Answer::status(202).header("Location", "/v2/acme/web/blobs/uploads/1"),
+        (Some(_), _) => Answer::status(404),
+    });
+    let host = registry.addr.clone();
+    let creds = CredentialResolver::anonymous()
+        .with_secret(&host, DOUBLE_USER, Secret::new(DOUBLE_PASSWORD), "the test")
+        .with_pull_secret(&host, "puller", Secret::new("pull-only-pw"), "the test's pull password");
+    let opts = RegistryOptions { plain_http: vec![host.clone()], ..Default::default() };
+    let client = RegistryClient::new(opts, creds).unwrap();
+    let name = ImageName::parse(&format!("{host}/acme/base")).unwrap().value;
+    // A FROM image on the push host: read with the pull credentials.
+    let base = prpod::clients::registry::ImageReference { name: name.clone(), tag: Some("1".into()), digest: None };
+    assert_eq!(rt().block_on(client.manifest_digest(&base)).unwrap(), None);
+    let reads: Vec<_> =
+        registry.seen().into_iter().filter_map(|s| s.header("authorization").map(str::to_string)).collect();
+    assert_eq!(reads, [basic("puller", "pull-only-pw")]);
+    // A push: the push credentials.
+    rt().block_on(client.check_push_access(&name)).unwrap();
+    let last = registry.seen().into_iter().rev().find(|s| s.method == "POST").unwrap();
+    assert_eq!(last.header("authorization"), Some(basic(DOUBLE_USER, DOUBLE_PASSWORD).as_str()));
 }

@@ -225,6 +225,7 @@ impl Section for RegistryConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Access, Credentials, api_host, short_lived};
     use super::*;
 
     #[test]
@@ -248,5 +249,112 @@ mod tests {
         let c = RegistryConfig { password_file: Some("/dev/null".into()), ..Default::default() };
         let e = c.credentials("r.example", Some(Secret::new("pw"))).unwrap_err().to_string();
         assert!(e.contains("registry.username") && e.contains("stdin") && !e.contains("pw\""), "{e}");
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// The `auths` of a pull Secret: host -> (username, password).
+    fn auths(doc: &Secret) -> Vec<(String, String, String)> {
+        let v: serde_json::Value = serde_json::from_str(doc.expose()).unwrap();
+        v["auths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(h, a)| (h.clone(), a["username"].as_str().unwrap().into(), a["password"].as_str().unwrap().into()))
+            .collect()
+    }
+
+    fn file_with(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// An empty docker config, so the machine's own never answers.
+    fn base(dir: &std::path::Path) -> RegistryConfig {
+        RegistryConfig {
+            username: Some("pusher".into()),
+            password_file: Some(file_with(dir, "push", "push-pw\n")),
+            docker_config: Some(file_with(dir, "config.json", "{}")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_pull_secret_without_pull_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = base(dir.path());
+        let r = c.credentials("reg.example", None).unwrap();
+        assert!(rt().block_on(r.pull_secret("reg.example")).unwrap().is_none(), "push credentials leaked into it");
+        // Reads still work with the push credentials (nothing else was given).
+        let read = rt().block_on(r.resolve_for("reg.example", Access::Pull)).unwrap();
+        assert!(matches!(read.credentials, Credentials::Basic { ref username, .. } if username == "pusher"));
+    }
+
+    #[test]
+    fn pull_credentials_not_push_ones_land_in_the_pull_secret_and_answer_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RegistryConfig {
+            pull_username: Some("puller".into()),
+            pull_password_file: Some(file_with(dir.path(), "pull", "pull-pw\n")),
+            ..base(dir.path())
+        };
+        let r = c.credentials("reg.example", None).unwrap();
+        let pull = rt().block_on(r.pull_secret("reg.example")).unwrap().expect("a pull Secret");
+        assert_eq!(auths(&pull.dockerconfigjson), [("reg.example".into(), "puller".into(), "pull-pw".into())]);
+        assert!(!pull.dockerconfigjson.expose().contains("push-pw"));
+        assert!(pull.short_lived.is_none());
+        // A FROM image on the push host is read with them; pushes use the push credentials.
+        let user = |a| match rt().block_on(r.resolve_for("reg.example", a)).unwrap().credentials {
+            Credentials::Basic { username, .. } => username,
+            Credentials::Anonymous => String::new(),
+        };
+        assert_eq!((user(Access::Pull), user(Access::Push)), ("puller".into(), "pusher".into()));
+        // Another host gets neither.
+        assert!(rt().block_on(r.pull_secret("other.example")).unwrap().is_none());
+    }
+
+    #[test]
+    fn push_credentials_in_the_pull_secret_only_when_asked_and_short_lived_ones_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RegistryConfig {
+            pull_with_push_credentials: true,
+            password_file: Some(file_with(dir.path(), "push-ghs", "ghs_shortlivedtoken")),
+            ..base(dir.path())
+        };
+        let r = c.credentials("reg.example", None).unwrap();
+        let pull = rt().block_on(r.pull_secret("reg.example")).unwrap().expect("a pull Secret");
+        assert_eq!(auths(&pull.dockerconfigjson)[0].2, "ghs_shortlivedtoken");
+        let why = pull.short_lived.expect("a ghs_ token is flagged");
+        assert!(why.contains("ghs_") && !why.contains("shortlivedtoken"), "{why}");
+        // A pull token that looks long-lived is not flagged; GITHUB_TOKEN as the source is.
+        assert!(short_lived(&Secret::new("ghp_classic"), "from file /x").is_none());
+        assert!(short_lived(&Secret::new("abc"), "from environment variable GITHUB_TOKEN").is_some());
+        // Both ways at once is a contradiction, said as such.
+        let both = RegistryConfig {
+            pull_username: Some("puller".into()),
+            pull_password_file: Some(file_with(dir.path(), "pull", "pull-pw")),
+            ..c
+        };
+        let e = both.credentials("reg.example", None).unwrap_err().to_string();
+        assert!(e.contains("pull_with_push_credentials") && e.contains("pull_username"), "{e}");
+        // Half a pair names the missing half.
+        let half = RegistryConfig { pull_password_env: Some("X".into()), ..base(dir.path()) };
+        let e = half.credentials("reg.example", None).unwrap_err().to_string();
+        assert!(e.contains("registry.pull_username"), "{e}");
+    }
+
+    #[test]
+    fn explicit_credentials_go_to_the_host_the_operator_named_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RegistryConfig { host: Some("ghcr.io".into()), ..base(dir.path()) };
+        assert!(c.credentials("ghcr.io", None).is_ok());
+        let e = c.credentials("evil.example", None).unwrap_err().to_string();
+        assert!(e.contains("registry.host") && e.contains("evil.example") && !e.contains("push-pw"), "{e}");
+        // Docker Hub spellings are one host.
+        let hub = RegistryConfig { host: Some("docker.io".into()), ..base(dir.path()) };
+        assert!(hub.credentials(api_host("docker.io"), None).is_ok());
     }
 }
