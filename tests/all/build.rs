@@ -597,6 +597,8 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     for (k, v) in &secrets {
         run.set(k, v);
     }
+    // Its own plugin cache: entries MACed with this cache key must not meet other tests' key.
+    run.set("PRPOD_CACHE_DIR", &run.home.path().join("plugin-cache").display().to_string());
     run.set("PRPOD_HELM", &helm.display().to_string());
     run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
     run.set("LANG", "C.UTF-8");
@@ -619,4 +621,44 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     for needed in ["PATH=", "HOME=", "LANG=C.UTF-8", &format!("KUBECONFIG={}", w.kubeconfig.display())] {
         assert!(dumped.lines().any(|l| l.starts_with(needed)), "helm lacks {needed}:\n{dumped}");
     }
+}
+
+/// `prpod plan` (with the env-dumping fake helm): a pull Secret only from pull credentials or
+/// the operator's explicit `pull_with_push_credentials`, and a warning when its credential is a
+/// `ghs_` token that dies with the job.
+#[test]
+fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() {
+    let w = world();
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("pullsecret")));
+    let plan = |extra: &[(&str, &str)]| {
+        let mut run = Runner::new(w);
+        let helm = env_dumping_helm(run.home.path(), &run.home.path().join("helm-env.txt"));
+        run.set("PRPOD_HELM", &helm.display().to_string());
+        run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
+        for (k, v) in extra {
+            run.set(k, v);
+            run.secrets.push(v.to_string());
+        }
+        let out = run
+            .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
+            .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
+            .args(["--sha", &"c".repeat(40), "--image", &image])
+            .output()
+            .unwrap();
+        run.assert_no_secret(&out);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(text.contains("would wait up to"), "the plan did not get to the deploy:\n{text}");
+        text
+    };
+    let writes = |t: &str| t.contains("would write the pull Secret");
+    // The push credentials alone: no pull Secret.
+    let t = plan(&[]);
+    assert!(!writes(&t), "{t}");
+    // Pull credentials: a pull Secret, no warning.
+    let t = plan(&[("PRPOD_REGISTRY_PULL_USER", "reader"), ("PRPOD_REGISTRY_PULL_PASSWORD", "read-only-pw")]);
+    assert!(writes(&t) && !t.contains("short-lived"), "{t}");
+    // The push credentials by the operator's choice, a ghs_ token: a pull Secret and a warning.
+    let t = plan(&[("PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS", "true"), ("PRPOD_REGISTRY_PASSWORD", "ghs_job0nly")]);
+    assert!(writes(&t), "{t}");
+    assert!(t.contains("short-lived") && t.contains("ghs_") && t.contains("pull_username"), "{t}");
 }
