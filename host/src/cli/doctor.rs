@@ -11,6 +11,7 @@ use futures::future::join_all;
 use super::run::DeployFlags;
 use super::status::release_target;
 use super::{EXIT_FINDINGS, EXIT_OK};
+use crate::clients::child_env::{self, Tool};
 use crate::clients::helm::{Helm, HelmMajor};
 use crate::clients::kube::Kube;
 use crate::clients::registry::{Credentials, ImageName, RegistryClient};
@@ -47,11 +48,17 @@ fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check 
     Check { name: name.into(), status: CheckStatus::Warn, detail: detail.into(), fix: Some(fix.into()) }
 }
 
-/// The first line `cmd args` prints, or why it could not run.
-async fn version_of(cmd: &str, args: &[&str]) -> Result<String, String> {
+/// The first line `cmd args` prints, or why it could not run. Like every child, it sees only
+/// `tool`'s allow-listed environment.
+async fn version_of(cmd: &str, args: &[&str], tool: Tool) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(cmd).args(args).stdin(std::process::Stdio::null()).output(),
+        tokio::process::Command::new(cmd)
+            .args(args)
+            .env_clear()
+            .envs(child_env::allowed(tool))
+            .stdin(std::process::Stdio::null())
+            .output(),
     )
     .await
     .map_err(|_| "did not answer within 10 s".to_string())?
@@ -131,7 +138,7 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
     let mut checks = Vec::new();
 
     // --- tools ---------------------------------------------------------------------------
-    match version_of("git", &["--version"]).await {
+    match version_of("git", &["--version"], Tool::Git).await {
         Ok(v) => checks.push(ok("git", v)),
         Err(e) => checks.push(fail("git", format!("not usable: {e}"), "install git (apt-get install git)")),
     }
@@ -151,8 +158,8 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
         )),
     }
     let backend = config.build.backend;
-    let buildah = version_of("buildah", &["--version"]).await;
-    let buildx = version_of("docker", &["buildx", "version"]).await;
+    let buildah = version_of("buildah", &["--version"], Tool::Buildah).await;
+    let buildx = version_of("docker", &["buildx", "version"], Tool::Docker).await;
     let builder_check = |name: &str, r: &Result<String, String>, needed: bool, fix: &str| match r {
         Ok(v) => ok(name, v.clone()),
         Err(e) if needed => fail(name, format!("not usable: {e}"), fix.to_string()),
