@@ -495,9 +495,9 @@ pub(crate) fn insecure(plain_http: &[String], url: &Url) -> Option<String> {
         "http" => {
             let host = url.host_str().unwrap_or_default();
             let port = url.port_or_known_default().unwrap_or(80);
-            let listed = plain_http.iter().any(|h| {
-                *h == format!("{host}:{port}") || (port == 80 && h == host) || (url.port().is_none() && h == host)
-            });
+            // `url` drops a default port (`:80`), so a bare host matches only that one.
+            let listed =
+                plain_http.iter().any(|h| *h == format!("{host}:{port}") || (url.port().is_none() && h == host));
             (!listed).then(|| {
                 format!(
                     "plain HTTP to {host}:{port}, which is not in `registry.plain_http` (only HTTPS, or the hosts \
