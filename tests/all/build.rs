@@ -512,3 +512,153 @@ fn buildx_real_run_where_docker_buildx_works() {
     ]));
     assert_pushed(&w.registry_tls, &v, &image, 13, "br-main", &sha);
 }
+
+// --- Credentials go only where they belong (issue 12, section 3) -------------------------------
+
+use prpod_test_support::http_double::{Answer, HttpDouble};
+
+/// A git server that redirects the clone URL to another port (at once, or after it asked for
+/// and got the token), where a server asks for credentials too: the token must never reach it.
+#[test]
+fn a_redirecting_git_server_never_passes_the_token_on() {
+    use prpod::clients::git::{Credentials, GitError, Repo, Timeouts};
+    let token = prpod::secret::Secret::new(format!("tok-{}", unique_name("git")));
+    let other = HttpDouble::start(|r| match r.header("authorization") {
+        None => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"other\""),
+        Some(_) => Answer::status(404),
+    });
+    let other_url = other.url();
+    for (status, ask_first) in [(301, false), (302, false), (302, true)] {
+        let target = other_url.clone();
+        let origin = HttpDouble::start(move |r| match r.header("authorization") {
+            None if ask_first => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"origin\""),
+            _ => Answer::status(status).header("Location", format!("{target}{}", r.path)),
+        });
+        let url = format!("{}/acme/web.git", origin.url());
+        let dir = TempDir::new("redirected-clone");
+        let creds = Credentials { username: "x-access-token".into(), token: token.clone() };
+        let timeouts = Timeouts { connect: Duration::from_secs(10), stall: Duration::from_secs(10) };
+        let repo = Repo::new(&dir.path().join("cache.git"), Some(creds), timeouts);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt
+            .block_on(async {
+                repo.init_bare().await?;
+                repo.fetch_commit(&url, &"a".repeat(40), 1, &["refs/heads/main".into()]).await
+            })
+            .unwrap_err();
+        // The other port never got the token, in any header...
+        for s in other.seen() {
+            assert!(s.header("authorization").is_none(), "{status}: the token went to the other origin: {s:?}");
+        }
+        // ...the origin got it when it asked (the helper answers for the clone URL)...
+        if ask_first {
+            let seen = origin.seen();
+            assert!(seen.iter().any(|s| s.header("authorization").is_some()), "{status}: {seen:?}");
+        }
+        // ...and the redirect is an error that says what to do.
+        assert!(matches!(err, GitError::Redirected { .. }), "{status}: {err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("redirect") && !msg.contains(token.expose()), "{msg}");
+    }
+}
+
+/// A fake `helm` (named by PRPOD_HELM) that writes its environment to `dump` and answers
+/// `version` and `template` like Helm 3 (an empty chart's output); everything else fails as if
+/// the cluster were unreachable.
+fn env_dumping_helm(dir: &Path, dump: &Path) -> PathBuf {
+    let helm = dir.join("helm");
+    std::fs::write(
+        &helm,
+        format!(
+            "#!/bin/sh\nenv >> '{}'\necho '--- helm' \"$1\" >> '{}'\ncase \"$1\" in\n  version) echo v3.18.0 ;;\n  \
+             template) echo '# Source: x/templates/cm.yaml'; printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  \
+             name: env-probe\\n' ;;\n  *) echo 'Error: Kubernetes cluster unreachable' >&2; exit 1 ;;\nesac\n",
+            dump.display(),
+            dump.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    helm
+}
+
+#[test]
+fn children_get_none_of_prpods_secrets_in_their_environment() {
+    let w = world();
+    let mut run = Runner::new(w);
+    let dump = run.home.path().join("helm-env.txt");
+    let helm = env_dumping_helm(run.home.path(), &dump);
+    let secrets = [
+        ("PRPOD_REGISTRY_PASSWORD", format!("regpw-{}", unique_name("s"))),
+        ("PRPOD_GIT_TOKEN", format!("gittok-{}", unique_name("s"))),
+        ("GITHUB_TOKEN", format!("ghs_{}", unique_name("s"))),
+        ("PRPOD_CACHE_KEY", format!("cachekey-{}", unique_name("s"))),
+    ];
+    for (k, v) in &secrets {
+        run.set(k, v);
+    }
+    // Its own plugin cache: entries MACed with this cache key must not meet other tests' key.
+    run.set("PRPOD_CACHE_DIR", &run.home.path().join("plugin-cache").display().to_string());
+    run.set("PRPOD_HELM", &helm.display().to_string());
+    run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
+    run.set("LANG", "C.UTF-8");
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("envprobe")));
+    let out = run
+        .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
+        .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
+        .args(["--sha", &"b".repeat(40), "--image", &image])
+        .output()
+        .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
+    assert!(dumped.contains("--- helm template"), "the fake helm rendered nothing:\n{printed}\n{dumped}");
+    for (name, value) in &secrets {
+        assert!(!dumped.contains(value.as_str()), "helm saw {name}:\n{dumped}");
+        assert!(!dumped.contains(&format!("{name}=")), "helm saw {name}:\n{dumped}");
+        assert!(!printed.contains(value.as_str()), "prpod printed {name}");
+    }
+    // What it needs is there: where programs are, its kubeconfig, the locale.
+    for needed in ["PATH=", "HOME=", "LANG=C.UTF-8", &format!("KUBECONFIG={}", w.kubeconfig.display())] {
+        assert!(dumped.lines().any(|l| l.starts_with(needed)), "helm lacks {needed}:\n{dumped}");
+    }
+}
+
+/// `prpod plan` (with the env-dumping fake helm): a pull Secret only from pull credentials or
+/// the operator's explicit `pull_with_push_credentials`, and a warning when its credential is a
+/// `ghs_` token that dies with the job.
+#[test]
+fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() {
+    let w = world();
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("pullsecret")));
+    let plan = |extra: &[(&str, &str)]| {
+        let mut run = Runner::new(w);
+        let helm = env_dumping_helm(run.home.path(), &run.home.path().join("helm-env.txt"));
+        run.set("PRPOD_HELM", &helm.display().to_string());
+        run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
+        for (k, v) in extra {
+            run.set(k, v);
+            run.secrets.push(v.to_string());
+        }
+        let out = run
+            .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
+            .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
+            .args(["--sha", &"c".repeat(40), "--image", &image])
+            .output()
+            .unwrap();
+        run.assert_no_secret(&out);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(text.contains("would wait up to"), "the plan did not get to the deploy:\n{text}");
+        text
+    };
+    let writes = |t: &str| t.contains("would write the pull Secret");
+    // The push credentials alone: no pull Secret.
+    let t = plan(&[]);
+    assert!(!writes(&t), "{t}");
+    // Pull credentials: a pull Secret, no warning.
+    let t = plan(&[("PRPOD_REGISTRY_PULL_USER", "reader"), ("PRPOD_REGISTRY_PULL_PASSWORD", "read-only-pw")]);
+    assert!(writes(&t) && !t.contains("short-lived"), "{t}");
+    // The push credentials by the operator's choice, a ghs_ token: a pull Secret and a warning.
+    let t = plan(&[("PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS", "true"), ("PRPOD_REGISTRY_PASSWORD", "ghs_job0nly")]);
+    assert!(writes(&t), "{t}");
+    assert!(t.contains("short-lived") && t.contains("ghs_") && t.contains("pull_username"), "{t}");
+}

@@ -440,3 +440,162 @@ fn a_registry_that_stays_down_fails_clearly_within_ten_seconds() {
         assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 4);
     }
 }
+
+// --- Credentials go only to their origin (issue 12, section 3) ---------------------------------
+
+use prpod_test_support::http_double::{Answer, HttpDouble, Seen};
+
+const DOUBLE_USER: &str = "pusher";
+const DOUBLE_PASSWORD: &str = "push-s3cret-for-the-origin";
+
+/// Whether `seen` carries `Authorization` of any kind, or the password anywhere.
+fn carries_credentials(seen: &[Seen]) -> bool {
+    seen.iter().any(|s| {
+        s.header("authorization").is_some()
+            || s.headers.iter().any(|(_, v)| v.contains(DOUBLE_PASSWORD))
+            || String::from_utf8_lossy(&s.body).contains(DOUBLE_PASSWORD)
+    })
+}
+
+/// A client with the double's credentials for `host`, and `plain_http` hosts.
+fn double_client(host: &str, plain_http: &[&str]) -> RegistryClient {
+    let creds =
+        CredentialResolver::anonymous().with_secret(host, DOUBLE_USER, Secret::new(DOUBLE_PASSWORD), "the test");
+    let opts = RegistryOptions {
+        plain_http: plain_http.iter().map(|h| h.to_string()).collect(),
+        retry: prpod::clients::registry::RetryPolicy { attempts: 2, ..Default::default() },
+        ..Default::default()
+    };
+    RegistryClient::new(opts, creds).unwrap()
+}
+
+/// A registry double with basic auth whose upload sessions live at `location` (another origin).
+fn registry_sending_uploads_to(location: String) -> HttpDouble {
+    HttpDouble::start(move |r| {
+        if r.header("authorization").is_none() {
+            return Answer::status(401).header("WWW-Authenticate", "Basic realm=\"double\"");
+        }
+        match (r.method.as_str(), r.path.as_str()) {
+            ("HEAD", _) => Answer::status(404),
+            ("POST", p) if p.contains("/blobs/uploads/") => Answer::status(202).header("Location", location.clone()),
+            ("PUT", p) if p.contains("/manifests/") => {
+                Answer::status(201).header("Docker-Content-Digest", prpod::clients::registry::sha256_digest(&r.body))
+            }
+            _ => Answer::status(404),
+        }
+    })
+}
+
+#[test]
+fn an_upload_location_on_another_origin_gets_no_credentials_and_no_plain_http() {
+    let (_dir, image) = random_image(1, 0);
+    // The second server: takes uploads, asks for credentials if none come.
+    let other = HttpDouble::start(|r| match r.method.as_str() {
+        "PUT" => Answer::status(201),
+        _ => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"other\""),
+    });
+    let registry = registry_sending_uploads_to(format!("{}/v2/upload/session-1?_state=x", other.url()));
+    let name = ImageName::parse(&format!("{}/acme/web", registry.addr)).unwrap().value;
+
+    // The other host is not in plain_http: refused before anything is sent there.
+    let client = double_client(&registry.addr, &[&registry.addr]);
+    let err = rt().block_on(client.push(&image, &name, &["pr-1".into()], &|_| {})).unwrap_err();
+    assert!(matches!(err, RegistryError::Insecure { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&other.addr) && msg.contains("registry.plain_http"), "{msg}");
+    assert!(!msg.contains(DOUBLE_PASSWORD) && !msg.contains("_state"), "{msg}");
+    assert!(other.seen().is_empty(), "plain HTTP to a host not in plain_http: {:?}", other.seen());
+    assert!(
+        registry.seen().iter().any(|s| s.header("authorization").is_some()),
+        "the registry that challenged got the credentials"
+    );
+
+    // Listed as plain HTTP, it is spoken to, but gets no credentials: the push completes there.
+    let client = double_client(&registry.addr, &[&registry.addr, &other.addr]);
+    let pushed = rt().block_on(client.push(&image, &name, &["pr-1".into()], &|_| {})).unwrap();
+    assert_eq!(pushed.digest, image.digest());
+    let seen = other.seen();
+    assert!(seen.iter().any(|s| s.method == "PUT"), "the blob went to the Location: {seen:?}");
+    assert!(!carries_credentials(&seen), "the other origin got credentials: {seen:?}");
+}
+
+#[test]
+fn a_token_realm_on_another_plain_http_host_gets_no_credentials() {
+    let realm = HttpDouble::start(|_| Answer::status(200).body(r#"{"token":"t","expires_in":300}"#));
+    let realm_url = format!("{}/token", realm.url());
+    let registry = HttpDouble::start(move |r| match r.header("authorization") {
+        Some("Bearer t") => Answer::status(404),
+        _ => Answer::status(401).header("WWW-Authenticate", format!("Bearer realm=\"{realm_url}\",service=\"double\"")),
+    });
+    let name = ImageName::parse(&format!("{}/acme/web", registry.addr)).unwrap().value;
+    let reference =
+        prpod::clients::registry::ImageReference { name: name.clone(), tag: Some("pr-1".into()), digest: None };
+
+    // The realm is plain HTTP on a host not listed: refused, it sees nothing.
+    let client = double_client(&registry.addr, &[&registry.addr]);
+    let err = rt().block_on(client.manifest_digest(&reference)).unwrap_err();
+    assert!(matches!(err, RegistryError::Insecure { .. }), "{err:?}");
+    assert!(err.to_string().contains(&realm.addr), "{err}");
+    assert!(realm.seen().is_empty(), "{:?}", realm.seen());
+
+    // Listed by the operator, it is the token service and gets the basic credentials.
+    let client = double_client(&registry.addr, &[&registry.addr, &realm.addr]);
+    assert_eq!(rt().block_on(client.manifest_digest(&reference)).unwrap(), None);
+    assert!(realm.seen().iter().any(|s| s.header("authorization").is_some_and(|a| a.starts_with("Basic "))));
+}
+
+#[test]
+fn a_redirect_to_another_origin_drops_the_credentials() {
+    let blob = b"a config blob".to_vec();
+    let digest = prpod::clients::registry::sha256_digest(&blob);
+    let body = blob.clone();
+    let storage = HttpDouble::start(move |_| Answer::status(200).body(body.clone()));
+    let target = format!("{}/bucket/blob", storage.url());
+    let registry = HttpDouble::start(move |r| match r.header("authorization") {
+        None => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"double\""),
+        Some(_) => Answer::status(307).header("Location", target.clone()),
+    });
+    let name = ImageName::parse(&format!("{}/acme/web", registry.addr)).unwrap().value;
+
+    // Not listed as plain HTTP: the redirect is not followed.
+    let client = double_client(&registry.addr, &[&registry.addr]);
+    let err = rt().block_on(client.fetch_blob(&name, &digest)).unwrap_err();
+    assert!(err.to_string().contains("plain HTTP"), "{err}");
+    assert!(storage.seen().is_empty(), "{:?}", storage.seen());
+
+    // Listed: followed, without the registry's credentials.
+    let client = double_client(&registry.addr, &[&registry.addr, &storage.addr]);
+    assert_eq!(rt().block_on(client.fetch_blob(&name, &digest)).unwrap(), blob);
+    let seen = storage.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!carries_credentials(&seen), "{seen:?}");
+}
+
+#[test]
+fn reads_on_the_push_host_use_the_pull_credentials_and_writes_the_push_ones() {
+    use base64::Engine;
+    let basic =
+        |u: &str, p: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+    let registry = HttpDouble::start(|r| match (r.header("authorization"), r.method.as_str()) {
+        (None, _) => Answer::status(401).header("WWW-Authenticate", "Basic realm=\"double\""),
+        (Some(_), "POST") => Answer::status(202).header("Location", "/v2/acme/web/blobs/uploads/1"),
+        (Some(_), _) => Answer::status(404),
+    });
+    let host = registry.addr.clone();
+    let creds = CredentialResolver::anonymous()
+        .with_secret(&host, DOUBLE_USER, Secret::new(DOUBLE_PASSWORD), "the test")
+        .with_pull_secret(&host, "puller", Secret::new("pull-only-pw"), "the test's pull password");
+    let opts = RegistryOptions { plain_http: vec![host.clone()], ..Default::default() };
+    let client = RegistryClient::new(opts, creds).unwrap();
+    let name = ImageName::parse(&format!("{host}/acme/base")).unwrap().value;
+    // A FROM image on the push host: read with the pull credentials.
+    let base = prpod::clients::registry::ImageReference { name: name.clone(), tag: Some("1".into()), digest: None };
+    assert_eq!(rt().block_on(client.manifest_digest(&base)).unwrap(), None);
+    let reads: Vec<_> =
+        registry.seen().into_iter().filter_map(|s| s.header("authorization").map(str::to_string)).collect();
+    assert_eq!(reads, [basic("puller", "pull-only-pw")]);
+    // A push: the push credentials.
+    rt().block_on(client.check_push_access(&name)).unwrap();
+    let last = registry.seen().into_iter().rev().find(|s| s.method == "POST").unwrap();
+    assert_eq!(last.header("authorization"), Some(basic(DOUBLE_USER, DOUBLE_PASSWORD).as_str()));
+}

@@ -183,6 +183,9 @@ impl Preview {
             .env("PRPOD_REGISTRY_USER", w.registry_tls.user.as_ref().unwrap())
             .env("PRPOD_REGISTRY_PASSWORD", w.registry_tls.password.as_ref().unwrap().expose())
             .env("PRPOD_REGISTRY_CA", w.registry_tls.ca.as_ref().unwrap())
+            // The world's TLS registry has one htpasswd user: pods pull with it, by the
+            // operator's explicit choice (without it there is no pull Secret).
+            .env("PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS", "true")
             .env("PRPOD_GIT_TOKEN", w.git.token.expose())
             .env("PRPOD_GIT_USER", &w.git.user)
             .output()
@@ -610,7 +613,7 @@ roleRef: {{kind: Role, name: read-only, apiGroup: rbac.authorization.k8s.io}}
     let out = p.prpod(&[&["doctor"][..], &flags].concat());
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["git", "helm", "registry push access", "cluster", "rbac"] {
+    for name in ["git", "helm", "registry push access", "registry pull secret", "cluster", "rbac"] {
         assert!(text.lines().any(|l| l.starts_with('✓') && l.contains(name)), "no passing `{name}` line:\n{text}");
     }
     assert!(text.contains("v1.20.2"), "{text}");

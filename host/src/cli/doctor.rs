@@ -11,6 +11,7 @@ use futures::future::join_all;
 use super::run::DeployFlags;
 use super::status::release_target;
 use super::{EXIT_FINDINGS, EXIT_OK};
+use crate::clients::child_env::{self, Tool};
 use crate::clients::helm::{Helm, HelmMajor};
 use crate::clients::kube::Kube;
 use crate::clients::registry::{Credentials, ImageName, RegistryClient};
@@ -47,11 +48,17 @@ fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check 
     Check { name: name.into(), status: CheckStatus::Warn, detail: detail.into(), fix: Some(fix.into()) }
 }
 
-/// The first line `cmd args` prints, or why it could not run.
-async fn version_of(cmd: &str, args: &[&str]) -> Result<String, String> {
+/// The first line `cmd args` prints, or why it could not run. Like every child, it sees only
+/// `tool`'s allow-listed environment.
+async fn version_of(cmd: &str, args: &[&str], tool: Tool) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(cmd).args(args).stdin(std::process::Stdio::null()).output(),
+        tokio::process::Command::new(cmd)
+            .args(args)
+            .env_clear()
+            .envs(child_env::allowed(tool))
+            .stdin(std::process::Stdio::null())
+            .output(),
     )
     .await
     .map_err(|_| "did not answer within 10 s".to_string())?
@@ -131,7 +138,7 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
     let mut checks = Vec::new();
 
     // --- tools ---------------------------------------------------------------------------
-    match version_of("git", &["--version"]).await {
+    match version_of("git", &["--version"], Tool::Git).await {
         Ok(v) => checks.push(ok("git", v)),
         Err(e) => checks.push(fail("git", format!("not usable: {e}"), "install git (apt-get install git)")),
     }
@@ -151,8 +158,8 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
         )),
     }
     let backend = config.build.backend;
-    let buildah = version_of("buildah", &["--version"]).await;
-    let buildx = version_of("docker", &["buildx", "version"]).await;
+    let buildah = version_of("buildah", &["--version"], Tool::Buildah).await;
+    let buildx = version_of("docker", &["buildx", "version"], Tool::Docker).await;
     let builder_check = |name: &str, r: &Result<String, String>, needed: bool, fix: &str| match r {
         Ok(v) => ok(name, v.clone()),
         Err(e) if needed => fail(name, format!("not usable: {e}"), fix.to_string()),
@@ -251,6 +258,61 @@ async fn registry_checks(config: &Config, repo: &str) -> Vec<Check> {
              --registry-password-stdin, or a docker config.json",
         )),
     }
+    out.extend(pull_secret_checks(&registry, &resolver, &name).await);
+    out
+}
+
+/// The pull Secret a run would write: whether there is one, whether its credential outlives the
+/// job, and whether it can read the repository (with those credentials alone). Without one, the
+/// registry must let the cluster pull anonymously.
+async fn pull_secret_checks(
+    registry: &crate::clients::registry::RegistryConfig,
+    resolver: &crate::clients::registry::CredentialResolver,
+    name: &ImageName,
+) -> Vec<Check> {
+    use crate::clients::registry::CredentialResolver;
+    const NAME: &str = "registry pull secret";
+    const FIX: &str = "give prpod read-only pull credentials: `registry.pull_username` + PRPOD_REGISTRY_PULL_PASSWORD \
+                       (or `pull_password_file`)";
+    let host = name.api_host();
+    let mut out = Vec::new();
+    let pull_resolver = match resolver.pull_only(host).await {
+        Err(e) => return vec![fail(NAME, e.to_string(), FIX)],
+        Ok(None) => {
+            // No pull Secret: fine when the registry serves the image without credentials.
+            let anonymous = registry.options().and_then(|o| RegistryClient::new(o, CredentialResolver::anonymous()));
+            let verdict = match anonymous {
+                Ok(c) => c.check_pull_access(name).await,
+                Err(e) => Err(e),
+            };
+            return vec![match verdict {
+                Ok(()) => ok(NAME, format!("none (no pull credentials given); {name} can be pulled without")),
+                Err(e) => warn(
+                    NAME,
+                    format!("none (no pull credentials given), and {name} cannot be pulled without: {e}"),
+                    FIX,
+                ),
+            }];
+        }
+        Ok(Some(r)) => r,
+    };
+    if let Ok(Some(p)) = resolver.pull_secret(host).await
+        && let Some(why) = &p.short_lived
+    {
+        out.push(warn(
+            "registry pull secret lifetime",
+            format!("the pull Secret's credential looks short-lived: {why}; pods rescheduled later cannot pull"),
+            FIX,
+        ));
+    }
+    let client = match registry.options().and_then(|o| RegistryClient::new(o, pull_resolver)) {
+        Ok(c) => c,
+        Err(e) => return vec![fail(NAME, e.to_string(), "fix `[registry]`")],
+    };
+    out.push(match client.check_pull_access(name).await {
+        Ok(()) => ok(NAME, format!("its credentials may pull from {name}")),
+        Err(e) => fail(NAME, format!("its credentials cannot pull from {name}: {e}"), FIX),
+    });
     out
 }
 

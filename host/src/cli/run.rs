@@ -243,7 +243,7 @@ async fn line(
     }
     report.deploy_image = Some(phases::chart::image_reference(&image));
     let host = ImageName::parse(&image.repository)?.value.api_host().to_string();
-    let pull = pull_secret(&resolver, &host).await?;
+    let pull = pull_secret(&resolver, &host, reporter).await?;
     let chart_root = run.checkout.as_ref().map(|c| c.path.clone()).or(source_dir);
     let input = DeliverInputs {
         ctx,
@@ -297,11 +297,22 @@ fn credentials(config: &Config, repository: &str, secrets: &Secrets) -> anyhow::
     Ok(registry.credentials(&host, secrets.registry_password.clone())?)
 }
 
-/// The `.dockerconfigjson` for `host`, or `None` when the registry needs no credentials.
-async fn pull_secret(resolver: &CredentialResolver, host: &str) -> anyhow::Result<Option<Secret>> {
-    let doc = resolver.dockerconfigjson(&[host]).await?;
-    let v: serde_json::Value = serde_json::from_str(doc.expose()).unwrap_or_default();
-    Ok(v["auths"].as_object().is_some_and(|a| !a.is_empty()).then_some(doc))
+/// The `.dockerconfigjson` of the preview's pull Secret for `host`: the pull credentials
+/// (`registry.pull_username`), or the push credentials with `pull_with_push_credentials`;
+/// `None` otherwise (no pull Secret). Warns when its credential looks like it dies with the job.
+async fn pull_secret(resolver: &CredentialResolver, host: &str, reporter: &Reporter) -> anyhow::Result<Option<Secret>> {
+    let Some(pull) = resolver.pull_secret(host).await? else { return Ok(None) };
+    if let Some(why) = &pull.short_lived {
+        reporter.emit(crate::report::Event::Note(
+            Phase::Deploy,
+            format!(
+                "warning: the pull Secret's credential looks short-lived: {why}; a pod rescheduled after that \
+                 (or `status --replicas`) cannot pull the image. Give prpod pull credentials that outlive the job \
+                 (`registry.pull_username` + PRPOD_REGISTRY_PULL_PASSWORD, e.g. a read-only token)"
+            ),
+        ));
+    }
+    Ok(Some(pull.dockerconfigjson))
 }
 
 /// What the policy's primary tag points at (a HEAD on the registry).

@@ -233,8 +233,10 @@ impl Buildah {
     fn command(&self, args: &[OsString]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("buildah");
         c.args(args).stdin(Stdio::null()).kill_on_drop(true);
-        // No registry password in the environment either: only the authfile carries one.
-        c.env_remove("REGISTRY_AUTH_FILE").env_remove("BUILDAH_ISOLATION").env_remove("BUILDAH_LAYERS");
+        // Only the allow-list of prpod's environment (no token, no REGISTRY_AUTH_FILE, no
+        // BUILDAH_ISOLATION or BUILDAH_LAYERS overriding the flags): the authfile alone carries
+        // registry credentials.
+        c.env_clear().envs(super::child_env::allowed(super::child_env::Tool::Buildah));
         if let Some(conf) = &self.access.registries_conf {
             c.env("CONTAINERS_REGISTRIES_CONF", conf);
         }
@@ -343,6 +345,8 @@ impl Buildah {
     /// Whether `buildah --version` runs.
     pub async fn available() -> bool {
         let run = tokio::process::Command::new("buildah")
+            .env_clear()
+            .envs(super::child_env::allowed(super::child_env::Tool::Buildah))
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

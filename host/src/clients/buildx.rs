@@ -226,6 +226,9 @@ impl Buildx {
     fn command(&self, args: &[OsString]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("docker");
         c.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        // Only the allow-list of prpod's environment: docker and its builders get no token;
+        // registry credentials travel in the private DOCKER_CONFIG below.
+        c.env_clear().envs(super::child_env::allowed(super::child_env::Tool::Docker));
         if let Some(d) = &self.docker_config {
             c.env("DOCKER_CONFIG", d);
         }

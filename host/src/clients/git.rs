@@ -7,13 +7,20 @@
 //! a URL or a file. gix would add a second HTTP stack and ~150 crates to a build that already
 //! compiles wasmtime, for a few hundred ms per run at most.
 //!
-//! How a token travels: [`command`] sets no system or global config (`GIT_CONFIG_NOSYSTEM`,
+//! How a token travels: [`command`] starts git from an empty environment (plus the allow-list
+//! of [`super::child_env`]), sets no system or global config (`GIT_CONFIG_NOSYSTEM`,
 //! `GIT_CONFIG_GLOBAL=/dev/null`: no other credential helper, no `insteadOf`, no hooks path), no
-//! prompt (`GIT_TERMINAL_PROMPT=0`, askpass programs removed), and configures — through
+//! prompt (`GIT_TERMINAL_PROMPT=0`, no askpass program), and configures — through
 //! `GIT_CONFIG_COUNT` variables, not `-c` arguments — a one-line shell credential helper that
 //! prints the username and token from two environment variables of the git process. The token
 //! is therefore never in a child's argv, a URL, `.git/config`, a log line or an error (child
 //! stderr is scrubbed), and only network commands get it at all.
+//!
+//! Where a token may go: only to the clone URL. The helper is configured for that URL alone
+//! (`credential.<url>.helper`: git asks no helper for any other URL), and git follows no HTTP
+//! redirect while it holds a token (`http.followRedirects=false`): a server that answers the
+//! clone URL with a redirect to another host fails the fetch with [`GitError::Redirected`]
+//! instead of receiving the token.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -45,27 +52,32 @@ pub struct Credentials {
     pub token: Secret,
 }
 
-/// A `git` command with prpod's isolation and, when given, credentials through the helper.
-/// Blocking callers (test support) use it as is; async callers wrap it in
-/// `tokio::process::Command::from`.
-pub fn command(credentials: Option<&Credentials>) -> std::process::Command {
+/// A `git` command with prpod's isolation and, when given, `credentials` for the URL they
+/// belong to (the clone URL, or a prefix of it such as `https://host:port`): the credential
+/// helper answers for that URL only. Blocking callers (test support) use it as is; async
+/// callers wrap it in `tokio::process::Command::from`.
+pub fn command(credentials: Option<(&Credentials, &str)>) -> std::process::Command {
     let mut c = std::process::Command::new("git");
-    // Nothing from the machine's git setup: no stored or cached credentials, no rewrites.
-    c.env("GIT_CONFIG_NOSYSTEM", "1")
+    // Nothing from prpod's environment but the allow-list (no token of the runner's, no
+    // GIT_DIR, no askpass program), and nothing from the machine's git setup: no stored or
+    // cached credentials, no rewrites.
+    c.env_clear()
+        .envs(super::child_env::allowed(super::child_env::Tool::Git))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GCM_INTERACTIVE", "never")
-        .env_remove("GIT_ASKPASS")
-        .env_remove("SSH_ASKPASS")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .env_remove(USER_VAR)
-        .env_remove(TOKEN_VAR);
-    let mut config: Vec<(&str, &str)> = vec![("core.hooksPath", "/dev/null"), ("protocol.version", "2")];
-    if let Some(creds) = credentials {
-        // The empty helper first resets any inherited list; ours is then the only one.
-        config.extend([("credential.helper", ""), ("credential.helper", HELPER)]);
+        .env("GCM_INTERACTIVE", "never");
+    let mut config: Vec<(String, &str)> =
+        vec![("core.hooksPath".into(), "/dev/null"), ("protocol.version".into(), "2")];
+    if let Some((creds, url)) = credentials {
+        // The empty helper first resets any inherited list; ours is then the only one, and only
+        // for `url`. No redirect is followed with the token: git would re-ask the helper for the
+        // new URL (refused by the scope), but curl may already have replayed the header.
+        config.extend([
+            ("credential.helper".into(), ""),
+            (format!("credential.{url}.helper"), HELPER),
+            ("http.followRedirects".into(), "false"),
+        ]);
         c.env(USER_VAR, &creds.username).env(TOKEN_VAR, creds.token.expose());
     }
     c.env("GIT_CONFIG_COUNT", config.len().to_string());
@@ -109,6 +121,18 @@ pub enum GitError {
         /// What was searched.
         searched: String,
     },
+    /// The server answered the clone URL with a redirect, which prpod does not follow with a
+    /// token (it could lead the token to another host).
+    #[error(
+        "failed to fetch from {url}: the server redirects it elsewhere ({why}); prpod follows no redirect with \
+         the token: set the repository URL to the one it redirects to"
+    )]
+    Redirected {
+        /// Repository URL.
+        url: String,
+        /// What git said, scrubbed.
+        why: String,
+    },
     /// The server could not be reached or kept failing.
     #[error("failed to reach the git server at {url}: {why}")]
     Unreachable {
@@ -150,7 +174,10 @@ pub enum GitError {
 impl Classify for GitError {
     fn failure_kind(&self) -> Option<FailureKind> {
         match self {
-            GitError::Auth { .. } | GitError::NotFound { .. } | GitError::UnknownCommit { .. } => None,
+            GitError::Auth { .. }
+            | GitError::NotFound { .. }
+            | GitError::UnknownCommit { .. }
+            | GitError::Redirected { .. } => None,
             GitError::Unreachable { .. } | GitError::Timeout { .. } | GitError::Failed { .. } => {
                 Some(FailureKind::External)
             }
@@ -192,6 +219,8 @@ pub struct Repo {
 enum FetchFailure {
     Auth,
     NotFound,
+    /// A 3xx answer (redirects are not followed with a token).
+    Redirected,
     /// The server will not serve that object by SHA, or does not have it.
     NotServed,
     Unreachable,
@@ -200,7 +229,9 @@ enum FetchFailure {
 
 fn classify_stderr(stderr: &str) -> FetchFailure {
     let s = stderr.to_ascii_lowercase();
-    if s.contains("authentication failed")
+    if s.contains("returned error: 30") || s.contains("redirect") {
+        FetchFailure::Redirected
+    } else if s.contains("authentication failed")
         || s.contains("could not read username")
         || s.contains("could not read password")
         || s.contains("returned error: 401")
@@ -276,8 +307,9 @@ impl Repo {
 
     /// Runs `git ARGS` in the repository; `network` commands get the credentials and the
     /// connect/stall watchdog. Never fails for a non-zero exit: see [`Output::success`].
+    /// The credentials go to `url` only.
     pub async fn git(&self, args: &[&str], network: bool, what: &str, url: &str) -> Result<Output, GitError> {
-        let creds = if network { self.credentials.as_ref() } else { None };
+        let creds = if network { self.credentials.as_ref().map(|c| (c, url)) } else { None };
         let mut cmd = tokio::process::Command::from(command(creds));
         cmd.arg("-C").arg(&self.dir).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -401,6 +433,7 @@ impl Repo {
                 username: self.credentials.as_ref().map_or("(none: no token given)".into(), |c| c.username.clone()),
             },
             FetchFailure::NotFound => GitError::NotFound { url: url.into() },
+            FetchFailure::Redirected => GitError::Redirected { url: url.into(), why: tail(&out.stderr) },
             FetchFailure::Unreachable => GitError::Unreachable { url: url.into(), why: tail(&out.stderr) },
             FetchFailure::NotServed | FetchFailure::Other => {
                 GitError::Failed { what: format!("fetch from {url}"), why: tail(&out.stderr) }
@@ -522,7 +555,7 @@ mod tests {
     #[test]
     fn the_helper_and_token_stay_out_of_argv() {
         let creds = Credentials { username: "x-access-token".into(), token: Secret::new("ghs_t0ken") };
-        let c = command(Some(&creds));
+        let c = command(Some((&creds, "https://git.example/acme/web.git")));
         assert!(c.get_args().next().is_none(), "no arguments: config travels in the environment");
         let envs: Vec<(String, String)> =
             c.get_envs().filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string()))).collect();
@@ -531,13 +564,47 @@ mod tests {
         assert_eq!(get("GIT_TERMINAL_PROMPT"), Some("0"));
         assert_eq!(get("GIT_CONFIG_GLOBAL"), Some("/dev/null"));
         assert!(envs.iter().any(|(_, v)| v == HELPER));
+        assert!(envs.iter().any(|(_, v)| v == "credential.https://git.example/acme/web.git.helper"));
         assert!(!HELPER.contains("ghs_t0ken"));
         let anonymous = command(None);
         assert!(anonymous.get_envs().all(|(_, v)| v.is_none_or(|v| v != "ghs_t0ken")));
     }
 
+    /// What git's credential machinery answers for `url` (the token only for the scoped URL).
+    fn fill(scope: &str, url: &str) -> String {
+        use std::io::Write;
+        let creds = Credentials { username: "x-access-token".into(), token: Secret::new("t0ken-for-origin") };
+        let mut child = command(Some((&creds, scope)))
+            .args(["credential", "fill"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("url={url}\n\n").as_bytes()).unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    }
+
+    #[test]
+    fn the_helper_answers_for_the_clone_url_only() {
+        let scope = "http://127.0.0.1:7001/acme/web.git";
+        assert!(fill(scope, scope).contains("password=t0ken-for-origin"));
+        for other in [
+            "http://127.0.0.1:7002/acme/web.git",
+            "https://127.0.0.1:7001/acme/web.git",
+            "http://evil.example/acme/web.git",
+            "http://127.0.0.1:7001/other/repo.git",
+        ] {
+            assert!(!fill(scope, other).contains("t0ken"), "{other} got the token");
+        }
+    }
+
     #[test]
     fn stderr_is_classified() {
+        assert_eq!(
+            classify_stderr("fatal: unable to access 'http://h/r.git/': The requested URL returned error: 302"),
+            FetchFailure::Redirected
+        );
         assert_eq!(classify_stderr("fatal: Authentication failed for 'http://h/r.git/'"), FetchFailure::Auth);
         assert_eq!(
             classify_stderr("fatal: could not read Username for 'https://h': terminal prompts disabled"),

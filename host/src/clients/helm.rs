@@ -77,7 +77,7 @@ impl HelmHome {
     /// scripts that drive Helm directly).
     pub fn command(&self, helm_binary: &Path, kubeconfig: &Path) -> std::process::Command {
         let mut c = std::process::Command::new(helm_binary);
-        c.envs(self.env()).env("KUBECONFIG", kubeconfig);
+        c.env_clear().envs(helm_env()).envs(self.env()).env("KUBECONFIG", kubeconfig);
         c
     }
 }
@@ -275,7 +275,8 @@ impl Helm {
             return Ok(Helm { binary: binary.to_path_buf(), version: printed, major, home, target });
         }
         let mut cmd = Command::new(binary);
-        cmd.args(["version", "--template", "{{.Version}}"]).envs(home.env()).stdin(Stdio::null());
+        cmd.args(["version", "--template", "{{.Version}}"]).env_clear().envs(helm_env()).envs(home.env());
+        cmd.stdin(Stdio::null());
         let out = cmd
             .output()
             .await
@@ -334,7 +335,8 @@ impl Helm {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.binary);
-        c.args(args).envs(self.home.env()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.args(args).env_clear().envs(helm_env()).envs(self.home.env());
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // A kill of prpod must not orphan a Helm mid-upgrade; but dropping the future (a
         // timeout) must stop it, or it would keep running behind our back.
         c.kill_on_drop(true);
@@ -572,6 +574,13 @@ struct Output {
 }
 
 /// Helm 4 prints `Error: ` and sometimes a usage hint; keep the message, drop blank lines.
+/// What Helm (and a kubeconfig `exec:` plugin it runs) sees of prpod's environment: the
+/// allow-list of [`super::child_env`], never a token. A chart that reads Helm's
+/// `/proc/self/environ` finds no credential there.
+fn helm_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    super::child_env::allowed(super::child_env::Tool::Helm)
+}
+
 fn clean_stderr(s: &str) -> String {
     let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
     let text = lines.join("; ");

@@ -5,6 +5,7 @@
 
 pub mod buildah;
 pub mod buildx;
+pub mod child_env;
 pub mod git;
 pub mod helm;
 pub mod kube;

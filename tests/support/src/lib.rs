@@ -16,6 +16,7 @@
 //! does (git with a token), it uses prpod's own client code instead of a copy.
 
 mod fixtures;
+pub mod http_double;
 mod process;
 
 pub use process::{check_ok, curl, curl_basic_auth, curl_bearer, curl_code, describe, run, run_ok, run_with_stdin};
@@ -176,7 +177,8 @@ impl GitServer {
     /// wrong token fails at once instead of hanging. Describe it with [`describe`], not `{:?}`.
     pub fn git_with_token(&self, token: &Secret) -> Command {
         let creds = prpod::clients::git::Credentials { username: self.user.clone(), token: token.clone() };
-        prpod::clients::git::command(Some(&creds))
+        // The token is this server's: the helper answers for its URLs only.
+        prpod::clients::git::command(Some((&creds, &self.url)))
     }
 }
 

@@ -11,6 +11,13 @@
 //!
 //! Explicit credentials are bound to one host on purpose: the password for the registry you
 //! push to must never be sent to the registry a `FROM` line names.
+//!
+//! Pull credentials ([`CredentialResolver::with_pull_secret`]) are a second, read-only pair for
+//! the same host. They answer every request that only reads ([`Access::Pull`]: a `FROM` image on
+//! the push host, a manifest lookup) and are what the preview's pull Secret holds
+//! ([`CredentialResolver::pull_secret`]); the push credentials answer requests that write. A
+//! pull Secret holds the push credentials only when the operator asked for that
+//! (`pull_with_push_credentials`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,12 +90,49 @@ impl PasswordSource {
     }
 }
 
+/// What a request does with a repository, which decides the credentials it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Only reads (`pull` scope): pull credentials when there are some for the host.
+    Pull,
+    /// Writes (`push` scope): the push credentials.
+    Push,
+}
+
 /// Resolves the credentials for each registry host prpod talks to. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialResolver {
     explicit: Option<Explicit>,
+    pull: Option<Explicit>,
+    pull_with_push: bool,
     docker_config: Option<PathBuf>,
     helper_dir: Option<PathBuf>,
+}
+
+/// The `.dockerconfigjson` of a preview's pull Secret, and what may be wrong with it.
+#[derive(Debug, Clone)]
+pub struct PullSecret {
+    /// `{"auths":{HOST:{...}}}`.
+    pub dockerconfigjson: Secret,
+    /// Where its credentials came from (`from environment variable PRPOD_REGISTRY_PULL_PASSWORD`).
+    pub source: String,
+    /// Why the credential looks short-lived (a GitHub Actions token, revoked when the job
+    /// ends), for a warning; `None` when nothing suggests it.
+    pub short_lived: Option<String>,
+}
+
+/// Why `password` (from `source`) looks like a token that dies with the CI job: GitHub App
+/// installation tokens (`ghs_`, which `GITHUB_TOKEN` is) live at most an hour.
+pub fn short_lived(password: &Secret, source: &str) -> Option<String> {
+    let from_github_token = source.contains("GITHUB_TOKEN")
+        || std::env::var("GITHUB_TOKEN").is_ok_and(|t| !t.is_empty() && t == password.expose());
+    if from_github_token {
+        Some(format!("it is GITHUB_TOKEN ({source}), which GitHub revokes when the job ends"))
+    } else if password.expose().starts_with("ghs_") {
+        Some(format!("it is a GitHub Actions / App installation token (ghs_…, {source}), which expires within an hour"))
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +177,25 @@ impl CredentialResolver {
         self
     }
 
+    /// Uses `username` + `password` as the read-only credentials for `host`: for requests that
+    /// only read, and for the pull Secret. `source` says where they came from, for messages.
+    pub fn with_pull_secret(mut self, host: &str, username: &str, password: Secret, source: &str) -> Self {
+        self.pull = Some(Explicit {
+            host: super::reference::api_host(host).to_string(),
+            username: username.to_string(),
+            password,
+            source: format!("from {source}"),
+        });
+        self
+    }
+
+    /// Whether the pull Secret may hold the push credentials when no pull credentials were
+    /// given (`pull_with_push_credentials`; default no: then there is no pull Secret).
+    pub fn with_pull_with_push(mut self, allow: bool) -> Self {
+        self.pull_with_push = allow;
+        self
+    }
+
     /// Consults this docker `config.json` for hosts without explicit credentials.
     pub fn with_docker_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.docker_config = Some(path.into());
@@ -155,6 +218,52 @@ impl CredentialResolver {
             Some(p) if p.is_file() => self.with_docker_config(p),
             _ => self,
         }
+    }
+
+    /// The credentials for `access` to `host`: its pull credentials for reads when there are
+    /// some, else [`CredentialResolver::resolve`].
+    pub async fn resolve_for(&self, host: &str, access: Access) -> Result<Resolved, RegistryError> {
+        if access == Access::Pull
+            && let Some(p) = self.pull.as_ref().filter(|p| p.host == host)
+        {
+            return Ok(Resolved {
+                credentials: Credentials::Basic { username: p.username.clone(), password: p.password.clone() },
+                source: p.source.clone(),
+            });
+        }
+        self.resolve(host).await
+    }
+
+    /// The pull Secret for `host`: its pull credentials; else, only with
+    /// [`CredentialResolver::with_pull_with_push`], the push credentials; else `None` (no pull
+    /// Secret: the cluster pulls anonymously or with what its nodes have).
+    pub async fn pull_secret(&self, host: &str) -> Result<Option<PullSecret>, RegistryError> {
+        let host = super::reference::api_host(host);
+        let resolved = match self.pull.as_ref().filter(|p| p.host == host) {
+            Some(_) => self.resolve_for(host, Access::Pull).await?,
+            None if self.pull_with_push => self.resolve(host).await?,
+            None => return Ok(None),
+        };
+        let Credentials::Basic { username, password } = &resolved.credentials else { return Ok(None) };
+        Ok(Some(PullSecret {
+            dockerconfigjson: auths_document(&[(host, username, password)]),
+            short_lived: short_lived(password, &resolved.source),
+            source: resolved.source,
+        }))
+    }
+
+    /// The resolver a `prpod doctor` check of the pull Secret uses: the pull Secret's
+    /// credentials for `host` and nothing else.
+    pub async fn pull_only(&self, host: &str) -> Result<Option<CredentialResolver>, RegistryError> {
+        let host = super::reference::api_host(host);
+        let resolved = match self.pull.as_ref().filter(|p| p.host == host) {
+            Some(_) => self.resolve_for(host, Access::Pull).await?,
+            None if self.pull_with_push => self.resolve(host).await?,
+            None => return Ok(None),
+        };
+        let Credentials::Basic { username, password } = resolved.credentials else { return Ok(None) };
+        let source = resolved.source.trim_start_matches("from ").to_string();
+        Ok(Some(CredentialResolver::anonymous().with_secret(host, &username, password, &source)))
     }
 
     /// The credentials for `host` (an API host), running a credential helper if the docker
@@ -180,21 +289,30 @@ impl CredentialResolver {
     /// credentials for each of `hosts`, for a Kubernetes `kubernetes.io/dockerconfigjson` pull
     /// Secret. Hosts without credentials are left out. Returned as a [`Secret`]: it holds them.
     pub async fn dockerconfigjson(&self, hosts: &[&str]) -> Result<Secret, RegistryError> {
-        let mut auths = serde_json::Map::new();
+        let mut found = Vec::new();
         for host in hosts {
             if let Credentials::Basic { username, password } =
                 self.resolve(super::reference::api_host(host)).await?.credentials
             {
-                let auth =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
-                auths.insert(
-                    host.to_string(),
-                    serde_json::json!({"username": username, "password": password.expose(), "auth": auth}),
-                );
+                found.push((*host, username, password));
             }
         }
-        Ok(Secret::new(serde_json::json!({ "auths": auths }).to_string()))
+        let refs: Vec<(&str, &String, &Secret)> = found.iter().map(|(h, u, p)| (*h, u, p)).collect();
+        Ok(auths_document(&refs))
     }
+}
+
+/// `{"auths":{HOST:{username,password,auth}}}`.
+fn auths_document(entries: &[(&str, &String, &Secret)]) -> Secret {
+    let mut auths = serde_json::Map::new();
+    for (host, username, password) in entries {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+        auths.insert(
+            host.to_string(),
+            serde_json::json!({"username": username, "password": password.expose(), "auth": auth}),
+        );
+    }
+    Secret::new(serde_json::json!({ "auths": auths }).to_string())
 }
 
 #[derive(Deserialize, Default)]
@@ -285,6 +403,9 @@ async fn run_helper(name: &str, host: &str, dir: Option<&Path>) -> Result<Option
     let path = dir.map_or_else(|| PathBuf::from(&program), |d| d.join(&program));
     let err = |detail: String| RegistryError::Credentials { source_desc: program.clone(), detail };
     let mut child = tokio::process::Command::new(&path)
+        // A helper gets its own variables (cloud identities, keyring sockets), no token of prpod's.
+        .env_clear()
+        .envs(crate::clients::child_env::allowed(crate::clients::child_env::Tool::CredentialHelper))
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

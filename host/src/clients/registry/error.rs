@@ -66,6 +66,22 @@ pub enum RegistryError {
         /// The TLS error.
         detail: String,
     },
+    /// A request (an upload `Location`, a redirect, a token realm) would have gone over plain
+    /// HTTP to a host not in `registry.plain_http`.
+    #[error(
+        "refused to {what} for {host} at {origin}: {detail}; if that host is yours and speaks plain HTTP, list it \
+         in `registry.plain_http` (PRPOD_REGISTRY_PLAIN_HTTP), otherwise the registry is misconfigured or hostile"
+    )]
+    Insecure {
+        /// Registry host.
+        host: String,
+        /// The operation.
+        what: String,
+        /// `scheme://host:port` of the refused URL.
+        origin: String,
+        /// Why.
+        detail: String,
+    },
     /// The registry could not be reached, or kept failing (5xx, 429, dropped connections), after
     /// every retry.
     #[error(
@@ -154,6 +170,7 @@ impl Classify for RegistryError {
             | RegistryError::Denied { .. }
             | RegistryError::NotFound { .. }
             | RegistryError::Tls { .. }
+            | RegistryError::Insecure { .. }
             | RegistryError::Credentials { .. }
             | RegistryError::Config(_)
             | RegistryError::Layout { .. } => None,

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::RegistryConfig;
-pub use credentials::{CredentialResolver, Credentials, PasswordSource, Resolved};
+pub use credentials::{Access, CredentialResolver, Credentials, PasswordSource, PullSecret, Resolved, short_lived};
 pub use error::RegistryError;
 pub use layout::{BlobSource, OciImage};
 pub use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
@@ -178,6 +178,13 @@ impl RegistryClient {
                 Ok(())
             })
             .await
+    }
+
+    /// Checks that the credentials may read `repository` (`prpod doctor`, for the pull Secret):
+    /// authenticates with the pull scope and lists its tags. A repository without tags yet
+    /// passes: the credentials were accepted.
+    pub async fn check_pull_access(&self, repository: &ImageName) -> Result<(), RegistryError> {
+        self.has_tags(repository).await.map(|_| ())
     }
 
     /// The digest of `reference`'s manifest (HEAD), or `None` when the tag does not exist.

@@ -6,6 +6,17 @@
 //! drops token-service errors (a wrong password surfaces as a bare 401 later), and its errors
 //! drop the `Retry-After` header. Every operation is a closure the retry loop can replay whole:
 //! a blob upload that loses its connection half-way starts a fresh upload session.
+//!
+//! Where credentials go (as docker and containerd do it):
+//! - `Authorization` is attached only to requests for the origin (scheme, host and port) of the
+//!   registry that challenged. An upload `Location`, a redirect or a blob URL on another origin
+//!   (a storage bucket, a CDN, a hostile registry) gets none; reqwest drops the header on a
+//!   redirect to another origin, and [`Transport::send`] adds none to a URL on another origin.
+//! - A Bearer realm on another host gets the registry's basic credentials: that is the token
+//!   flow (Docker Hub's realm is `auth.docker.io`), but only over HTTPS or to a host listed in
+//!   `plain_http`.
+//! - Nothing is sent over plain HTTP to a host that is not in `plain_http`: not a request, a
+//!   `Location`, a redirect nor a realm.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
-use super::credentials::{CredentialResolver, Credentials, Resolved};
+use super::credentials::{Access, CredentialResolver, Credentials, Resolved};
 use super::{RegistryError, RegistryOptions};
 use crate::secret::Secret;
 
@@ -67,7 +78,8 @@ enum Challenge {
 #[derive(Default)]
 struct HostState {
     challenge: Option<Challenge>,
-    credentials: Option<Resolved>,
+    /// Resolved once per kind of access (pull credentials may differ from push ones).
+    credentials: HashMap<Access, Resolved>,
     /// Bearer tokens by scope set.
     tokens: HashMap<String, (Secret, Instant)>,
 }
@@ -90,6 +102,13 @@ pub(crate) fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+/// Whether a request needing `scopes` writes (any `push` action) or only reads.
+fn access_of(scopes: &[String]) -> Access {
+    let writes =
+        scopes.iter().any(|s| s.rsplit(':').next().is_some_and(|actions| actions.split(',').any(|a| a == "push")));
+    if writes { Access::Push } else { Access::Pull }
+}
+
 impl Transport {
     pub(crate) fn new(opts: RegistryOptions, creds: CredentialResolver) -> Result<Transport, RegistryError> {
         let mut builder = reqwest::Client::builder()
@@ -106,6 +125,18 @@ impl Transport {
             }
             builder = builder.tls_certs_merge(certs);
         }
+        // Redirects: at most 10, never down to plain HTTP on a host not in `plain_http`.
+        // reqwest itself drops `Authorization` when a redirect leaves the origin.
+        let plain = opts.plain_http.clone();
+        builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects")
+            } else if let Some(refused) = insecure(&plain, attempt.url()) {
+                attempt.error(refused)
+            } else {
+                attempt.follow()
+            }
+        }));
         let http = builder.build().map_err(|e| RegistryError::Config(format!("cannot set up HTTPS: {e}")))?;
         Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) })
     }
@@ -120,12 +151,35 @@ impl Transport {
         format!("{}://{host}", if plain { "http" } else { "https" })
     }
 
-    async fn credentials(&self, host: &str) -> Result<Resolved, RegistryError> {
-        if let Some(c) = self.state(host, |s| s.credentials.clone()) {
+    /// Whether `url` is on the origin prpod speaks to for `host` ([`Transport::base_url`]): the
+    /// only origin that gets `host`'s credentials.
+    fn same_origin(&self, host: &str, url: &Url) -> bool {
+        Url::parse(&self.base_url(host)).is_ok_and(|base| {
+            base.scheme() == url.scheme()
+                && base.host_str() == url.host_str()
+                && base.port_or_known_default() == url.port_or_known_default()
+        })
+    }
+
+    /// Refuses `url` when it is plain HTTP to a host not in `plain_http`.
+    fn check_secure(&self, host: &str, what: &str, url: &Url) -> Result<(), Attempt> {
+        match insecure(&self.opts.plain_http, url) {
+            None => Ok(()),
+            Some(detail) => Err(Attempt::Fail(RegistryError::Insecure {
+                host: host.to_string(),
+                what: what.to_string(),
+                origin: origin(url),
+                detail,
+            })),
+        }
+    }
+
+    async fn credentials(&self, host: &str, access: Access) -> Result<Resolved, RegistryError> {
+        if let Some(c) = self.state(host, |s| s.credentials.get(&access).cloned()) {
             return Ok(c);
         }
-        let resolved = self.creds.resolve(host).await?;
-        self.state(host, |s| s.credentials = Some(resolved.clone()));
+        let resolved = self.creds.resolve_for(host, access).await?;
+        self.state(host, |s| s.credentials.insert(access, resolved.clone()));
         Ok(resolved)
     }
 
@@ -137,10 +191,10 @@ impl Transport {
     /// The secrets to scrub from server text for `host`.
     fn scrub(&self, host: &str, text: &str) -> String {
         let mut out = text.to_string();
-        if let Some(Resolved { credentials: Credentials::Basic { password, .. }, .. }) =
-            self.state(host, |s| s.credentials.clone())
-        {
-            out = password.scrub(&out);
+        for resolved in self.state(host, |s| s.credentials.values().cloned().collect::<Vec<_>>()) {
+            if let Credentials::Basic { password, .. } = &resolved.credentials {
+                out = password.scrub(&out);
+            }
         }
         out.chars().take(300).collect()
     }
@@ -152,7 +206,7 @@ impl Transport {
         let challenge = self.state(host, |s| s.challenge.clone()).unwrap_or(Challenge::Unknown);
         match challenge {
             Challenge::Unknown | Challenge::Open => Ok((None, false)),
-            Challenge::Basic => match self.credentials(host).await?.credentials {
+            Challenge::Basic => match self.credentials(host, access_of(scopes)).await?.credentials {
                 Credentials::Basic { username, password } => Ok((Some(basic(&username, &password)), false)),
                 Credentials::Anonymous => Ok((None, false)),
             },
@@ -180,12 +234,22 @@ impl Transport {
         service: Option<&str>,
         scopes: &[String],
     ) -> Result<(Secret, Duration), Attempt> {
-        let resolved = self.credentials(host).await?;
+        let realm_url = Url::parse(realm).map_err(|e| {
+            Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: "get a token".into(),
+                detail: format!("the challenge names a realm that is not a URL ({e})"),
+            })
+        })?;
+        // The basic credentials go to the realm (the token flow), so the realm must be as safe
+        // as the registry: HTTPS, or a host the operator listed as plain HTTP.
+        self.check_secure(host, "get a token from the realm the registry named", &realm_url)?;
+        let resolved = self.credentials(host, access_of(scopes)).await?;
         let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
         if let Some(service) = service {
             query.push(("service", service));
         }
-        let mut req = self.http.get(realm).query(&query);
+        let mut req = self.http.get(realm_url).query(&query);
         if let Credentials::Basic { username, password } = &resolved.credentials {
             req = req.header(AUTHORIZATION, basic(username, password).expose());
         }
@@ -236,13 +300,39 @@ impl Transport {
     /// challenge and asks for a replay ([`Attempt::Reauth`]) unless the same kind of
     /// credentials were just refused; 5xx and 429 become [`Attempt::Retry`]. Any other status is
     /// returned for the caller to judge.
+    ///
+    /// Only a request for `host`'s own origin carries credentials; one for another origin (an
+    /// upload `Location` pointing elsewhere) is sent without, and its 401 teaches nothing. Plain
+    /// HTTP to a host not in `plain_http` is refused before anything is sent.
     pub(crate) async fn send(&self, host: &str, scopes: &[String], req: RequestBuilder) -> Result<Response, Attempt> {
+        let (client, req) = req.build_split();
+        let mut req = req.map_err(|e| {
+            Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: "build a request".into(),
+                detail: error_chain(&e),
+            })
+        })?;
+        self.check_secure(host, "send a request", req.url())?;
+        if !self.same_origin(host, req.url()) {
+            let resp = client.execute(req).await.map_err(|e| self.send_error(host, e))?;
+            if let Some(retry) = retryable(&resp) {
+                return Err(retry);
+            }
+            return Ok(resp);
+        }
         let (auth, cached) = self.authorization(host, scopes).await?;
-        let req = match &auth {
-            Some(value) => req.header(AUTHORIZATION, value.expose()),
-            None => req,
-        };
-        let resp = req.send().await.map_err(|e| self.send_error(host, e))?;
+        if let Some(value) = &auth {
+            let mut header = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                Attempt::Fail(RegistryError::Credentials {
+                    source_desc: format!("the credentials for {host}"),
+                    detail: "they hold a character an HTTP header cannot carry".into(),
+                })
+            })?;
+            header.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, header);
+        }
+        let resp = client.execute(req).await.map_err(|e| self.send_error(host, e))?;
         let known = self.state(host, |s| s.challenge.clone()).unwrap_or(Challenge::Unknown);
         if resp.status() != StatusCode::UNAUTHORIZED {
             if matches!(known, Challenge::Unknown) {
@@ -255,7 +345,7 @@ impl Transport {
         }
         let header = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let body = resp.text().await.unwrap_or_default();
-        let resolved = self.credentials(host).await?;
+        let resolved = self.credentials(host, access_of(scopes)).await?;
         let anonymous = resolved.credentials == Credentials::Anonymous;
         if let Some(c) = parse_challenge(&header) {
             let kind = |c: &Challenge| std::mem::discriminant(c);
@@ -312,6 +402,14 @@ impl Transport {
     /// else on the wire (refused, reset, timed out) is worth another try.
     pub(crate) fn send_error(&self, host: &str, e: reqwest::Error) -> Attempt {
         let detail = error_chain(&e);
+        if e.is_redirect() {
+            // A redirect refused by the policy (plain HTTP, a loop): another try ends the same.
+            return Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: "follow a redirect".into(),
+                detail,
+            });
+        }
         let lower = detail.to_ascii_lowercase();
         if lower.contains("certificate") || lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
             return Attempt::Fail(RegistryError::Tls { host: host.to_string(), detail });
@@ -389,6 +487,38 @@ impl Transport {
     }
 }
 
+/// Why `url` may not be used: plain HTTP to a host (`host:port`) not in `plain_http`, or a
+/// scheme other than HTTP(S). `None` when it may.
+pub(crate) fn insecure(plain_http: &[String], url: &Url) -> Option<String> {
+    match url.scheme() {
+        "https" => None,
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port_or_known_default().unwrap_or(80);
+            // `url` drops a default port (`:80`), so a bare host matches only that one.
+            let listed =
+                plain_http.iter().any(|h| *h == format!("{host}:{port}") || (url.port().is_none() && h == host));
+            (!listed).then(|| {
+                format!(
+                    "plain HTTP to {host}:{port}, which is not in `registry.plain_http` (only HTTPS, or the hosts \
+                     listed there, are spoken to)"
+                )
+            })
+        }
+        other => Some(format!("the `{other}` scheme (only HTTPS, or plain HTTP to `registry.plain_http` hosts)")),
+    }
+}
+
+/// `scheme://host:port` of `url`: what a message may say of a URL (its path and query may hold
+/// an upload session's state).
+fn origin(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{}://{host}:{p}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
 fn basic(username: &str, password: &Secret) -> Secret {
     let raw = format!("{username}:{}", password.expose());
     Secret::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
@@ -460,6 +590,20 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_to_listed_hosts() {
+        let plain = vec!["127.0.0.1:5000".to_string(), "localhost".to_string()];
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(insecure(&plain, &u("https://ghcr.io/v2/")), None);
+        assert_eq!(insecure(&plain, &u("http://127.0.0.1:5000/v2/")), None);
+        assert_eq!(insecure(&plain, &u("http://localhost/v2/")), None);
+        let refused = insecure(&plain, &u("http://127.0.0.1:5001/v2/x?_state=abc")).unwrap();
+        assert!(refused.contains("127.0.0.1:5001") && refused.contains("registry.plain_http"), "{refused}");
+        assert!(insecure(&plain, &u("http://ghcr.io/token")).is_some());
+        assert!(insecure(&plain, &u("ftp://127.0.0.1:5000/")).is_some());
+        assert_eq!(origin(&u("http://127.0.0.1:5001/v2/x?_state=abc")), "http://127.0.0.1:5001");
+    }
 
     #[test]
     fn challenges() {
