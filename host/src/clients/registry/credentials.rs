@@ -395,13 +395,39 @@ async fn from_docker_config(
 /// that a helper waiting for a human fails the job instead of hanging it.
 const HELPER_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `program` in the first absolute directory of `PATH` that has it as an executable file: never
+/// resolved against the working directory (a checkout prpod runs in could plant one).
+fn helper_on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(program)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
 /// Runs `docker-credential-NAME get` with `host` on stdin. `Ok(None)` when the helper has no
 /// credentials for the host.
 async fn run_helper(name: &str, host: &str, dir: Option<&Path>) -> Result<Option<Credentials>, RegistryError> {
     use tokio::io::AsyncWriteExt;
     let program = format!("docker-credential-{name}");
-    let path = dir.map_or_else(|| PathBuf::from(&program), |d| d.join(&program));
     let err = |detail: String| RegistryError::Credentials { source_desc: program.clone(), detail };
+    // A helper name is a plain name (docker's own are `desktop`, `ecr-login`, `gcloud`...): a `/`
+    // would make it a path, which a docker config the pull request wrote could point at a script
+    // of its own.
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) || name.starts_with('.') {
+        return Err(err(format!(
+            "the credential helper name {name:?} is not a plain name (letters, digits, '-', '_', '.'); \
+             fix `credHelpers` / `credsStore` in the docker config"
+        )));
+    }
+    let path = match dir {
+        Some(d) => d.join(&program),
+        None => helper_on_path(&program).ok_or_else(|| {
+            err("not found in an absolute directory of PATH (relative PATH entries, such as `.`, are never \
+                 searched); install it or remove it from the docker config"
+                .into())
+        })?,
+    };
     let mut child = tokio::process::Command::new(&path)
         // A helper gets its own variables (cloud identities, keyring sockets), no token of prpod's.
         .env_clear()
@@ -447,6 +473,15 @@ async fn run_helper(name: &str, host: &str, dir: Option<&Path>) -> Result<Option
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn helper_names_are_plain_names_never_paths() {
+        for bad in ["./x", "../x", "/bin/sh", "a/b", "", ".hidden", "x y"] {
+            let e = run_helper(bad, "r.example", None).await.unwrap_err().to_string();
+            assert!(e.contains("not a plain name"), "{bad:?}: {e}");
+        }
+        assert!(helper_on_path("docker-credential-surely-not-installed-here").is_none());
+    }
+
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
