@@ -588,9 +588,10 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     let mut run = Runner::new(w);
     let dump = run.home.path().join("helm-env.txt");
     let helm = env_dumping_helm(run.home.path(), &dump);
+    // The world's git token (the clone needs it), and made-up values for the rest.
     let secrets = [
         ("PRPOD_REGISTRY_PASSWORD", format!("regpw-{}", unique_name("s"))),
-        ("PRPOD_GIT_TOKEN", format!("gittok-{}", unique_name("s"))),
+        ("PRPOD_GIT_TOKEN", w.git.token.expose().to_string()),
         ("GITHUB_TOKEN", format!("ghs_{}", unique_name("s"))),
         ("PRPOD_CACHE_KEY", format!("cachekey-{}", unique_name("s"))),
     ];
@@ -603,10 +604,13 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
     run.set("LANG", "C.UTF-8");
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("envprobe")));
+    // A plan reads the PR's commit: a real one on the world's git server.
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("envprobe")));
     let out = run
         .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
-        .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
-        .args(["--sha", &"b".repeat(40), "--image", &image])
+        .args(["plan", "--repo-url", &url, "--pr", "12", "--branch", "main"])
+        .args(["--sha", &sha, "--image", &image])
         .output()
         .unwrap();
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -630,6 +634,8 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
 fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() {
     let w = world();
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("pullsecret")));
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("pullsecret")));
     let plan = |extra: &[(&str, &str)]| {
         let mut run = Runner::new(w);
         let helm = env_dumping_helm(run.home.path(), &run.home.path().join("helm-env.txt"));
@@ -641,8 +647,8 @@ fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() 
         }
         let out = run
             .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
-            .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
-            .args(["--sha", &"c".repeat(40), "--image", &image])
+            .args(["plan", "--repo-url", &url, "--pr", "12", "--branch", "main"])
+            .args(["--sha", &sha, "--image", &image])
             .output()
             .unwrap();
         run.assert_no_secret(&out);

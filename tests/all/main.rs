@@ -12,6 +12,7 @@ mod cli;
 mod deploy;
 mod fault_proxy;
 mod plugins;
+mod preview;
 mod push;
 mod run;
 mod sandbox;

@@ -549,6 +549,52 @@ impl Kube {
         }
     }
 
+    /// The labels and annotations of namespace `name`, or `None` when it does not exist.
+    pub async fn namespace_meta(
+        &self,
+        name: &str,
+    ) -> Result<Option<(BTreeMap<String, String>, BTreeMap<String, String>)>, KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = api.get_opt(name).await.map_err(|e| KubeError::from_kube(format!("read namespace {name}"), e))?;
+        Ok(ns.map(|ns| (labels_of(&ns.metadata), ns.metadata.annotations.clone().unwrap_or_default())))
+    }
+
+    /// Creates namespace `name` with `labels` and `annotations`; `Ok(false)` when it already
+    /// exists (created meanwhile by someone else: the caller checks whose it is).
+    pub async fn create_namespace(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<bool, KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels.clone()),
+                annotations: Some(annotations.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &ns).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(KubeError::from_kube(format!("create namespace {name}"), e)),
+        }
+    }
+
+    /// Whether Helm has a release `release` in `namespace` (its release Secrets).
+    pub async fn helm_release_exists(&self, namespace: &str, release: &str) -> Result<bool, KubeError> {
+        let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), namespace);
+        let lp = ListParams::default().labels(&format!("owner=helm,name={release}")).limit(1);
+        let list = api
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| KubeError::from_kube(format!("read release {release} in {namespace}"), e))?;
+        Ok(!list.items.is_empty())
+    }
+
     async fn label_namespace(
         &self,
         api: &Api<Namespace>,

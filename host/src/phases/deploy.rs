@@ -29,6 +29,7 @@ use crate::clients::kube::{Kube, KubeError};
 use crate::error::{Classify, FailureKind};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::RenderedChart;
+use crate::phases::preview;
 pub use crate::phases::rollout::PodFailure;
 use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
 use crate::secret::Secret;
@@ -76,6 +77,11 @@ pub struct DeployConfig {
     /// pull request chooses). An operator setting. Default false.
     #[serde(default)]
     pub allow_repository_chart: bool,
+    /// Whether prpod may adopt an existing namespace it did not create (labelling it as this
+    /// preview's). Never `default`, `kube-system`, `kube-public`, `kube-node-lease`, nor another
+    /// preview's namespace. Default false.
+    #[serde(default)]
+    pub adopt_namespace: bool,
 }
 
 fn default_timeout() -> Duration {
@@ -108,6 +114,7 @@ impl Default for DeployConfig {
             pull_secret: default_pull_secret(),
             log_lines: default_log_lines(),
             allow_repository_chart: false,
+            adopt_namespace: false,
         }
     }
 }
@@ -255,54 +262,40 @@ impl Classify for DeployError {
     }
 }
 
-/// Labels prpod puts on a preview's namespace, so teardown and people can find it.
+/// Labels prpod puts on a preview's namespace ([`preview::labels`]).
 pub fn namespace_labels(ctx: &PrContext, release: &ReleaseTarget) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "prpod".to_string()),
-        ("prpod.dev/release".to_string(), release.name.clone()),
-        ("prpod.dev/repository".to_string(), label_value(&ctx.repository)),
-    ]);
-    if let Some(n) = ctx.number {
-        l.insert("prpod.dev/pr".into(), n.to_string());
-    }
-    l
+    preview::labels(ctx, release)
 }
 
-/// Annotations on the namespace: the values labels cannot hold exactly.
+/// Annotations on the namespace ([`preview::annotations`]).
 pub fn namespace_annotations(ctx: &PrContext) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("prpod.dev/repository".to_string(), ctx.repository.clone()),
-        ("prpod.dev/branch".to_string(), ctx.branch.clone()),
-        ("prpod.dev/commit".to_string(), ctx.sha.clone()),
-    ])
+    preview::annotations(ctx)
 }
 
-/// `owner/name` as a label value (`owner.name`: labels allow no `/`), at most 63 characters.
+/// `owner/name` as a label value ([`preview::label_value`]).
 pub fn label_value(s: &str) -> String {
-    let v: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '.' }).collect();
-    let v: String = v.chars().take(63).collect();
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    preview::label_value(s)
 }
 
-/// Creates (or labels) the namespace and, when the registry needs credentials, writes the pull
-/// Secret and attaches it to the namespace's `default` ServiceAccount — before any pod exists,
-/// so every pod of every chart that names no ServiceAccount of its own pulls with it (charts
-/// that do name one get `imagePullSecrets` in their values: see the chart phase).
+/// Claims the namespace for this preview ([`preview::claim`]: created, ours, or refused naming
+/// its owner) and, when the registry needs credentials, writes the pull Secret and attaches it to
+/// the namespace's `default` ServiceAccount — before any pod exists, so every pod of every chart
+/// that names no ServiceAccount of its own pulls with it (charts that do name one get
+/// `imagePullSecrets` in their values: see the chart phase).
 pub async fn prepare_namespace(
     kube: &Kube,
     ctx: &PrContext,
     release: &ReleaseTarget,
     dockerconfigjson: Option<&Secret>,
     config: &DeployConfig,
-) -> Result<(), KubeError> {
+) -> anyhow::Result<preview::Claimed> {
     let ns = &release.namespace;
-    kube.ensure_namespace(ns, &namespace_labels(ctx, release), &namespace_annotations(ctx)).await?;
+    let claimed = preview::claim(kube, ctx, release, config.adopt_namespace).await?;
     if let Some(doc) = dockerconfigjson {
         kube.apply_pull_secret(ns, &config.pull_secret, doc).await?;
         kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
     }
-    Ok(())
+    Ok(claimed)
 }
 
 /// Undoes a deploy the verify phase failed: back to the revision before it, or, when it was the

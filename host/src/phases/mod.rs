@@ -11,6 +11,7 @@ pub mod build;
 pub mod chart;
 pub mod context;
 pub mod deploy;
+pub mod preview;
 pub mod push;
 pub mod rollout;
 pub mod source;
@@ -182,6 +183,8 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let plugin = plugin.with_limits(config.limits_for(World::TagPolicy));
     let tags = plugin.compute_tags(&ctx, &repository).await?;
     let release = plugin.release(&ctx).await?;
+    // A policy cannot send a preview to the cluster's own namespaces.
+    preview::check_target(&release)?;
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
     run.tags = Some(tags.clone());
     run.release = Some(release);
@@ -373,12 +376,15 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let target = dc.kube_target();
     // A plan reads the release's latest revision through the API (no Helm process); it starts
     // now so the TLS handshake and the list overlap the chart's rendering.
+    // It also checks whose the namespace is: a plan says so before a run would refuse.
     let plan_read = (input.mode == Mode::Plan).then(|| {
         let (target, ns, name) = (target.clone(), release.namespace.clone(), release.name.clone());
+        let (ctx, target_release, adopt) = (ctx_in.clone(), release.clone(), dc.adopt_namespace);
         tokio::spawn(async move {
             tokio::time::timeout(std::time::Duration::from_secs(5), async move {
                 let kube = Kube::connect(&target).await?;
-                kube.helm_release_state(&ns, &name).await
+                let refusal = preview::check(&kube, &ctx, &target_release, adopt).await?;
+                Ok::<_, crate::clients::kube::KubeError>((refusal, kube.helm_release_state(&ns, &name).await?))
             })
             .await
         })
@@ -471,6 +477,12 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
         let read = plan_read.expect("started for a plan").await.map_err(|e| {
             anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the release's state: {e}"))
         })?;
+        let read = match read {
+            Ok(Ok((Some(refusal), _))) => return Err(refusal.into()),
+            Ok(Ok((None, state))) => Ok(Ok(state)),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        };
         let current = match read {
             Ok(Ok(Some((rev, status)))) => {
                 format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
@@ -497,7 +509,13 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let started = std::time::Instant::now();
     let kube = Kube::connect(&target).await?;
     let since = k8s_openapi::jiff::Timestamp::now();
-    deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await?;
+    match deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await? {
+        preview::Claimed::Created => phase.note(format!("created namespace {}", release.namespace)),
+        preview::Claimed::Adopted => {
+            phase.note(format!("adopted namespace {} (`adopt_namespace`): it is now this preview's", release.namespace))
+        }
+        preview::Claimed::Ours => {}
+    }
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
     if let Some(note) = deploy::recover_pending(&helm, &kube, release, &lock, dc.timeout).await? {
         phase.note(note);
