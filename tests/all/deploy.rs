@@ -92,6 +92,7 @@ fn deploy_verify_and_crash_rollback() {
     rt().block_on(async {
         let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
         let kube = Kube::connect(&target).await.unwrap();
+        let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
         let host = PluginHost::new().unwrap();
         let generator = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
         let verifier = host.load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
@@ -102,6 +103,8 @@ fn deploy_verify_and_crash_rollback() {
             release: &release,
             image: &image,
             chart_dir: None,
+            repository: None,
+            cluster: &cluster,
             values_files: vec![],
             set: &config.set,
             app: &app,
@@ -110,7 +113,9 @@ fn deploy_verify_and_crash_rollback() {
         };
         let rendered = chart::render(&req, &helm, Some(&generator)).await.unwrap();
         assert!(rendered.rendered.contains(&format!("@{}", image.digest.as_ref().unwrap())), "{}", rendered.rendered);
-        let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).await.unwrap();
+        let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &[] };
+        let findings =
+            chart::check_manifests(&ctx, &rendered, &image, scope, std::slice::from_ref(&verifier)).await.unwrap();
         assert!(!chart::has_errors(&findings), "{findings:?}");
 
         deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();

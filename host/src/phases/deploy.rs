@@ -72,6 +72,13 @@ pub struct DeployConfig {
     /// Log lines quoted per failing container. Default 20.
     #[serde(default = "default_log_lines")]
     pub log_lines: u32,
+    /// Cluster-scoped kinds a chart may create (`"ClusterRole"`, or `"group/Kind"` such as
+    /// `"rbac.authorization.k8s.io/ClusterRole"`): an operator's key. Default none: every object
+    /// a chart renders must live in the preview's namespace, and anything cluster-scoped
+    /// (ClusterRoles and bindings, webhooks, CRDs, Namespaces, PersistentVolumes, ...) is refused
+    /// before anything is applied. Objects aimed at another namespace are refused regardless.
+    #[serde(default)]
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -103,6 +110,7 @@ impl Default for DeployConfig {
             kube_context: None,
             pull_secret: default_pull_secret(),
             log_lines: default_log_lines(),
+            allow_cluster_kinds: vec![],
         }
     }
 }
@@ -130,6 +138,18 @@ impl crate::config::Section for DeployConfig {
         }
         if self.log_lines > 1000 {
             return bad("deploy.log_lines", format!("{} is more than 1000", self.log_lines));
+        }
+        for k in &self.allow_cluster_kinds {
+            let (group, kind) = k.rsplit_once('/').unwrap_or(("", k));
+            let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && kind.chars().all(|c| c.is_ascii_alphanumeric());
+            let group_ok = group.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+            if !kind_ok || !group_ok {
+                return bad(
+                    "deploy.allow_cluster_kinds",
+                    format!("`{k}` is not a kind like `ClusterRole` or `rbac.authorization.k8s.io/ClusterRole`"),
+                );
+            }
         }
         for p in self.chart.iter().chain(&self.values) {
             if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {

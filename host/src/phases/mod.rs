@@ -299,18 +299,33 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- chart: generate or take, render, check ---------------------------------------------
     let phase = reporter.phase(Phase::Chart);
     let target = dc.kube_target();
-    // A plan reads the release's latest revision through the API (no Helm process); it starts
-    // now so the TLS handshake and the list overlap the chart's rendering.
-    let plan_read = (input.mode == Mode::Plan).then(|| {
-        let (target, ns, name) = (target.clone(), release.namespace.clone(), release.name.clone());
+    // The cluster's version and the kinds it serves decide what the chart is rendered against
+    // and which objects are namespaced (discovery); a plan also reads the release's latest
+    // revision (through the API, no Helm process). Both start now, so the TLS handshake and the
+    // requests overlap the chart's generation. A plan without a cluster falls back to Helm's
+    // default capabilities and prpod's built-in list of cluster-scoped kinds.
+    let cluster_read = {
+        let (target, ns, name, plan) =
+            (target.clone(), release.namespace.clone(), release.name.clone(), input.mode == Mode::Plan);
         tokio::spawn(async move {
-            tokio::time::timeout(std::time::Duration::from_secs(5), async move {
+            let read = async move {
                 let kube = Kube::connect(&target).await?;
-                kube.helm_release_state(&ns, &name).await
-            })
-            .await
+                let (api, state) = if plan {
+                    let (api, state) =
+                        tokio::join!(chart::ClusterApi::discover(&kube), kube.helm_release_state(&ns, &name));
+                    (api, Some(state))
+                } else {
+                    (chart::ClusterApi::discover(&kube).await, None)
+                };
+                Ok::<_, crate::clients::kube::KubeError>((kube, api, state))
+            };
+            if plan {
+                tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok()
+            } else {
+                Some(read.await)
+            }
         })
-    });
+    };
     let helm = Helm::detect(&dc.helm, target.clone()).await?;
     let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
     let mut ctx = ctx_in.clone();
@@ -343,11 +358,27 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     for (r, limits) in config.verifiers() {
         verifiers.push(host.load(&r)?.with_limits(limits));
     }
+    let read = cluster_read.await.map_err(|e| {
+        anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the cluster's API: {e}"))
+    })?;
+    let (kube, cluster, plan_state) = match (input.mode, read) {
+        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state),
+        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(e.into()),
+        (_, Some(Ok((_, Err(_), state)))) => (None, chart::ClusterApi::builtin(), state),
+        (_, Some(Err(e))) => (None, chart::ClusterApi::builtin(), Some(Err(e))),
+        (_, None) => (None, chart::ClusterApi::builtin(), None),
+    };
     let req = chart::ChartRequest {
         ctx: &ctx,
         release,
         image: &input.image,
         chart_dir,
+        repository: match (&dc.chart, input.chart_root) {
+            (Some(_), Some(root)) => Some(root.to_path_buf()),
+            (Some(_), None) => Some(config.resolve_path(std::path::Path::new("."))),
+            (None, _) => None,
+        },
+        cluster: &cluster,
         values_files,
         set: &dc.set,
         app: &config.app,
@@ -365,7 +396,8 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     };
     out.chart = Some(format!("{chart_name} ({from})"));
     out.rendered = Some(rendered.rendered.clone());
-    let findings = chart::check_manifests(&ctx, &rendered, &input.image, &verifiers).await?;
+    let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &dc.allow_cluster_kinds };
+    let findings = chart::check_manifests(&ctx, &rendered, &input.image, scope, &verifiers).await?;
     for f in &findings {
         phase.finding(f.clone());
     }
@@ -374,8 +406,9 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let kinds: Vec<String> = rendered.manifests.iter().map(|m| format!("{}/{}", m.kind, m.name)).collect();
     let names: Vec<&str> = verifiers.iter().map(|v| v.name()).collect();
     phase.finish(format!(
-        "{chart_name} {from}, Helm {}: {}; {errors} error finding(s) ({} and prpod's checks)",
+        "{chart_name} {from}, Helm {}, {}: {}; {errors} error finding(s) ({} and prpod's checks)",
         helm.version(),
+        rendered.rendered_against,
         kinds.join(", "),
         names.join(", ")
     ));
@@ -389,16 +422,13 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     if input.mode == Mode::Plan {
         let phase = reporter.phase(Phase::Deploy);
         let (name, ns) = (&release.name, &release.namespace);
-        let read = plan_read.expect("started for a plan").await.map_err(|e| {
-            anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the release's state: {e}"))
-        })?;
-        let current = match read {
-            Ok(Ok(Some((rev, status)))) => {
+        let current = match plan_state {
+            Some(Ok(Some((rev, status)))) => {
                 format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
             }
-            Ok(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
-            Ok(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
-            Err(_) => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
+            Some(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
+            Some(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
+            None => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
         };
         out.plan.push(format!("would {current} with Helm {}", helm.version()));
         if input.pull_secret.is_some() {
@@ -416,7 +446,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- deploy -----------------------------------------------------------------------------
     let phase = reporter.phase(Phase::Deploy);
     let started = std::time::Instant::now();
-    let kube = Kube::connect(&target).await?;
+    let kube = kube.expect("a deploy has a connected cluster");
     let since = k8s_openapi::jiff::Timestamp::now();
     deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await?;
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
