@@ -180,8 +180,9 @@ pub struct ChartRequest<'a> {
     pub image: &'a ImageRef,
     /// A chart directory (already resolved), or `None` for the generator.
     pub chart_dir: Option<PathBuf>,
-    /// The repository the chart directory belongs to: no file of the chart may lead outside it
-    /// (or outside the chart directory). `None`: the chart directory itself is the bound.
+    /// The repository the chart directory and the values files belong to: no file of the chart
+    /// may lead outside it (or outside the chart directory), nor may a values file. `None`: the
+    /// chart directory itself is the chart's bound, the working directory the values files'.
     pub repository: Option<PathBuf>,
     /// What the chart is rendered against (the cluster's API, or the built-in fallback).
     pub cluster: &'a ClusterApi,
@@ -345,11 +346,14 @@ pub async fn render(
         }
     };
     let mut values = Vec::new();
-    for f in &req.values_files {
+    for (i, f) in req.values_files.iter().enumerate() {
         if !f.is_file() {
             return Err(ChartError::Values { path: f.clone(), why: "no such file".into() });
         }
-        values.push(f.clone());
+        // Like the chart, the repository's values reach Helm only as private copies.
+        let copy = helm.scratch_dir("values")?.join(format!("repository-{i}.yaml"));
+        confine::copy_values_file(f, req.repository.as_deref().unwrap_or(Path::new(".")), &copy)?;
+        values.push(copy);
     }
     if !req.set.is_empty() {
         let yaml = serde_yaml::to_string(req.set).map_err(|e| ChartError::Manifests(e.to_string()))?;

@@ -373,11 +373,10 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
         release,
         image: &input.image,
         chart_dir,
-        repository: match (&dc.chart, input.chart_root) {
-            (Some(_), Some(root)) => Some(root.to_path_buf()),
-            (Some(_), None) => Some(config.resolve_path(std::path::Path::new("."))),
-            (None, _) => None,
-        },
+        repository: Some(match input.chart_root {
+            Some(root) => root.to_path_buf(),
+            None => config.resolve_path(std::path::Path::new(".")),
+        }),
         cluster: &cluster,
         values_files,
         set: &dc.set,

@@ -141,26 +141,7 @@ impl Copy<'_> {
 
     /// Copies the regular file at `from` (no symlink in its path) to `out`, within the bounds.
     fn file(&mut self, rel: &Path, from: &Path, out: &Path) -> Result<(), ChartError> {
-        // O_NOFOLLOW: `from` was checked to be a regular file or a link's resolved target, and a
-        // symlink put in its place since must not be followed; O_NONBLOCK: nor may a FIFO hang us.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-            .open(from)
-            .map_err(|e| self.refuse(rel, format!("failed to open it: {e}")))?;
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(self.refuse(rel, "is not a regular file".into()));
-        }
-        let mut bytes = Vec::new();
-        f.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| self.refuse(rel, format!("failed to read it: {e}")))?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(self.refuse(
-                rel,
-                format!("is larger than {} MiB, the most prpod copies of one chart file", MAX_FILE_BYTES >> 20),
-            ));
-        }
+        let bytes = read_bounded(from).map_err(|why| self.refuse(rel, why))?;
         self.bytes += bytes.len() as u64;
         if self.bytes > MAX_TOTAL_BYTES {
             return Err(self.refuse(
@@ -171,6 +152,45 @@ impl Copy<'_> {
         crate::clients::helm::write_private(out, &bytes)
             .map_err(|source| ChartError::Write { path: out.to_path_buf(), source })
     }
+}
+
+/// The bytes of the regular file `from`, at most [`MAX_FILE_BYTES`].
+fn read_bounded(from: &Path) -> Result<Vec<u8>, String> {
+    // O_NOFOLLOW: `from` was checked to be a regular file or a link's resolved target, and a
+    // symlink put in its place since must not be followed; O_NONBLOCK: nor may a FIFO hang us.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(from)
+        .map_err(|e| format!("failed to open it: {e}"))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("failed to read it: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("is larger than {} MiB, the most prpod copies of one chart file", MAX_FILE_BYTES >> 20));
+    }
+    Ok(bytes)
+}
+
+/// Copies the values file `file` (`[deploy] values`), which must resolve, symlinks followed, to
+/// a regular file inside `repository`, to `out` (mode 0600).
+pub fn copy_values_file(file: &Path, repository: &Path, out: &Path) -> Result<(), ChartError> {
+    let refuse = |why: String| ChartError::Values { path: file.to_path_buf(), why };
+    let root =
+        repository.canonicalize().map_err(|e| refuse(format!("its repository {}: {e}", repository.display())))?;
+    let real = file.canonicalize().map_err(|e| refuse(e.to_string()))?;
+    if !real.starts_with(&root) {
+        return Err(refuse(format!(
+            "it resolves to {}, outside the repository (through a symlink): prpod does not follow it; put the \
+             values themselves in the repository",
+            real.display()
+        )));
+    }
+    let bytes = read_bounded(&real).map_err(|why| refuse(format!("it {why}")))?;
+    crate::clients::helm::write_private(out, &bytes)
+        .map_err(|source| ChartError::Write { path: out.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -248,6 +268,19 @@ mod tests {
         // Inside the repository, a symlinked chart directory is fine.
         symlink("deploy/chart", repo.path().join("chart")).unwrap();
         copy(repo.path(), &repo.path().join("chart")).unwrap();
+    }
+
+    #[test]
+    fn values_files_must_stay_in_the_repository() {
+        let (repo, _) = repo();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(repo.path().join("values.yaml"), "a: 1\n").unwrap();
+        copy_values_file(&repo.path().join("values.yaml"), repo.path(), &out.path().join("v")).unwrap();
+        assert_eq!(std::fs::read_to_string(out.path().join("v")).unwrap(), "a: 1\n");
+        symlink("/etc/hostname", repo.path().join("leak.yaml")).unwrap();
+        let err = copy_values_file(&repo.path().join("leak.yaml"), repo.path(), &out.path().join("w"));
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("leak.yaml") && err.contains("outside the repository"), "{err}");
     }
 
     #[test]
