@@ -361,13 +361,21 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let read = cluster_read.await.map_err(|e| {
         anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the cluster's API: {e}"))
     })?;
-    let (kube, cluster, plan_state) = match (input.mode, read) {
-        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state),
+    let (kube, cluster, plan_state, unread) = match (input.mode, read) {
+        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state.map(|s| s.map_err(|e| e.to_string())), None),
         (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(e.into()),
-        (_, Some(Ok((_, Err(_), state)))) => (None, chart::ClusterApi::builtin(), state),
-        (_, Some(Err(e))) => (None, chart::ClusterApi::builtin(), Some(Err(e))),
-        (_, None) => (None, chart::ClusterApi::builtin(), None),
+        (_, Some(Ok((_, Err(e), state)))) => {
+            (None, chart::ClusterApi::builtin(), state.map(|s| s.map_err(|e| e.to_string())), Some(e.to_string()))
+        }
+        (_, Some(Err(e))) => (None, chart::ClusterApi::builtin(), Some(Err(e.to_string())), Some(e.to_string())),
+        (_, None) => (None, chart::ClusterApi::builtin(), None, Some("no answer within 5 s".to_string())),
     };
+    if let Some(why) = unread {
+        phase.note(format!(
+            "the cluster's API could not be read ({why}): the chart renders with Helm's default capabilities \
+             and is judged with prpod's built-in list of cluster-scoped kinds; a deploy asks the cluster"
+        ));
+    }
     let req = chart::ChartRequest {
         ctx: &ctx,
         release,
