@@ -676,6 +676,18 @@ mod tests {
     }
 
     #[test]
+    fn allowed_cluster_kinds_must_be_kinds() {
+        use crate::config::Section;
+        let with = |k: &str| DeployConfig { allow_cluster_kinds: vec![k.into()], ..DeployConfig::default() }.check();
+        assert!(with("ClusterRole").is_ok());
+        assert!(with("rbac.authorization.k8s.io/ClusterRole").is_ok());
+        for bad in ["", "clusterrole", "Cluster Role", "RBAC/ClusterRole", "*"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("deploy.allow_cluster_kinds"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration_text::parse("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(duration_text::parse("5m").unwrap(), Duration::from_secs(300));
