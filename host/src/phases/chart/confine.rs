@@ -36,8 +36,8 @@ pub fn copy_chart(chart: &Path, repository: &Path, dest: &Path) -> Result<(), Ch
         return Err(refuse(
             chart,
             format!(
-                "the chart directory resolves to {}, outside the repository (through a symlink); name the \
-                 directory itself in `[deploy] chart`",
+                "resolves to {}, outside the repository (through a symlink); name a directory of the \
+                 repository itself in `[deploy] chart`",
                 top.display()
             ),
         ));
@@ -66,12 +66,12 @@ impl Copy<'_> {
 
     fn dir(&mut self, rel: &Path, depth: usize) -> Result<(), ChartError> {
         if depth > MAX_DEPTH {
-            return Err(self.refuse(rel, format!("the chart nests directories more than {MAX_DEPTH} deep")));
+            return Err(self.refuse(rel, format!("nests directories more than {MAX_DEPTH} deep")));
         }
         let src = self.top.join(rel);
         let mut names: Vec<_> = std::fs::read_dir(&src)
             .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>())
-            .map_err(|e| self.refuse(rel, format!("failed to list it: {e}")))?;
+            .map_err(|e| self.refuse(rel, format!("cannot be listed ({e})")))?;
         names.sort();
         for name in names {
             let rel = rel.join(&name);
@@ -79,11 +79,12 @@ impl Copy<'_> {
             if self.entries > MAX_ENTRIES {
                 return Err(self.refuse(
                     Path::new(""),
-                    format!("the chart holds more than {MAX_ENTRIES} files and directories; prpod copies no more"),
+                    format!("holds more than {MAX_ENTRIES} files and directories; prpod copies no more"),
                 ));
             }
             let path = self.top.join(&rel);
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| self.refuse(&rel, e.to_string()))?;
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| self.refuse(&rel, format!("cannot be examined ({e})")))?;
             let out = self.dest.join(&rel);
             let ft = meta.file_type();
             if ft.is_dir() {
@@ -146,7 +147,7 @@ impl Copy<'_> {
         if self.bytes > MAX_TOTAL_BYTES {
             return Err(self.refuse(
                 Path::new(""),
-                format!("the chart holds more than {} MiB; prpod copies no more", MAX_TOTAL_BYTES >> 20),
+                format!("holds more than {} MiB; prpod copies no more", MAX_TOTAL_BYTES >> 20),
             ));
         }
         crate::clients::helm::write_private(out, &bytes)
@@ -162,12 +163,12 @@ fn read_bounded(from: &Path) -> Result<Vec<u8>, String> {
         .read(true)
         .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(from)
-        .map_err(|e| format!("failed to open it: {e}"))?;
+        .map_err(|e| format!("cannot be opened ({e})"))?;
     if !f.metadata().is_ok_and(|m| m.is_file()) {
         return Err("is not a regular file".into());
     }
     let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("failed to read it: {e}"))?;
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot be read ({e})"))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("is larger than {} MiB, the most prpod copies of one chart file", MAX_FILE_BYTES >> 20));
     }
