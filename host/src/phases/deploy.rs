@@ -82,6 +82,13 @@ pub struct DeployConfig {
     /// preview's namespace. Default false.
     #[serde(default)]
     pub adopt_namespace: bool,
+    /// Cluster-scoped kinds a chart may create (`"ClusterRole"`, or `"group/Kind"` such as
+    /// `"rbac.authorization.k8s.io/ClusterRole"`): an operator's key. Default none: every object
+    /// a chart renders must live in the preview's namespace, and anything cluster-scoped
+    /// (ClusterRoles and bindings, webhooks, CRDs, Namespaces, PersistentVolumes, ...) is refused
+    /// before anything is applied. Objects aimed at another namespace are refused regardless.
+    #[serde(default)]
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -115,6 +122,7 @@ impl Default for DeployConfig {
             log_lines: default_log_lines(),
             allow_repository_chart: false,
             adopt_namespace: false,
+            allow_cluster_kinds: vec![],
         }
     }
 }
@@ -142,6 +150,18 @@ impl crate::config::Section for DeployConfig {
         }
         if self.log_lines > 1000 {
             return bad("deploy.log_lines", format!("{} is more than 1000", self.log_lines));
+        }
+        for k in &self.allow_cluster_kinds {
+            let (group, kind) = k.rsplit_once('/').unwrap_or(("", k));
+            let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && kind.chars().all(|c| c.is_ascii_alphanumeric());
+            let group_ok = group.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+            if !kind_ok || !group_ok {
+                return bad(
+                    "deploy.allow_cluster_kinds",
+                    format!("`{k}` is not a kind like `ClusterRole` or `rbac.authorization.k8s.io/ClusterRole`"),
+                );
+            }
         }
         for p in self.chart.iter().chain(&self.values) {
             if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -651,6 +671,18 @@ mod tests {
         let names: Vec<_> = added.iter().map(|o| (o.kind.as_str(), o.name.as_str(), o.namespace.as_deref())).collect();
         assert_eq!(names, vec![("Deployment", "stuck", Some("other")), ("ConfigMap", "web", None)]);
         assert!(added_objects(older, older).is_empty());
+    }
+
+    #[test]
+    fn allowed_cluster_kinds_must_be_kinds() {
+        use crate::config::Section;
+        let with = |k: &str| DeployConfig { allow_cluster_kinds: vec![k.into()], ..DeployConfig::default() }.check();
+        assert!(with("ClusterRole").is_ok());
+        assert!(with("rbac.authorization.k8s.io/ClusterRole").is_ok());
+        for bad in ["", "clusterrole", "Cluster Role", "RBAC/ClusterRole", "*"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("deploy.allow_cluster_kinds"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
