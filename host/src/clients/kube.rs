@@ -188,13 +188,14 @@ pub struct WorkloadView {
 }
 
 impl WorkloadView {
-    /// Whether the controller has seen the latest spec and every replica is updated, ready and
-    /// available.
+    /// Whether the controller has seen the latest spec, every replica is updated, ready and
+    /// available, and no old replica is still counted (the status can report 2 available of 1
+    /// desired for a moment after the old pod is gone from the pod list).
     pub fn settled(&self) -> bool {
         self.observed_generation >= self.generation
             && self.updated >= self.desired
-            && self.ready >= self.desired
-            && self.available >= self.desired
+            && self.ready == self.desired
+            && self.available == self.desired
     }
 
     /// Whether `labels` match this workload's selector.
