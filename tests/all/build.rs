@@ -222,6 +222,28 @@ fn buildah_build_uses_and_fills_the_registry_layer_cache() {
     assert!(cached >= 3, "the unchanged steps come from the cache: {line}");
     assert_pushed(&w.registry_tls, &v2, &image, 8, "br-main", &sha2);
     assert_ne!(v2["image"]["digest"], v["image"]["digest"]);
+
+    // The same machine again: its local layers serve, and the registry cache is not written (a
+    // write pushes every step again, about doubling a warm build); `always` writes it anyway.
+    let cached_tags = skopeo_tags(&w.registry_tls, &cache_repo).len();
+    let mut warm_runner = Runner::new(w);
+    std::fs::write(app.path().join("www/index.html"), "<p>warm @GIT_SHA@</p>\n").unwrap();
+    let (_, sha3) = publish(w, app.path(), &repo_name);
+    ok(&build(&warm_runner, &sha3));
+    std::fs::write(app.path().join("www/index.html"), "<p>warm again @GIT_SHA@</p>\n").unwrap();
+    let (_, sha4) = publish(w, app.path(), &repo_name);
+    let out = build(&warm_runner, &sha4);
+    ok(&out);
+    assert!(stderr(&out).contains("the registry cache is not written"), "{}", stderr(&out));
+    let after_warm = skopeo_tags(&w.registry_tls, &cache_repo).len();
+    warm_runner.set("PRPOD_BUILDAH_CACHE_TO", "always");
+    std::fs::write(app.path().join("www/index.html"), "<p>always @GIT_SHA@</p>\n").unwrap();
+    let (_, sha5) = publish(w, app.path(), &repo_name);
+    let out = build(&warm_runner, &sha5);
+    ok(&out);
+    assert!(!stderr(&out).contains("the registry cache is not written"), "{}", stderr(&out));
+    assert!(skopeo_tags(&w.registry_tls, &cache_repo).len() > after_warm, "`always` wrote new cache steps");
+    assert!(after_warm >= cached_tags);
 }
 
 #[test]
