@@ -178,6 +178,7 @@ fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> a
 
 fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let text = crate::input::read_text_file(path, crate::input::MAX_JSON_BYTES, what)?;
+    crate::input::check_json_nesting(&text, &format!("{what} {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {
         format!("failed to parse {what} {} (the README's \"JSON inputs\" section shows its fields)", path.display())
     })

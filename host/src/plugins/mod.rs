@@ -147,6 +147,19 @@ pub enum PluginError {
         /// The trap and whatever the plugin wrote to stderr before it.
         message: String,
     },
+    /// Every plugin instance slot of this process stayed taken (the call never started).
+    #[error(
+        "plugin {plugin} hook {hook} could not start: the process's plugin instance pool is busy ({why}); \
+         retry, or run fewer plugin calls at once"
+    )]
+    Busy {
+        /// The plugin.
+        plugin: String,
+        /// The hook.
+        hook: &'static str,
+        /// What wasmtime said.
+        why: String,
+    },
     /// The plugin returned `err(...)`.
     #[error("plugin {plugin} hook {hook} failed: {message}")]
     Returned {
@@ -312,6 +325,51 @@ pub struct Plugin {
     engine: Engine,
 }
 
+/// At most this many frames of a crashed plugin's backtrace are shown.
+const BACKTRACE_FRAMES: usize = 16;
+
+/// Why a call failed, for people: the cause first (the trap, the exit status, the host
+/// error such as a full resource table), then what wrapped it, then the wasm backtrace. The
+/// backtrace's function names come from the plugin, so everything is escaped.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let escape = |s: &str| crate::untrusted::escape(s).into_owned();
+    let mut message = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        format!("the plugin called exit({}) instead of returning", exit.0)
+    } else if let Some(trap) = e.downcast_ref::<Trap>() {
+        format!("wasm trap: {trap}")
+    } else {
+        escape(&e.root_cause().to_string())
+    };
+    // What wrapped the cause, outermost last (the backtrace is shown on its own below).
+    let cause = e.root_cause().to_string();
+    let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>().map(ToString::to_string);
+    for layer in e.chain() {
+        let text = layer.to_string();
+        if Some(&text) == backtrace.as_ref() || text == cause || layer.is::<Trap>() {
+            continue;
+        }
+        message.push_str(" (");
+        message.push_str(&escape(text.lines().next().unwrap_or_default()));
+        message.push(')');
+    }
+    if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let frames: Vec<String> = bt
+            .frames()
+            .iter()
+            .take(BACKTRACE_FRAMES)
+            .map(|f| escape(f.func_name().unwrap_or("<unnamed>")))
+            .collect();
+        if !frames.is_empty() {
+            message.push_str("; wasm backtrace: ");
+            message.push_str(&frames.join(" <- "));
+            if bt.frames().len() > BACKTRACE_FRAMES {
+                message.push_str(&format!(" <- ... ({} more frames)", bt.frames().len() - BACKTRACE_FRAMES));
+            }
+        }
+    }
+    message
+}
+
 /// The error wasmtime raises when lifting a result would copy more than the store's hostcall
 /// fuel allows (its type is private; its message is stable).
 const FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the guest";
@@ -462,6 +520,9 @@ impl Plugin {
         hook: &'static str,
         f: impl AsyncFnOnce(&mut Store<StoreState>, Instance) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
+        // One pool slot per call in flight: a call that finds every slot taken waits for one
+        // (each holder is bounded by its own deadline) instead of failing to instantiate.
+        let _slot = engine::call_slot().await;
         let _active = engine::ActiveCall::start();
         let mut store = Store::new(&self.engine, StoreState::new(self.name.clone(), &self.limits));
         store.limiter(|s| s);
@@ -487,6 +548,16 @@ impl Plugin {
         };
         let state = store.data();
         let plugin = self.name.to_string();
+        let dropped = state.output.dropped_lines();
+        if dropped > 0 {
+            tracing::warn!(
+                target: "prpod::plugin",
+                plugin = %plugin,
+                hook,
+                "dropped {dropped} log lines of this call: a call may log at most {} lines",
+                sandbox::MAX_LOG_LINES
+            );
+        }
         let limit = |limit| PluginError::Limit { plugin: plugin.clone(), hook, limit };
         let result = match result {
             Err(_elapsed) => return Err(limit(LimitKind::Deadline(deadline))),
@@ -518,14 +589,13 @@ impl Plugin {
                 if let Some(HostFault(why)) = e.downcast_ref::<HostFault>() {
                     return Err(PluginError::Engine(format!("plugin {plugin} hook {hook}: {why}")));
                 }
-                let trap = e.downcast_ref::<Trap>();
-                if trap == Some(&Trap::Interrupt) {
+                if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     return Err(limit(LimitKind::Deadline(deadline)));
                 }
-                let mut message = match trap {
-                    Some(t) => t.to_string(),
-                    None => crate::untrusted::escape(e.to_string().lines().next().unwrap_or_default()).into_owned(),
-                };
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    return Err(PluginError::Busy { plugin, hook, why: format!("{e:#}") });
+                }
+                let mut message = trap_message(&e);
                 let stderr = state.output.stderr_tail();
                 if !stderr.is_empty() {
                     message.push_str("; the plugin's last words on stderr: ");
