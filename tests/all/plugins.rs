@@ -223,3 +223,79 @@ fn pinned_reference_is_checked() {
     let pinned = format!("{}#sha256:{}", path.display(), good.sha256());
     assert!(host.load(&PluginRef::parse(&pinned).unwrap()).is_ok());
 }
+
+/// Runs `prpod` with `args`, killing it after `secs` seconds: a hang is a failure.
+fn prpod_within(args: &[&std::ffi::OsStr], secs: u64) -> std::process::Output {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(args)
+        .env("PRPOD_CACHE_DIR", "off")
+        .env_remove("PRPOD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("prpod {args:?} did not finish within {secs} s");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_config_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("prpod.toml");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
+    for (config, kind) in [(fifo.as_os_str(), "FIFO"), ("/dev/zero".as_ref(), "a device")] {
+        let start = Instant::now();
+        let out = prpod_within(
+            &["--config".as_ref(), config, "plugin".as_ref(), "check".as_ref(), "builtin:tag-default".as_ref()],
+            20,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(kind) && stderr.contains(&*config.to_string_lossy()), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    }
+}
+
+/// 400 KB documents nested as deep as their size allows are refused before parsing, at once,
+/// naming the input.
+#[test]
+fn deeply_nested_yaml_and_json_inputs_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx.json");
+    std::fs::write(&ctx, serde_json::to_vec(&context(Some(7), "feature/x")).unwrap()).unwrap();
+    let deep_yaml = [
+        format!("kind: ConfigMap\ndata: {}", "[".repeat(400_000)),
+        (0..890).map(|i| format!("{}k:\n", " ".repeat(i))).collect::<String>(),
+        "- ".repeat(200_000),
+    ];
+    for (i, text) in deep_yaml.iter().enumerate() {
+        let manifests = dir.path().join(format!("deep-{i}.yaml"));
+        std::fs::write(&manifests, text).unwrap();
+        let start = Instant::now();
+        let args = ["plugin", "call", "verifier", "builtin:verify-baseline", "--context"];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.extend([ctx.as_os_str(), "--manifests".as_ref(), manifests.as_os_str()]);
+        let out = prpod_within(&args, 20);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("more than 100 levels") && stderr.contains(&*manifests.to_string_lossy()), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    }
+    let deep_json = dir.path().join("deep.json");
+    std::fs::write(&deep_json, format!("{{\"a\": {}", "[".repeat(400_000))).unwrap();
+    let args = ["plugin", "call", "tag-policy", "builtin:tag-default", "--image", "r/x", "--context"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.push(deep_json.as_os_str());
+    let out = prpod_within(&args, 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 100 levels") && stderr.contains(&*deep_json.to_string_lossy()), "{stderr}");
+}

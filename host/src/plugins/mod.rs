@@ -353,12 +353,8 @@ fn trap_message(e: &wasmtime::Error) -> String {
         message.push(')');
     }
     if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
-        let frames: Vec<String> = bt
-            .frames()
-            .iter()
-            .take(BACKTRACE_FRAMES)
-            .map(|f| escape(f.func_name().unwrap_or("<unnamed>")))
-            .collect();
+        let frames: Vec<String> =
+            bt.frames().iter().take(BACKTRACE_FRAMES).map(|f| escape(f.func_name().unwrap_or("<unnamed>"))).collect();
         if !frames.is_empty() {
             message.push_str("; wasm backtrace: ");
             message.push_str(&frames.join(" <- "));

@@ -178,6 +178,8 @@ impl StoreState {
         let wasi = WasiCtx::builder()
             .stdout(CapturedStdio { plugin: plugin.clone(), stream: "stdout", budget: output.clone() })
             .stderr(CapturedStdio { plugin: plugin.clone(), stream: "stderr", budget: output.clone() })
+            // What `get-random-bytes` may ask the host to allocate in one go.
+            .max_random_size(MAX_RANDOM_BYTES)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
@@ -204,6 +206,9 @@ impl WasiView for StoreState {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
+
+/// At most this many random bytes per `get-random-bytes` call (allocated by the host).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// At most this many host resources (pollables, streams) open at once in one call.
 pub const MAX_RESOURCES: usize = 10_000;
