@@ -299,9 +299,11 @@ async fn a_query_or_fragment_in_the_repository_url_never_reaches_a_plugin() {
 #[tokio::test]
 async fn a_crash_is_reported_by_its_cause_first() {
     let p = hostile(Limits::default());
-    for (mode, cause) in
-        [("exit", "called exit("), ("resource-flood", "resource table has no free keys"), ("huge-random", "exceeds limit")]
-    {
+    for (mode, cause) in [
+        ("exit", "called exit("),
+        ("resource-flood", "resource table has no free keys"),
+        ("huge-random", "exceeds limit"),
+    ] {
         let e = p.compute_tags(&ctx(mode), "r/app").await.unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, PluginError::Trap { .. }), "{mode}: {text}");
