@@ -299,3 +299,41 @@ fn deeply_nested_yaml_and_json_inputs_are_refused_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("more than 100 levels") && stderr.contains(&*deep_json.to_string_lossy()), "{stderr}");
 }
+
+/// A component whose code compiles in minutes (deeply nested loops: a few hundred KB) is
+/// refused before Cranelift sees it; one that is merely slow stops at the compile deadline;
+/// the error names the plugin either way.
+#[test]
+fn loading_is_bounded_in_shape_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let depth = 30_000;
+    let nested = format!("(component (core module (func {} {})))", "(loop ".repeat(depth), ")".repeat(depth));
+    let nested_path = dir.path().join("nested-loops.wasm");
+    std::fs::write(&nested_path, wat::parse_str(&nested).unwrap()).unwrap();
+    let start = Instant::now();
+    let e = PluginHost::new().unwrap().load(&PluginRef::parse(nested_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::LoadLimit { .. }), "{e}");
+    assert!(e.to_string().contains("nested-loops.wasm") && e.to_string().contains("deep"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+
+    // The same in the text format is refused before anything parses it.
+    let text_path = dir.path().join("nested-loops.wat");
+    std::fs::write(&text_path, &nested).unwrap();
+    let e = PluginHost::new().unwrap().load(&PluginRef::parse(text_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("nested-loops.wat") && e.to_string().contains("not WebAssembly"), "{e}");
+
+    // Within the shape bounds but slow to compile: 50 000 small functions.
+    let many =
+        format!("(component (core module {}))", "(func (result i32) i32.const 1 i32.const 2 i32.add) ".repeat(50_000));
+    let many_path = dir.path().join("many-functions.wasm");
+    std::fs::write(&many_path, wat::parse_str(&many).unwrap()).unwrap();
+    let deadline = Duration::from_millis(300);
+    let host = PluginHost::new()
+        .unwrap()
+        .with_load_limits(prpod::plugins::LoadLimits { compile_deadline: deadline, ..Default::default() });
+    let start = Instant::now();
+    let e = host.load(&PluginRef::parse(many_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::LoadLimit { .. }), "{e}");
+    assert!(e.to_string().contains("many-functions.wasm") && e.to_string().contains("took longer than 300 ms"), "{e}");
+    assert!(start.elapsed() < deadline + Duration::from_secs(1), "took {:?}", start.elapsed());
+}

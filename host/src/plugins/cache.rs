@@ -30,6 +30,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -58,20 +59,27 @@ impl ComponentCache {
 
     /// The compiled component for `bytes` (whose sha256 is `sha256`), from the cache when an
     /// authentic entry is there, else compiled now and stored.
-    pub(crate) fn load_or_compile(&self, engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+    pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha256: &str,
+        deadline: Duration,
+    ) -> wasmtime::Result<Component> {
+        let compile = |bytes: &[u8]| compile(engine, bytes, sha256, deadline);
         let Some(dir) = &self.dir else {
-            return compile(engine, bytes, sha256);
+            return compile(bytes);
         };
         let key = match cache_key() {
             Ok(k) => k,
             Err(why) => {
                 warn_once(&format!("not using the plugin cache: {why}; compiling in memory"));
-                return compile(engine, bytes, sha256);
+                return compile(bytes);
             }
         };
         if let Err(why) = ensure_private_dir(dir) {
             warn_once(&format!("not using the plugin cache {}: {why}; compiling in memory", dir.display()));
-            return compile(engine, bytes, sha256);
+            return compile(bytes);
         }
         let engine_key = engine_key(engine);
         let entry = dir.join(format!("{sha256}-{engine_key}.cwasm"));
@@ -95,7 +103,7 @@ impl ComponentCache {
         {
             return Ok(c);
         }
-        let component = compile(engine, bytes, sha256)?;
+        let component = compile(bytes)?;
         match component.serialize() {
             Ok(compiled) => {
                 if let Err(e) = write_entry(dir, &entry, &mac_input, &compiled) {
@@ -142,9 +150,38 @@ impl ComponentCache {
     }
 }
 
-fn compile(engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+/// A compile that ran past its deadline (it goes on in the background until it ends; the
+/// plugin is refused now).
+#[derive(Debug)]
+pub(crate) struct CompileTimeout(pub(crate) Duration);
+
+impl std::fmt::Display for CompileTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "compiling it took longer than {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for CompileTimeout {}
+
+/// Compiles on a thread of its own, waiting at most `deadline`: Cranelift cannot be
+/// interrupted, but the caller is not held past the deadline.
+fn compile(engine: &Engine, bytes: &[u8], sha256: &str, deadline: Duration) -> wasmtime::Result<Component> {
     tracing::debug!(sha256, "compiling plugin");
-    Component::new(engine, bytes)
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (engine, bytes) = (engine.clone(), bytes.to_vec());
+    std::thread::Builder::new()
+        .name("prpod-compile".into())
+        .spawn(move || {
+            let _ = tx.send(Component::new(&engine, &bytes));
+        })
+        .map_err(|e| wasmtime::Error::msg(format!("failed to start a compile thread: {e}")))?;
+    match rx.recv_timeout(deadline) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(wasmtime::Error::new(CompileTimeout(deadline))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(wasmtime::Error::msg("the compile thread ended without a result"))
+        }
+    }
 }
 
 /// The wasmtime version and the engine's compatibility hash: an upgraded prpod (or one with

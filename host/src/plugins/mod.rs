@@ -11,6 +11,7 @@
 //! ([`validate`]) before the rest of prpod sees it.
 
 mod bindings;
+pub mod bounds;
 mod cache;
 pub mod chart;
 mod engine;
@@ -26,6 +27,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
 use bindings::{ChartGeneratorIndices, TagPolicyIndices, VerifierIndices, wit};
+pub use bounds::LoadLimits;
 pub use engine::ticks as epoch_ticks;
 pub use reference::PluginRef;
 use sandbox::StoreState;
@@ -104,6 +106,15 @@ pub enum PluginError {
         expected: String,
         /// The file's digest.
         actual: String,
+    },
+    /// Loading the component would cost more than prpod allows (its shape, or the time its
+    /// compile takes).
+    #[error("plugin {plugin} was not loaded: {why}; prpod refuses components that cost this much to compile")]
+    LoadLimit {
+        /// The plugin.
+        plugin: String,
+        /// Which bound it passed.
+        why: String,
     },
     /// The bytes are not a usable component.
     #[error("plugin {plugin} is not a usable WebAssembly component: {why}")]
@@ -217,6 +228,7 @@ pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     cache: cache::ComponentCache,
+    load_limits: LoadLimits,
 }
 
 impl PluginHost {
@@ -243,7 +255,18 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        Ok(PluginHost { engine, linker: Arc::new(linker), cache: cache::ComponentCache::from_env() })
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            cache: cache::ComponentCache::from_env(),
+            load_limits: LoadLimits::default(),
+        })
+    }
+
+    /// Replaces the bounds on loading (compiling) plugins.
+    pub fn with_load_limits(mut self, limits: LoadLimits) -> PluginHost {
+        self.load_limits = limits;
+        self
     }
 
     /// Reads, verifies, compiles (or loads from the cache) and pre-instantiates a plugin. This
@@ -254,8 +277,15 @@ impl PluginHost {
         let name: Arc<str> = reference.display_name().into();
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
-        let component =
-            self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e:#}")))?;
+        let too_costly = |why: String| PluginError::LoadLimit { plugin: name.to_string(), why };
+        bounds::check_shape(&bytes, &self.load_limits).map_err(too_costly)?;
+        let component = self
+            .cache
+            .load_or_compile(&self.engine, &bytes, &sha256, self.load_limits.compile_deadline)
+            .map_err(|e| match e.downcast_ref::<cache::CompileTimeout>() {
+                Some(t) => too_costly(t.to_string()),
+                None => not_component(format!("{e:#}")),
+            })?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             let e = format!("{e:#}");
             let hint = if e.contains("wasi:http") {
