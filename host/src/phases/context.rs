@@ -268,8 +268,8 @@ fn slug_from_url(url: &str) -> String {
     }
 }
 
-fn read_payload(path: &PathBuf) -> Result<Option<Payload>, ContextError> {
-    let err = |why: String| ContextError::Payload { path: path.clone(), why };
+fn read_payload(path: &std::path::Path) -> Result<Option<Payload>, ContextError> {
+    let err = |why: String| ContextError::Payload { path: path.to_path_buf(), why };
     let text = crate::input::read_text_file(path, crate::input::MAX_JSON_BYTES, "event payload")
         .map_err(|e| err(e.reason()))?;
     let payload: Payload = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;

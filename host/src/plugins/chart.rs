@@ -184,10 +184,11 @@ impl OutDir {
         self.check_empty()?;
         let (tmp_name, tmp) = self.make_temp()?;
         let result = self.fill_and_rename(&tmp_name, &tmp, files);
-        if result.is_err() && self.still_ours(&tmp_name, &tmp) {
-            if let Ok(parent) = rustix::io::dup(&self.parent) {
-                let _ = Dir::from_std_file(std::fs::File::from(parent)).remove_dir_all(&tmp_name);
-            }
+        if result.is_err()
+            && self.still_ours(&tmp_name, &tmp)
+            && let Ok(parent) = rustix::io::dup(&self.parent)
+        {
+            let _ = Dir::from_std_file(std::fs::File::from(parent)).remove_dir_all(&tmp_name);
         }
         result
     }
