@@ -292,7 +292,14 @@ pub fn check_json_nesting(text: &str, what: &str) -> Result<(), DocumentError> {
 /// never the other way round, so the depth it finds is never lower than the parser's.
 pub fn check_yaml_nesting(text: &str, what: &str) -> Result<(), DocumentError> {
     too_big(text, what)?;
+    yaml_depth(text, what, MAX_NESTING).map(drop)
+}
+
+/// The deepest nesting the scan finds in `text` (an error past `max`).
+fn yaml_depth(text: &str, what: &str, max: usize) -> Result<usize, DocumentError> {
     let mut scan = YamlScan {
+        max,
+        deepest: 0,
         what,
         line: 0,
         flow: 0,
@@ -300,6 +307,8 @@ pub fn check_yaml_nesting(text: &str, what: &str) -> Result<(), DocumentError> {
         mode: Mode::Normal,
         plain_continues: None,
         in_plain: false,
+        flow_levels: Vec::new(),
+        flow_pairs: 0,
         flow_key: None,
     };
     let mut chars: Vec<char> = Vec::new();
@@ -313,7 +322,7 @@ pub fn check_yaml_nesting(text: &str, what: &str) -> Result<(), DocumentError> {
         scan.line += 1;
         scan.line(&chars)?;
         match end {
-            None => return Ok(()),
+            None => return Ok(scan.deepest),
             Some(i) => {
                 let brk = rest[i..].chars().next().expect("a break");
                 let mut next = i + brk.len_utf8();
@@ -335,6 +344,16 @@ enum Kind {
     IndentlessSeq,
 }
 
+/// One open flow collection.
+#[derive(Debug, Clone, Copy)]
+struct FlowLevel {
+    seq: bool,
+    /// A sequence whose current entry is a single-pair mapping (`[a: b]`).
+    pair: bool,
+    /// The deepest the scan went in the current entry.
+    entry_max: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     Normal,
@@ -350,6 +369,8 @@ enum Mode {
 }
 
 struct YamlScan<'a> {
+    max: usize,
+    deepest: usize,
     what: &'a str,
     line: usize,
     flow: usize,
@@ -361,6 +382,10 @@ struct YamlScan<'a> {
     plain_continues: Option<isize>,
     /// In flow context, inside a plain scalar (they go on across lines).
     in_plain: bool,
+    /// The open flow collections, innermost last.
+    flow_levels: Vec<FlowLevel>,
+    /// How many of them are sequences whose current entry is a single-pair mapping.
+    flow_pairs: usize,
     /// Where the outermost flow collection started, while it is on the line it started on (a
     /// flow collection followed by `: ` on that line is a key).
     flow_key: Option<usize>,
@@ -371,11 +396,70 @@ fn blank(c: Option<&char>) -> bool {
 }
 
 impl YamlScan<'_> {
-    fn check(&self) -> Result<(), DocumentError> {
-        if self.block.len() + self.flow > MAX_NESTING {
+    fn check(&mut self) -> Result<(), DocumentError> {
+        // A flow collection in block context may turn out to be a mapping's key (`[a]: b`):
+        // counted inside that mapping from the start.
+        let depth = self.depth();
+        self.deepest = self.deepest.max(depth);
+        if let Some(top) = self.flow_levels.last_mut() {
+            top.entry_max = top.entry_max.max(depth);
+        }
+        if depth > self.max {
             return Err(too_deep(self.what, self.line));
         }
         Ok(())
+    }
+
+    /// How deep the scan is now: block collections, flow collections, the single-pair mappings
+    /// open in flow sequences, and one more while in a flow collection (it may turn out to be
+    /// a mapping's key).
+    fn depth(&self) -> usize {
+        let flow = self.flow_levels.len();
+        self.block.len() + flow + self.flow_pairs + usize::from(flow > 0)
+    }
+
+    fn open_flow(&mut self, seq: bool) -> Result<(), DocumentError> {
+        self.flow_levels.push(FlowLevel { seq, pair: false, entry_max: 0 });
+        self.flow = self.flow_levels.len();
+        self.check()
+    }
+
+    fn close_flow(&mut self) {
+        if let Some(level) = self.flow_levels.pop() {
+            self.flow_pairs -= usize::from(level.pair);
+            if let Some(parent) = self.flow_levels.last_mut() {
+                parent.entry_max = parent.entry_max.max(level.entry_max);
+            }
+        }
+        self.flow = self.flow_levels.len();
+    }
+
+    /// `,` in a flow collection: the next entry starts.
+    fn flow_entry(&mut self) {
+        let depth = self.depth();
+        if let Some(top) = self.flow_levels.last_mut() {
+            let was = usize::from(top.pair);
+            self.flow_pairs -= was;
+            top.pair = false;
+            top.entry_max = depth - was;
+        }
+    }
+
+    /// `:` or `?` in a flow collection: in a sequence, the entry is a single-pair mapping, one
+    /// level deeper than the sequence, and so is its key, already read.
+    fn flow_pair(&mut self) -> Result<(), DocumentError> {
+        let Some(top) = self.flow_levels.last_mut() else { return Ok(()) };
+        if !top.seq || top.pair {
+            return Ok(());
+        }
+        top.pair = true;
+        let key = top.entry_max + 1;
+        self.flow_pairs += 1;
+        self.deepest = self.deepest.max(key);
+        if key > self.max {
+            return Err(too_deep(self.what, self.line));
+        }
+        self.check()
     }
 
     /// The column of the innermost block collection (libyaml's current indentation).
@@ -428,8 +512,14 @@ impl YamlScan<'_> {
             }
             Mode::Normal => {}
         }
-        // libyaml skips a byte order mark at the start of a line.
-        let l = l.strip_prefix(&['\u{feff}'][..]).unwrap_or(l);
+        // libyaml skips a byte order mark at the start of a line, counting its column.
+        let unmarked: Vec<char>;
+        let l = if l.first() == Some(&'\u{feff}') {
+            unmarked = std::iter::once(' ').chain(l[1..].iter().copied()).collect();
+            &unmarked[..]
+        } else {
+            l
+        };
         let spaces = l.iter().take_while(|c| **c == ' ').count();
         if self.flow > 0 {
             return self.flow_scan(l, 0);
@@ -489,15 +579,15 @@ impl YamlScan<'_> {
                     i += 1;
                 }
                 '?' | ':' if next_blank => {
-                    self.open(i, Kind::Map)?;
+                    // `!tag : v` and `&anchor : v`: an empty key, whose mapping starts at the tag.
+                    self.open(start.unwrap_or(i), Kind::Map)?;
                     start = None;
                     i += 1;
                 }
                 '[' | '{' => {
-                    self.flow = 1;
                     self.in_plain = false;
                     self.flow_key = Some(start.unwrap_or(i));
-                    self.check()?;
+                    self.open_flow(c == '[')?;
                     return self.flow_scan(l, i + 1);
                 }
                 '\'' | '"' => {
@@ -585,6 +675,7 @@ impl YamlScan<'_> {
                 match c {
                     ':' if blank(l.get(i + 1)) || l.get(i + 1).is_some_and(|n| ",?[]{}".contains(*n)) => {
                         self.in_plain = false;
+                        self.flow_pair()?;
                     }
                     ',' | '[' | ']' | '{' | '}' => {
                         // Ends the scalar; read again as a token.
@@ -597,18 +688,16 @@ impl YamlScan<'_> {
                 continue;
             }
             match c {
-                '[' | '{' => {
-                    self.flow += 1;
-                    self.check()?;
-                }
+                '[' | '{' => self.open_flow(c == '[')?,
                 ']' | '}' => {
-                    self.flow = self.flow.saturating_sub(1);
+                    self.close_flow();
                     if self.flow == 0 {
                         let key = self.flow_key.take().unwrap_or(usize::MAX);
                         return self.after_node(l, i + 1, key);
                     }
                 }
-                ',' | ':' | '?' => {}
+                ',' => self.flow_entry(),
+                ':' | '?' => self.flow_pair()?,
                 '\'' | '"' => match quoted_end(l, i + 1, c) {
                     Some(end) => {
                         i = end;
@@ -770,5 +859,52 @@ mod tests {
             assert!(check_yaml_nesting(&text, "manifests").is_err());
             assert!(start.elapsed() < std::time::Duration::from_millis(200), "{:?}", start.elapsed());
         }
+    }
+
+    fn value_depth(v: &serde_yaml::Value) -> usize {
+        use serde_yaml::Value;
+        match v {
+            Value::Sequence(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+            Value::Mapping(m) => 1 + m.iter().map(|(k, v)| value_depth(k).max(value_depth(v))).max().unwrap_or(0),
+            Value::Tagged(t) => value_depth(&t.value),
+            _ => 0,
+        }
+    }
+
+    /// Random documents from YAML's syntax: whenever the parser accepts one, the scan's depth is
+    /// at least the parsed document's.
+    #[test]
+    fn the_scan_never_sees_less_nesting_than_the_parser() {
+        const PIECES: &[&str] = &[
+            "[", "]", "{", "}", "- ", "? ", ": ", ":", "a", "b c", "'", "''", "\"", "\\", "#", " #", " ", "\n", "\n  ",
+            "\n    ", "|", "|2", ">-", ",", "!t ", "---\n", "\r", "\t", "-", "?", "...\n", "\u{2028}", "\u{feff}",
+            "&a ", "[x]: ",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut parsed, mut checked) = (0, 0);
+        while checked < 300_000 {
+            checked += 1;
+            let len = 1 + next() % 24;
+            let doc: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+            let Ok(docs) = std::panic::catch_unwind(|| {
+                serde_yaml::Deserializer::from_str(&doc)
+                    .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d))
+                    .collect::<Result<Vec<_>, _>>()
+            }) else {
+                continue;
+            };
+            let Ok(docs) = docs else { continue };
+            parsed += 1;
+            let want = docs.iter().map(value_depth).max().unwrap_or(0);
+            let got = yaml_depth(&doc, "test", usize::MAX).unwrap();
+            assert!(got >= want, "the scan saw depth {got}, the parser {want}, in {doc:?}");
+        }
+        assert!(parsed > 10_000, "only {parsed} documents parsed");
     }
 }
