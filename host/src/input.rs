@@ -894,7 +894,7 @@ mod tests {
             let doc: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
             let Ok(docs) = std::panic::catch_unwind(|| {
                 serde_yaml::Deserializer::from_str(&doc)
-                    .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d))
+                    .map(<serde_yaml::Value as serde::Deserialize>::deserialize)
                     .collect::<Result<Vec<_>, _>>()
             }) else {
                 continue;
