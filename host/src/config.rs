@@ -276,7 +276,8 @@ impl Config {
     /// Reads and checks `path` (the file alone: see [`Config::apply_env`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let err = |why: String| ConfigError::File { path: path.to_path_buf(), why };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = crate::input::read_text_file(path, crate::input::MAX_CONFIG_BYTES, "config")
+            .map_err(|e| err(e.reason()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let raw: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         config.record_operator_keys(&raw);

@@ -77,6 +77,16 @@ impl PrContext {
                 redact_userinfo(&self.repository_url)
             ));
         }
+        if let Some(at) = self.repository_url.find(['?', '#']) {
+            // Shown without what follows: a query (`?access_token=...`) is where tokens hide.
+            return Err(format!(
+                "repository_url `{}{}***` carries a query or fragment, which can hold a token; give the URL \
+                 without them (`https://host/owner/name.git`) and the token through PRPOD_GIT_TOKEN (or \
+                 `token_file` under [source] in prpod.toml)",
+                redact_userinfo(&self.repository_url[..at]),
+                &self.repository_url[at..at + 1]
+            ));
+        }
         Ok(())
     }
 }
@@ -391,8 +401,11 @@ pub struct ReleaseStatus {
 
 impl Manifest {
     /// Splits multi-document YAML (such as `helm template` output) into manifests, skipping
-    /// empty documents. Each object's text is re-serialized from what was parsed.
-    pub fn parse_all(text: &str) -> Result<Vec<Manifest>, serde_yaml::Error> {
+    /// empty documents. Each object's text is re-serialized from what was parsed. The text is
+    /// bounded in size and nesting before the parser sees it
+    /// ([`crate::input::check_yaml_nesting`]): a chart is the PR's to write.
+    pub fn parse_all(text: &str) -> anyhow::Result<Vec<Manifest>> {
+        crate::input::check_yaml_nesting(text, "the manifests")?;
         let mut out = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(doc)?;

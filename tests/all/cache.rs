@@ -242,3 +242,75 @@ fn fifty_processes_on_an_empty_cache_compile_once() {
     }
     assert_eq!(total, 1, "compiled {total} times");
 }
+
+/// Runs `cmd`, killing it after `secs` seconds: a hang is a failure, not a stuck test.
+fn output_within(mut cmd: Command, secs: u64) -> Output {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("prpod did not finish within {secs} s");
+        }
+    }
+}
+
+fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
+}
+
+#[test]
+fn a_fifo_as_the_key_file_is_refused_at_once() {
+    let s = Sandbox::new();
+    let key = s.home().join(".config/prpod/cache-key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    make_fifo(&key);
+    let out = output_within(s.command("builtin:tag-default"), 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("FIFO"), "{stderr}");
+}
+
+#[test]
+fn a_huge_key_file_is_refused_unread() {
+    let s = Sandbox::new();
+    let key = s.home().join(".config/prpod/cache-key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&key).unwrap();
+    f.set_len(100 << 20).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = output_within(s.command("builtin:tag-default"), 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("larger than the 4 KiB"), "{stderr}");
+}
+
+#[test]
+fn a_sparse_one_tib_entry_is_refused_unread() {
+    let s = Sandbox::new();
+    s.call("builtin:tag-default");
+    let entry = s.entry_of(&builtin_sha256());
+    std::fs::OpenOptions::new().write(true).open(&entry).unwrap().set_len(1 << 40).unwrap();
+    let out = output_within(s.command("builtin:tag-default"), 30);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing plugin cache entry") && stderr.contains("larger than"), "{stderr}");
+    assert_eq!(compiles(&stderr), 1, "recompiled");
+    assert!(std::fs::metadata(&entry).unwrap().len() < 1 << 30, "the entry was replaced");
+}
+
+#[test]
+fn an_empty_cache_key_variable_counts_as_unset() {
+    let s = Sandbox::new();
+    for round in 0..2 {
+        let out = s.command("builtin:tag-default").env("PRPOD_CACHE_KEY", "").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("PRPOD_CACHE_KEY"), "{stderr}");
+        assert_eq!(compiles(&stderr), if round == 0 { 1 } else { 0 }, "round {round}: {stderr}");
+    }
+}

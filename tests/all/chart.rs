@@ -238,3 +238,113 @@ async fn default_chart_deploys_and_serves_with_helm_4() {
     assert!(findings.iter().all(|f| f.severity != Severity::Error), "{findings:?}");
     ok(w.helm_cmd(&home).args(["uninstall", "pr-42", "--namespace", &ns.name]).output().unwrap(), "helm uninstall");
 }
+
+/// `--out`'s parent is refused when others can write it without the sticky bit, saying why;
+/// a sticky one (like /tmp) is fine.
+#[test]
+fn an_out_parent_others_can_write_is_refused_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let files = vec![prpod::model::ChartFile { path: "Chart.yaml".into(), content: b"name: x\n".to_vec() }];
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = prpod::plugins::chart::write_chart(&open.join("out"), &files).unwrap_err().to_string();
+    assert!(e.contains("writable by everyone and not sticky"), "{e}");
+    assert!(!open.join("out").exists());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    prpod::plugins::chart::write_chart(&open.join("out"), &files).unwrap();
+    assert!(open.join("out/Chart.yaml").is_file());
+}
+
+/// Swapping `--out`'s parent for a symlink while the plugin runs does not move the chart: it
+/// lands in the directory that was opened before the plugin ran.
+#[test]
+fn swapping_the_out_parent_during_generation_does_not_redirect_the_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("parent");
+    let moved = dir.path().join("parent.moved");
+    let attacker = dir.path().join("attacker");
+    std::fs::create_dir(&parent).unwrap();
+    std::fs::create_dir(&attacker).unwrap();
+    let mut c = context(Some(7), "slow-chart");
+    c.labels = vec!["sleep-ms=1500".into()];
+    let ctx_file = dir.path().join("ctx.json");
+    std::fs::write(&ctx_file, serde_json::to_vec(&c).unwrap()).unwrap();
+    let app_file = dir.path().join("app.json");
+    std::fs::write(&app_file, serde_json::to_vec(&full_app()).unwrap()).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(["plugin", "call", "chart-generator"])
+        .arg(crate::plugin_file("test-hostile"))
+        .arg("--context")
+        .arg(&ctx_file)
+        .arg("--app")
+        .arg(&app_file)
+        .arg("--out")
+        .arg(parent.join("out"))
+        .args(["--deadline-ms", "10000"])
+        .env("PRPOD_CACHE_DIR", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the plugin sleeps (loading it takes a while too), swap the parent.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::fs::rename(&parent, &moved).unwrap();
+    std::os::unix::fs::symlink(&attacker, &parent).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_dir(&attacker).unwrap().count(), 0, "the chart went to the swapped-in directory");
+    assert!(moved.join("out/Chart.yaml").is_file(), "the chart is in the directory opened first");
+}
+
+/// A racer that keeps swapping prpod's temporary directory beside `--out` for a symlink to a
+/// private directory never gets that directory chmod-ed or `--out` turned into a symlink.
+#[test]
+fn swapping_the_temporary_directory_never_redirects_a_write_or_a_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let files: Vec<prpod::model::ChartFile> = (0..200)
+        .map(|i| prpod::model::ChartFile { path: format!("templates/f{i}.yaml"), content: vec![b'x'; 512] })
+        .chain([prpod::model::ChartFile { path: "Chart.yaml".into(), content: b"name: x\n".to_vec() }])
+        .collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swaps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let racer = {
+        let (parent, victim, stop, swaps) = (parent.clone(), victim.clone(), stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for e in std::fs::read_dir(&parent).unwrap().flatten() {
+                    let name = e.file_name();
+                    if name.to_string_lossy().starts_with(".prpod-chart-") && e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let aside = parent.join(format!("aside-{}", swaps.load(Ordering::Relaxed)));
+                        if std::fs::rename(e.path(), &aside).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&victim, e.path());
+                            swaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    for round in 0..30 {
+        let out = parent.join(format!("out-{round}"));
+        let _ = prpod::plugins::chart::write_chart(&out, &files);
+        if let Ok(m) = std::fs::symlink_metadata(&out) {
+            assert!(!m.file_type().is_symlink(), "round {round}: --out ended as a symlink");
+        }
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "round {round}: the victim was chmod-ed");
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "round {round}: a file was written into the victim");
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    assert!(swaps.load(Ordering::Relaxed) > 0, "the racer never won a swap; the test proved nothing");
+}

@@ -235,3 +235,118 @@ fn pinned_reference_is_checked() {
     let pinned = format!("{}#sha256:{}", path.display(), good.sha256());
     assert!(host.load(&PluginRef::parse(&pinned).unwrap()).is_ok());
 }
+
+/// Runs `prpod` with `args`, killing it after `secs` seconds: a hang is a failure.
+fn prpod_within(args: &[&std::ffi::OsStr], secs: u64) -> std::process::Output {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(args)
+        .env("PRPOD_CACHE_DIR", "off")
+        .env_remove("PRPOD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("prpod {args:?} did not finish within {secs} s");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_config_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("prpod.toml");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
+    for (config, kind) in [(fifo.as_os_str(), "FIFO"), ("/dev/zero".as_ref(), "a device")] {
+        let start = Instant::now();
+        let out = prpod_within(
+            &["--config".as_ref(), config, "plugin".as_ref(), "check".as_ref(), "builtin:tag-default".as_ref()],
+            20,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(kind) && stderr.contains(&*config.to_string_lossy()), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    }
+}
+
+/// 400 KB documents nested as deep as their size allows are refused before parsing, at once,
+/// naming the input.
+#[test]
+fn deeply_nested_yaml_and_json_inputs_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx.json");
+    std::fs::write(&ctx, serde_json::to_vec(&context(Some(7), "feature/x")).unwrap()).unwrap();
+    let deep_yaml = [
+        format!("kind: ConfigMap\ndata: {}", "[".repeat(400_000)),
+        (0..890).map(|i| format!("{}k:\n", " ".repeat(i))).collect::<String>(),
+        "- ".repeat(200_000),
+    ];
+    for (i, text) in deep_yaml.iter().enumerate() {
+        let manifests = dir.path().join(format!("deep-{i}.yaml"));
+        std::fs::write(&manifests, text).unwrap();
+        let start = Instant::now();
+        let args = ["plugin", "call", "verifier", "builtin:verify-baseline", "--context"];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.extend([ctx.as_os_str(), "--manifests".as_ref(), manifests.as_os_str()]);
+        let out = prpod_within(&args, 20);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("more than 100 levels") && stderr.contains(&*manifests.to_string_lossy()), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    }
+    let deep_json = dir.path().join("deep.json");
+    std::fs::write(&deep_json, format!("{{\"a\": {}", "[".repeat(400_000))).unwrap();
+    let args = ["plugin", "call", "tag-policy", "builtin:tag-default", "--image", "r/x", "--context"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.push(deep_json.as_os_str());
+    let out = prpod_within(&args, 20);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 100 levels") && stderr.contains(&*deep_json.to_string_lossy()), "{stderr}");
+}
+
+/// A component whose code compiles in minutes (deeply nested loops: a few hundred KB) is
+/// refused before Cranelift sees it; one that is merely slow stops at the compile deadline;
+/// the error names the plugin either way.
+#[test]
+fn loading_is_bounded_in_shape_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let depth = 30_000;
+    let nested = format!("(component (core module (func {} {})))", "(loop ".repeat(depth), ")".repeat(depth));
+    let nested_path = dir.path().join("nested-loops.wasm");
+    std::fs::write(&nested_path, wat::parse_str(&nested).unwrap()).unwrap();
+    let start = Instant::now();
+    let e = PluginHost::new().unwrap().load(&PluginRef::parse(nested_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::LoadLimit { .. }), "{e}");
+    assert!(e.to_string().contains("nested-loops.wasm") && e.to_string().contains("deep"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+
+    // The same in the text format is refused before anything parses it.
+    let text_path = dir.path().join("nested-loops.wat");
+    std::fs::write(&text_path, &nested).unwrap();
+    let e = PluginHost::new().unwrap().load(&PluginRef::parse(text_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("nested-loops.wat") && e.to_string().contains("not WebAssembly"), "{e}");
+
+    // Within the shape bounds but slower to compile than the deadline: 10 000 small functions
+    // (about a second; the compile goes on in the background after the refusal).
+    let many =
+        format!("(component (core module {}))", "(func (result i32) i32.const 1 i32.const 2 i32.add) ".repeat(10_000));
+    let many_path = dir.path().join("many-functions.wasm");
+    std::fs::write(&many_path, wat::parse_str(&many).unwrap()).unwrap();
+    let deadline = Duration::from_millis(300);
+    let host = PluginHost::new()
+        .unwrap()
+        .with_load_limits(prpod::plugins::LoadLimits { compile_deadline: deadline, ..Default::default() });
+    let start = Instant::now();
+    let e = host.load(&PluginRef::parse(many_path.to_str().unwrap()).unwrap()).err().unwrap();
+    assert!(matches!(e, PluginError::LoadLimit { .. }), "{e}");
+    assert!(e.to_string().contains("many-functions.wasm") && e.to_string().contains("took longer than 300 ms"), "{e}");
+    assert!(start.elapsed() < deadline + Duration::from_secs(1), "took {:?}", start.elapsed());
+}

@@ -278,3 +278,106 @@ async fn a_context_carrying_a_token_never_reaches_a_plugin() {
     assert!(!e.to_string().contains("ghs_sekrit123"), "{e}");
     assert!(e.to_string().contains("PRPOD_GIT_TOKEN"), "{e}");
 }
+
+#[tokio::test]
+async fn a_query_or_fragment_in_the_repository_url_never_reaches_a_plugin() {
+    let p = hostile(Limits::default());
+    for url in
+        ["https://github.com/acme/web.git?access_token=ghs_sekrit123", "https://github.com/acme/web.git#ghs_sekrit123"]
+    {
+        let mut c = ctx("feature/x");
+        c.repository_url = url.into();
+        let e = p.compute_tags(&c, "r/app").await.unwrap_err();
+        assert!(matches!(e, PluginError::BadContext { .. }), "{url}: {e}");
+        assert!(!e.to_string().contains("ghs_sekrit123"), "{e}");
+        assert!(e.to_string().contains("query or fragment"), "{e}");
+    }
+}
+
+/// The error of a crash leads with its cause (the exit status, the host's refusal), then the
+/// backtrace; never just "error while executing at wasm backtrace:".
+#[tokio::test]
+async fn a_crash_is_reported_by_its_cause_first() {
+    let p = hostile(Limits::default());
+    for (mode, cause) in [
+        ("exit", "called exit("),
+        ("resource-flood", "resource table has no free keys"),
+        ("huge-random", "exceeds limit"),
+    ] {
+        let e = p.compute_tags(&ctx(mode), "r/app").await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, PluginError::Trap { .. }), "{mode}: {text}");
+        let at = text.find(cause).unwrap_or_else(|| panic!("{mode}: the cause `{cause}` is missing: {text}"));
+        if let Some(bt) = text.find("backtrace") {
+            assert!(at < bt, "{mode}: the cause comes after the backtrace: {text}");
+        }
+        assert!(!text.contains("crashed: error while executing"), "{mode}: {text}");
+        call_hook(&p, "compute-tags", "feature/x").await.unwrap_or_else(|e| panic!("after {mode}: {e}"));
+    }
+}
+
+/// With every instance slot of the pool taken by sleeping calls, an innocent call waits for a
+/// slot and succeeds.
+#[tokio::test]
+async fn an_innocent_call_waits_for_a_pool_slot() {
+    let sleeper = hostile(Limits { deadline_ms: 1000, ..Limits::default() });
+    let innocent = hostile(Limits { deadline_ms: 5000, ..Limits::default() });
+    let sleeping: Vec<_> = (0..64).map(|_| call_hook(&sleeper, "compute-tags", "sleep")).collect();
+    let late = async {
+        // Let the sleepers take their slots first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        innocent.compute_tags(&ctx("feature/x"), "r/app").await
+    };
+    let (slept, tags) = tokio::join!(futures::future::join_all(sleeping), late);
+    let tags = tags.unwrap_or_else(|e| panic!("the innocent call failed: {e}"));
+    assert_eq!(tags.primary, "pr-7");
+    for e in slept {
+        let e = e.unwrap_err();
+        assert!(matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), .. }), "{e}");
+    }
+}
+
+/// Runs `prpod plugin call tag-policy` with the hostile plugin in `mode` (with `labels`);
+/// returns the process output.
+fn prpod_hostile(mode: &str, labels: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ctx(mode);
+    c.labels = labels.iter().map(|l| l.to_string()).collect();
+    let ctx_file = dir.path().join("ctx.json");
+    std::fs::write(&ctx_file, serde_json::to_vec(&c).unwrap()).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(["plugin", "call", "tag-policy"])
+        .arg(plugin_file("test-hostile"))
+        .args(["--image", "r.example/web", "--context"])
+        .arg(&ctx_file)
+        .env("PRPOD_LOG", "prpod=debug")
+        .env("PRPOD_CACHE_DIR", "off")
+        .output()
+        .unwrap()
+}
+
+/// Every log line is charged with what prpod prints around it, and at most a few hundred are
+/// printed; the rest are counted and the count said.
+#[test]
+fn millions_of_empty_log_lines_keep_stderr_bounded() {
+    for mode in ["log-lines", "print-lines"] {
+        let out = prpod_hostile(mode, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.len() < 256 << 10, "{mode}: {} bytes of stderr", stderr.len());
+        assert!(stderr.contains("dropped"), "{mode}: {}", &stderr[stderr.len().saturating_sub(2000)..]);
+        // A few thousand lines fit the output limit: the call succeeds, and the count is exact.
+        let out = prpod_hostile(mode, &["lines=5000"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        // Every line past the first 200 is counted (the plugin logs a line of its own too).
+        let dropped: u64 = stderr
+            .split("dropped ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("{mode}: no count of dropped lines: {}", &stderr[stderr.len().saturating_sub(2000)..])
+            });
+        assert!((4800..4810).contains(&dropped), "{mode}: dropped {dropped} of 5000 lines");
+    }
+}

@@ -178,6 +178,7 @@ fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> a
 
 fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let text = crate::input::read_text_file(path, crate::input::MAX_JSON_BYTES, what)?;
+    crate::input::check_json_nesting(&text, &format!("{what} {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {
         format!("failed to parse {what} {} (the README's \"JSON inputs\" section shows its fields)", path.display())
     })
@@ -211,10 +212,12 @@ async fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> an
             let app: AppSpec = read_json(&app, "app spec")?;
             // Checked before the plugin runs (so a bad --out costs nothing) and again when the
             // chart is renamed into place (so nothing planted meanwhile is overwritten).
-            chart::check_out_dir(&out)?;
+            // The parent is opened here, once: what happens to its path while the plugin runs
+            // cannot move the chart elsewhere.
+            let target = chart::OutDir::open(&out)?;
             let plugin = load(&reference, World::ChartGenerator, config, &limits)?;
             let files = plugin.generate(&ctx, &app).await?;
-            chart::write_chart(&out, &files)?;
+            target.write(&files)?;
             reporter.result(&json!({
                 "out": out,
                 "files": files.iter().map(|f| &f.path).collect::<Vec<_>>(),

@@ -278,7 +278,8 @@ impl Helm {
     async fn detect_in(binary: &Path, target: KubeTarget, cache_dir: Option<PathBuf>) -> Result<Helm, HelmError> {
         let home = HelmHome::new().map_err(|source| HelmError::Io { what: "a private Helm home".into(), source })?;
         let cache = cache_dir.and_then(|d| version_cache_file(&d, binary));
-        if let Some(printed) = cache.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+        if let Some(printed) =
+            cache.as_ref().and_then(|f| crate::input::read_text_file(f, 4096, "Helm version cache").ok())
             && plain_version(&printed)
             && let Some(major) = parse_major(&printed)
         {

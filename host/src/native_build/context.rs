@@ -18,10 +18,14 @@ pub struct Ignore {
 impl Ignore {
     /// Reads `context/.dockerignore` (none: nothing ignored).
     pub fn load(context: &Path) -> Result<Ignore, String> {
-        match std::fs::read_to_string(context.join(".dockerignore")) {
+        match crate::input::read_text_file(
+            &context.join(".dockerignore"),
+            crate::input::MAX_CONFIG_BYTES,
+            ".dockerignore",
+        ) {
             Ok(text) => Ignore::parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ignore::default()),
-            Err(e) => Err(format!("cannot read .dockerignore: {e}")),
+            Err(e) if e.is_not_found() => Ok(Ignore::default()),
+            Err(e) => Err(format!("cannot read .dockerignore: {}", e.reason())),
         }
     }
 

@@ -102,8 +102,19 @@ pub fn write_layer(layout: &Path, entries: Vec<LayerEntry>, mtime: u64) -> io::R
                 tar.append_data(&mut h, format!("{}/", e.path), io::empty())?;
             }
             LayerKind::File(src) => {
-                let f = std::fs::File::open(src)?;
-                let len = f.metadata()?.len();
+                // The work tree is the PR's: whatever its walk saw, open without blocking and
+                // without following a link, and check the handle (a FIFO or a device swapped in
+                // since is refused, not waited on or read forever).
+                let f = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+                    std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(src)?
+                };
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    return Err(io::Error::other(format!("{} is no longer a regular file", src.display())));
+                }
+                let len = meta.len();
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(len);
                 let mut reader = f.take(len);
@@ -157,5 +168,31 @@ mod tests {
         // feature unification) would change every image digest prpod produces. Update on purpose.
         assert_eq!(a.diff_id, "sha256:691f366ee9f1ccc3d84e7385af6d7272285e14c51756fda061e6f8e1c9d8f580");
         assert_eq!(a.digest, "sha256:5c65b5a649ec0fddc7192923c455fe6377aaac3855106b3808175955cd0e2231");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_or_a_link_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        for src in [fifo, link] {
+            let entries = vec![LayerEntry {
+                path: "app/f".into(),
+                kind: LayerKind::File(src.clone()),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }];
+            assert!(write_layer(&dir.path().join("out"), entries, 0).is_err(), "{}", src.display());
+        }
     }
 }

@@ -154,8 +154,8 @@ pub struct NativeBuildOutput {
 /// error the build would fail with (a RUN line, a second FROM, an unsupported instruction). What
 /// `--backend auto` uses to choose.
 pub fn check_dockerfile(path: &Path) -> Result<Dockerfile, NativeBuildError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| NativeBuildError::Read { path: path.to_path_buf(), source })?;
+    let text = crate::input::read_text_file(path, crate::input::MAX_CONFIG_BYTES, "Dockerfile")
+        .map_err(|e| NativeBuildError::Read { path: path.to_path_buf(), source: e.into_io() })?;
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let d = Dockerfile::parse(&name, &text)?;
     match d.native_blocker(&name) {
@@ -199,8 +199,8 @@ pub async fn build(
     let dockerfile_path =
         if req.dockerfile.is_absolute() { req.dockerfile.clone() } else { req.context_dir.join(&req.dockerfile) };
     let file = req.dockerfile.display().to_string();
-    let text = std::fs::read_to_string(&dockerfile_path)
-        .map_err(|source| NativeBuildError::Read { path: dockerfile_path.clone(), source })?;
+    let text = crate::input::read_text_file(&dockerfile_path, crate::input::MAX_CONFIG_BYTES, "Dockerfile")
+        .map_err(|e| NativeBuildError::Read { path: dockerfile_path.clone(), source: e.into_io() })?;
     let parsed = Dockerfile::parse(&file, &text)?;
     if let Some(e) = parsed.native_blocker(&file) {
         return Err(e);

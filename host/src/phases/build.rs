@@ -505,7 +505,9 @@ async fn registry_files(
 /// Registry hosts a build talks to: the pushed-to one and every `FROM` (after ARG expansion).
 fn registry_hosts(dockerfile: &Path, args: &BTreeMap<String, String>, push: &ImageName) -> BTreeSet<String> {
     let mut hosts = BTreeSet::from([push.registry().to_string()]);
-    let Ok(text) = std::fs::read_to_string(dockerfile) else { return hosts };
+    let Ok(text) = crate::input::read_text_file(dockerfile, crate::input::MAX_CONFIG_BYTES, "Dockerfile") else {
+        return hosts;
+    };
     let Ok(parsed) = native_build::Dockerfile::parse("Dockerfile", &text) else { return hosts };
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     for ins in &parsed.instructions {
@@ -681,7 +683,9 @@ async fn docker_config_dir(
                 }
             }
         }
-        if let Ok(text) = std::fs::read_to_string(user.join("config.json")) {
+        if let Ok(text) =
+            crate::input::read_text_file(&user.join("config.json"), crate::input::MAX_CONFIG_BYTES, "docker config")
+        {
             config = serde_json::from_str(&text).unwrap_or_default();
         }
     }

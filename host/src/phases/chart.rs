@@ -347,8 +347,10 @@ pub async fn render(
     };
     let mut values = Vec::new();
     for (i, f) in req.values_files.iter().enumerate() {
-        if !f.is_file() {
-            return Err(ChartError::Values { path: f.clone(), why: "no such file".into() });
+        // Helm reads it: never hand it a FIFO, a device or a huge file.
+        if let Err(e) = crate::input::check_regular_file(f, crate::input::MAX_JSON_BYTES, "values file") {
+            let why = if e.is_not_found() { "no such file".into() } else { e.reason() };
+            return Err(ChartError::Values { path: f.clone(), why });
         }
         // Like the chart, the repository's values reach Helm only as private copies.
         let copy = helm.scratch_dir("values")?.join(format!("repository-{i}.yaml"));

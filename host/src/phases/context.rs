@@ -221,6 +221,17 @@ pub fn check_url(url: &str) -> Result<String, ContextError> {
         let redacted = r.as_str().replacen("://", "://<redacted>@", 1);
         return Err(ContextError::UserInfo { redacted });
     }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        let mut shown = parsed.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        return Err(ContextError::BadUrl {
+            url: format!("{shown}?<redacted>"),
+            why: "it has a query or fragment, which can hold a token and would reach plugins and logs; \
+                  give the URL without them"
+                .into(),
+        });
+    }
     match parsed.scheme() {
         "https" | "http" => {}
         s => {
@@ -258,9 +269,10 @@ pub fn slug_from_url(url: &str) -> String {
     }
 }
 
-fn read_payload(path: &PathBuf) -> Result<Option<Payload>, ContextError> {
-    let err = |why: String| ContextError::Payload { path: path.clone(), why };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+fn read_payload(path: &std::path::Path) -> Result<Option<Payload>, ContextError> {
+    let err = |why: String| ContextError::Payload { path: path.to_path_buf(), why };
+    let text = crate::input::read_text_file(path, crate::input::MAX_JSON_BYTES, "event payload")
+        .map_err(|e| err(e.reason()))?;
     let payload: Payload = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
     Ok(Some(payload))
 }

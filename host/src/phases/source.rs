@@ -289,9 +289,10 @@ pub fn token(config: &SourceConfig, env: &Env) -> anyhow::Result<Option<crate::s
     use anyhow::Context;
     let secret = match &config.token_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| {
-                format!("failed to read the git token file {} (`source.token_file`)", path.display())
-            })?;
+            let text = crate::input::read_text_file(path, crate::input::MAX_SECRET_BYTES, "git token file")
+                .with_context(|| {
+                    format!("failed to read the git token file {} (`source.token_file`)", path.display())
+                })?;
             crate::secret::Secret::new(text)
         }
         None => match env.get("PRPOD_GIT_TOKEN").or_else(|| env.get("GITHUB_TOKEN")) {

@@ -30,6 +30,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -58,26 +59,34 @@ impl ComponentCache {
 
     /// The compiled component for `bytes` (whose sha256 is `sha256`), from the cache when an
     /// authentic entry is there, else compiled now and stored.
-    pub(crate) fn load_or_compile(&self, engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+    pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha256: &str,
+        deadline: Duration,
+    ) -> wasmtime::Result<Component> {
+        let compile = |bytes: &[u8]| compile(engine, bytes, sha256, deadline);
         let Some(dir) = &self.dir else {
-            return compile(engine, bytes, sha256);
+            return compile(bytes);
         };
         let key = match cache_key() {
             Ok(k) => k,
             Err(why) => {
                 warn_once(&format!("not using the plugin cache: {why}; compiling in memory"));
-                return compile(engine, bytes, sha256);
+                return compile(bytes);
             }
         };
         if let Err(why) = ensure_private_dir(dir) {
             warn_once(&format!("not using the plugin cache {}: {why}; compiling in memory", dir.display()));
-            return compile(engine, bytes, sha256);
+            return compile(bytes);
         }
         let engine_key = engine_key(engine);
         let entry = dir.join(format!("{sha256}-{engine_key}.cwasm"));
         let mac_input = MacInput { key, sha256, engine_key: &engine_key };
 
-        if let Some(c) = self.try_load(engine, &entry, &mac_input) {
+        let max = max_entry_bytes(bytes.len());
+        if let Some(c) = self.try_load(engine, &entry, &mac_input, max) {
             return Ok(c);
         }
         // Not there (or refused): compile under the entry's lock, so that concurrent processes
@@ -90,11 +99,11 @@ impl ComponentCache {
             }
         };
         if lock.is_some()
-            && let Some(c) = self.try_load(engine, &entry, &mac_input)
+            && let Some(c) = self.try_load(engine, &entry, &mac_input, max)
         {
             return Ok(c);
         }
-        let component = compile(engine, bytes, sha256)?;
+        let component = compile(bytes)?;
         match component.serialize() {
             Ok(compiled) => {
                 if let Err(e) = write_entry(dir, &entry, &mac_input, &compiled) {
@@ -109,8 +118,8 @@ impl ComponentCache {
 
     /// The entry's component if the file is there, ours, private, and authentic. Every
     /// refusal but "not there" is a warning: someone or something changed the cache.
-    fn try_load(&self, engine: &Engine, entry: &Path, mac: &MacInput<'_>) -> Option<Component> {
-        let compiled = match read_entry(entry) {
+    fn try_load(&self, engine: &Engine, entry: &Path, mac: &MacInput<'_>, max: u64) -> Option<Component> {
+        let compiled = match read_entry(entry, max) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
             Err(why) => {
@@ -141,9 +150,38 @@ impl ComponentCache {
     }
 }
 
-fn compile(engine: &Engine, bytes: &[u8], sha256: &str) -> wasmtime::Result<Component> {
+/// A compile that ran past its deadline (it goes on in the background until it ends; the
+/// plugin is refused now).
+#[derive(Debug)]
+pub(crate) struct CompileTimeout(pub(crate) Duration);
+
+impl std::fmt::Display for CompileTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "compiling it took longer than {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for CompileTimeout {}
+
+/// Compiles on a thread of its own, waiting at most `deadline`: Cranelift cannot be
+/// interrupted, but the caller is not held past the deadline.
+fn compile(engine: &Engine, bytes: &[u8], sha256: &str, deadline: Duration) -> wasmtime::Result<Component> {
     tracing::debug!(sha256, "compiling plugin");
-    Component::new(engine, bytes)
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (engine, bytes) = (engine.clone(), bytes.to_vec());
+    std::thread::Builder::new()
+        .name("prpod-compile".into())
+        .spawn(move || {
+            let _ = tx.send(Component::new(&engine, &bytes));
+        })
+        .map_err(|e| wasmtime::Error::msg(format!("failed to start a compile thread: {e}")))?;
+    match rx.recv_timeout(deadline) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(wasmtime::Error::new(CompileTimeout(deadline))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(wasmtime::Error::msg("the compile thread ended without a result"))
+        }
+    }
 }
 
 /// The wasmtime version and the engine's compatibility hash: an upgraded prpod (or one with
@@ -213,25 +251,21 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     check_private(&meta, "the directory")
 }
 
+/// The largest entry prpod reads for a plugin of `plugin_len` bytes: compiled code is a few
+/// times the size of the WebAssembly it comes from. A larger file (a sparse 1 TiB one costs an
+/// attacker nothing) is refused before a byte of it is read.
+fn max_entry_bytes(plugin_len: usize) -> u64 {
+    (plugin_len as u64).saturating_mul(16).saturating_add(64 << 20)
+}
+
 /// The entry's bytes; `None` when there is none; `Err` when there is one we must not trust.
-fn read_entry(entry: &Path) -> Result<Option<Vec<u8>>, String> {
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(entry)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open it ({e}); a symlink is never followed")),
-    };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".into());
+fn read_entry(entry: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    let open = crate::input::Open { no_follow: true };
+    match crate::input::read_bounded(entry, max, "plugin cache entry", open, |meta| check_private(meta, "the entry")) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.reason()),
     }
-    check_private(&meta, "the entry")?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(Some(bytes))
 }
 
 /// The per-entry lock, held until dropped.
@@ -273,7 +307,9 @@ fn write_entry(dir: &Path, entry: &Path, mac: &MacInput<'_>, code: &[u8]) -> std
 fn cache_key() -> Result<&'static CacheKey, String> {
     static KEY: OnceLock<Result<CacheKey, String>> = OnceLock::new();
     KEY.get_or_init(|| {
-        if let Some(v) = std::env::var_os("PRPOD_CACHE_KEY") {
+        // An empty variable counts as unset, as everywhere else (CI systems export empty values
+        // for secrets a fork's job does not get).
+        if let Some(v) = std::env::var_os("PRPOD_CACHE_KEY").filter(|v| !v.is_empty()) {
             let v = v.into_encoded_bytes();
             if v.len() < 16 {
                 return Err("PRPOD_CACHE_KEY is shorter than 16 bytes; use a long random value".into());
@@ -288,6 +324,9 @@ fn cache_key() -> Result<&'static CacheKey, String> {
     .as_ref()
     .map_err(Clone::clone)
 }
+
+/// The largest cache key file prpod reads (it writes 64 hex digits).
+const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 /// Reads the key file, creating it (32 random bytes, hex, mode 0600, `O_EXCL`) when missing.
 fn key_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -322,18 +361,15 @@ fn key_file(path: &Path) -> Result<Vec<u8>, String> {
             Err(e) => return Err(format!("cannot create {shown}: {}", e.error)),
         }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| format!("cannot open {shown}: {e}"))?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    check_private(&meta, &format!("the cache key {shown}"))?;
-    if meta.mode() & 0o044 != 0 {
-        return Err(format!("the cache key {shown} is readable by group or others; chmod 600 it"));
-    }
-    let mut key = Vec::new();
-    file.read_to_end(&mut key).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let open = crate::input::Open { no_follow: true };
+    let key = crate::input::read_bounded(path, MAX_KEY_FILE_BYTES, "the cache key", open, |meta| {
+        check_private(meta, "it")?;
+        if meta.mode() & 0o044 != 0 {
+            return Err("it is readable by group or others; chmod 600 it".into());
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
     if key.len() < 32 {
         return Err(format!("the cache key {shown} is too short; delete it and prpod makes a new one"));
     }

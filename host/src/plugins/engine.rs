@@ -106,6 +106,12 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool
 }
 
+/// Waits for one of the pool's [`POOL_INSTANCES`] instance slots; held for the call.
+pub(crate) async fn call_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(POOL_INSTANCES as usize);
+    SLOTS.acquire().await.expect("the semaphore is never closed")
+}
+
 /// Held for the duration of one plugin call: keeps the epoch ticker running.
 pub(crate) struct ActiveCall(());
 

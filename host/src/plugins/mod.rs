@@ -11,6 +11,7 @@
 //! ([`validate`]) before the rest of prpod sees it.
 
 mod bindings;
+pub mod bounds;
 mod cache;
 pub mod chart;
 mod engine;
@@ -26,6 +27,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
 use bindings::{ChartGeneratorIndices, TagPolicyIndices, VerifierIndices, wit};
+pub use bounds::LoadLimits;
 pub use engine::ticks as epoch_ticks;
 pub use reference::PluginRef;
 use sandbox::StoreState;
@@ -105,6 +107,15 @@ pub enum PluginError {
         /// The file's digest.
         actual: String,
     },
+    /// Loading the component would cost more than prpod allows (its shape, or the time its
+    /// compile takes).
+    #[error("plugin {plugin} was not loaded: {why}; prpod refuses components that cost this much to compile")]
+    LoadLimit {
+        /// The plugin.
+        plugin: String,
+        /// Which bound it passed.
+        why: String,
+    },
     /// The bytes are not a usable component.
     #[error("plugin {plugin} is not a usable WebAssembly component: {why}")]
     NotAComponent {
@@ -146,6 +157,19 @@ pub enum PluginError {
         hook: &'static str,
         /// The trap and whatever the plugin wrote to stderr before it.
         message: String,
+    },
+    /// Every plugin instance slot of this process stayed taken (the call never started).
+    #[error(
+        "plugin {plugin} hook {hook} could not start: the process's plugin instance pool is busy ({why}); \
+         retry, or run fewer plugin calls at once"
+    )]
+    Busy {
+        /// The plugin.
+        plugin: String,
+        /// The hook.
+        hook: &'static str,
+        /// What wasmtime said.
+        why: String,
     },
     /// The plugin returned `err(...)`.
     #[error("plugin {plugin} hook {hook} failed: {message}")]
@@ -204,6 +228,7 @@ pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
     cache: cache::ComponentCache,
+    load_limits: LoadLimits,
 }
 
 impl PluginHost {
@@ -230,7 +255,18 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        Ok(PluginHost { engine, linker: Arc::new(linker), cache: cache::ComponentCache::from_env() })
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            cache: cache::ComponentCache::from_env(),
+            load_limits: LoadLimits::default(),
+        })
+    }
+
+    /// Replaces the bounds on loading (compiling) plugins.
+    pub fn with_load_limits(mut self, limits: LoadLimits) -> PluginHost {
+        self.load_limits = limits;
+        self
     }
 
     /// Reads, verifies, compiles (or loads from the cache) and pre-instantiates a plugin. This
@@ -241,8 +277,15 @@ impl PluginHost {
         let name: Arc<str> = reference.display_name().into();
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
-        let component =
-            self.cache.load_or_compile(&self.engine, &bytes, &sha256).map_err(|e| not_component(format!("{e:#}")))?;
+        let too_costly = |why: String| PluginError::LoadLimit { plugin: name.to_string(), why };
+        bounds::check_shape(&bytes, &self.load_limits).map_err(too_costly)?;
+        let component = self
+            .cache
+            .load_or_compile(&self.engine, &bytes, &sha256, self.load_limits.compile_deadline)
+            .map_err(|e| match e.downcast_ref::<cache::CompileTimeout>() {
+                Some(t) => too_costly(t.to_string()),
+                None => not_component(format!("{e:#}")),
+            })?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             let e = format!("{e:#}");
             let hint = if e.contains("wasi:http") {
@@ -310,6 +353,47 @@ pub struct Plugin {
     chart_generator: Result<ComponentExportIndex, String>,
     verifier: Result<[ComponentExportIndex; 2], String>,
     engine: Engine,
+}
+
+/// At most this many frames of a crashed plugin's backtrace are shown.
+const BACKTRACE_FRAMES: usize = 16;
+
+/// Why a call failed, for people: the cause first (the trap, the exit status, the host
+/// error such as a full resource table), then what wrapped it, then the wasm backtrace. The
+/// backtrace's function names come from the plugin, so everything is escaped.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let escape = |s: &str| crate::untrusted::escape(s).into_owned();
+    let mut message = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        format!("the plugin called exit({}) instead of returning", exit.0)
+    } else if let Some(trap) = e.downcast_ref::<Trap>() {
+        format!("wasm trap: {trap}")
+    } else {
+        escape(&e.root_cause().to_string())
+    };
+    // What wrapped the cause, outermost last (the backtrace is shown on its own below).
+    let cause = e.root_cause().to_string();
+    let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>().map(ToString::to_string);
+    for layer in e.chain() {
+        let text = layer.to_string();
+        if Some(&text) == backtrace.as_ref() || text == cause || layer.is::<Trap>() {
+            continue;
+        }
+        message.push_str(" (");
+        message.push_str(&escape(text.lines().next().unwrap_or_default()));
+        message.push(')');
+    }
+    if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let frames: Vec<String> =
+            bt.frames().iter().take(BACKTRACE_FRAMES).map(|f| escape(f.func_name().unwrap_or("<unnamed>"))).collect();
+        if !frames.is_empty() {
+            message.push_str("; wasm backtrace: ");
+            message.push_str(&frames.join(" <- "));
+            if bt.frames().len() > BACKTRACE_FRAMES {
+                message.push_str(&format!(" <- ... ({} more frames)", bt.frames().len() - BACKTRACE_FRAMES));
+            }
+        }
+    }
+    message
 }
 
 /// The error wasmtime raises when lifting a result would copy more than the store's hostcall
@@ -462,6 +546,9 @@ impl Plugin {
         hook: &'static str,
         f: impl AsyncFnOnce(&mut Store<StoreState>, Instance) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
+        // One pool slot per call in flight: a call that finds every slot taken waits for one
+        // (each holder is bounded by its own deadline) instead of failing to instantiate.
+        let _slot = engine::call_slot().await;
         let _active = engine::ActiveCall::start();
         let mut store = Store::new(&self.engine, StoreState::new(self.name.clone(), &self.limits));
         store.limiter(|s| s);
@@ -487,6 +574,16 @@ impl Plugin {
         };
         let state = store.data();
         let plugin = self.name.to_string();
+        let dropped = state.output.dropped_lines();
+        if dropped > 0 {
+            tracing::warn!(
+                target: "prpod::plugin",
+                plugin = %plugin,
+                hook,
+                "dropped {dropped} log lines of this call: a call may log at most {} lines",
+                sandbox::MAX_LOG_LINES
+            );
+        }
         let limit = |limit| PluginError::Limit { plugin: plugin.clone(), hook, limit };
         let result = match result {
             Err(_elapsed) => return Err(limit(LimitKind::Deadline(deadline))),
@@ -518,14 +615,13 @@ impl Plugin {
                 if let Some(HostFault(why)) = e.downcast_ref::<HostFault>() {
                     return Err(PluginError::Engine(format!("plugin {plugin} hook {hook}: {why}")));
                 }
-                let trap = e.downcast_ref::<Trap>();
-                if trap == Some(&Trap::Interrupt) {
+                if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     return Err(limit(LimitKind::Deadline(deadline)));
                 }
-                let mut message = match trap {
-                    Some(t) => t.to_string(),
-                    None => crate::untrusted::escape(e.to_string().lines().next().unwrap_or_default()).into_owned(),
-                };
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    return Err(PluginError::Busy { plugin, hook, why: format!("{e:#}") });
+                }
+                let mut message = trap_message(&e);
                 let stderr = state.output.stderr_tail();
                 if !stderr.is_empty() {
                     message.push_str("; the plugin's last words on stderr: ");

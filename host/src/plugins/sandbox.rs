@@ -86,11 +86,23 @@ impl LimitKind {
     }
 }
 
+/// At most this many log lines (`log()` messages and stdout/stderr lines together) of one call
+/// reach prpod's log; later ones are counted, dropped, and the count said once at the end.
+pub const MAX_LOG_LINES: u64 = 200;
+
+/// What each log line is charged against the output budget on top of its text: what prpod
+/// prints around it (time, level, target, the plugin's name). Without it, a million empty
+/// `log()` calls cost nothing against the budget and tens of MB on prpod's stderr.
+pub const LOG_LINE_OVERHEAD: u64 = 96;
+
 /// Output accounting shared by the store and its stdio streams (which WASI owns separately).
 #[derive(Debug)]
 pub(crate) struct OutputBudget {
     used: AtomicU64,
     limit: u64,
+    /// Log lines emitted so far, and those dropped past [`MAX_LOG_LINES`].
+    log_lines: AtomicU64,
+    dropped_lines: AtomicU64,
     /// The last bytes the plugin wrote to stderr: a Rust guest's panic message lands there,
     /// and it belongs in the error we report for the trap that follows.
     stderr_tail: Mutex<Vec<u8>>,
@@ -100,7 +112,32 @@ const STDERR_TAIL: usize = 2048;
 
 impl OutputBudget {
     fn new(limit: u64) -> Self {
-        OutputBudget { used: AtomicU64::new(0), limit, stderr_tail: Mutex::new(Vec::new()) }
+        OutputBudget {
+            used: AtomicU64::new(0),
+            limit,
+            log_lines: AtomicU64::new(0),
+            dropped_lines: AtomicU64::new(0),
+            stderr_tail: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Charges one log line of `len` bytes (plus [`LOG_LINE_OVERHEAD`]): `Err` when that
+    /// passes the output limit, `Ok(false)` when the line is to be dropped (past
+    /// [`MAX_LOG_LINES`]), `Ok(true)` when it is to be logged.
+    pub(crate) fn charge_line(&self, len: u64) -> Result<bool, LimitTrap> {
+        if !self.charge(len.saturating_add(LOG_LINE_OVERHEAD)) {
+            return Err(LimitTrap("output"));
+        }
+        if self.log_lines.fetch_add(1, Ordering::Relaxed) < MAX_LOG_LINES {
+            return Ok(true);
+        }
+        self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+        Ok(false)
+    }
+
+    /// Log lines dropped so far.
+    pub(crate) fn dropped_lines(&self) -> u64 {
+        self.dropped_lines.load(Ordering::Relaxed)
     }
 
     /// Charges `n` bytes; false when that passes the limit.
@@ -141,14 +178,20 @@ impl StoreState {
         let wasi = WasiCtx::builder()
             .stdout(CapturedStdio { plugin: plugin.clone(), stream: "stdout", budget: output.clone() })
             .stderr(CapturedStdio { plugin: plugin.clone(), stream: "stderr", budget: output.clone() })
+            // What `get-random-bytes` may ask the host to allocate in one go.
+            .max_random_size(MAX_RANDOM_BYTES)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
+        let mut table = ResourceTable::new();
+        // The table lives in the host's memory, outside the plugin's memory limit: a plugin
+        // that opens pollables or streams without closing them stops at this many.
+        table.set_max_capacity(MAX_RESOURCES);
         StoreState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             plugin,
             memory_limit: limits.memory_bytes(),
             memory_used: 0,
@@ -163,6 +206,12 @@ impl WasiView for StoreState {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
+
+/// At most this many random bytes per `get-random-bytes` call (allocated by the host).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// At most this many host resources (pollables, streams) open at once in one call.
+pub const MAX_RESOURCES: usize = 10_000;
 
 /// Raised inside the guest when a limit is hit, so the call unwinds at once.
 #[derive(Debug)]
@@ -212,8 +261,8 @@ impl wasmtime::ResourceLimiter for StoreState {
 
 impl logging::Host for StoreState {
     fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
-        if !self.output.charge(message.len() as u64) {
-            return Err(wasmtime::Error::new(LimitTrap("output")));
+        if !self.output.charge_line(message.len() as u64).map_err(wasmtime::Error::new)? {
+            return Ok(());
         }
         // One plugin message is one log line: a newline or an escape sequence in it must not
         // forge a line of prpod's own or drive the terminal.
@@ -272,9 +321,15 @@ struct CapturedStream {
 const MAX_LINE: usize = 4096;
 
 impl CapturedStream {
-    fn emit(&mut self) {
+    /// Logs the buffered line; `Err` when its charge passes the output limit.
+    fn emit(&mut self) -> Result<(), LimitTrap> {
         if self.line.is_empty() {
-            return;
+            return Ok(());
+        }
+        // The bytes were charged by `write`; the line pays its prefix.
+        if !self.budget.charge_line(0)? {
+            self.line.clear();
+            return Ok(());
         }
         let text = String::from_utf8_lossy(&self.line);
         let text = crate::untrusted::escape(text.trim_end());
@@ -286,6 +341,7 @@ impl CapturedStream {
             tracing::debug!(target: "prpod::plugin", plugin, stream = "stdout", "{text}");
         }
         self.line.clear();
+        Ok(())
     }
 }
 
@@ -304,7 +360,7 @@ impl OutputStream for CapturedStream {
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             self.line.extend_from_slice(chunk);
             if chunk.ends_with(b"\n") || self.line.len() >= MAX_LINE {
-                self.emit();
+                self.emit().map_err(|t| StreamError::Trap(wasmtime::Error::new(t)))?;
             }
         }
         Ok(())
@@ -326,6 +382,7 @@ impl Pollable for CapturedStream {
 
 impl Drop for CapturedStream {
     fn drop(&mut self) {
-        self.emit();
+        // A last line past the output limit is simply not logged.
+        let _ = self.emit();
     }
 }

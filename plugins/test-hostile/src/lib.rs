@@ -22,6 +22,11 @@
 //! | `env` | reads the variable named by label `env=<NAME>`: `Err("env: not set")`, or Ok with primary tag `leaked-env` |
 //! | `print` | prints 100 MiB to stdout in 64 KiB chunks, then returns the normal tags |
 //! | `log-flood` | logs 100 messages of 1 MiB each, then returns the normal tags |
+//! | `log-lines` | logs the number of empty messages in label `lines=<n>` (default 3 000 000), then returns the normal tags |
+//! | `print-lines` | prints as many empty lines to stdout, then returns the normal tags |
+//! | `exit` | calls `exit(3)` |
+//! | `resource-flood` | opens pollables (`wasi:clocks` subscribe) without closing them, forever |
+//! | `huge-random` | asks the host for 1 TiB of random bytes |
 //! | `trap` | executes `unreachable` |
 //! | `panic` | `panic!("hostile panic")` |
 //! | `bad-tag` | returns primary tag `not a valid tag!` |
@@ -148,6 +153,23 @@ fn print_flood() -> Result<(), String> {
     out.flush().map_err(|e| format!("print: {e}"))
 }
 
+fn lines(ctx: &PrContext) -> u64 {
+    label(ctx, "lines").and_then(|v| v.parse().ok()).unwrap_or(3_000_000)
+}
+
+fn print_lines(n: u64) -> Result<(), String> {
+    use std::io::Write;
+    let chunk = vec![b'\n'; 64 << 10];
+    let mut out = std::io::stdout().lock();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        out.write_all(&chunk[..k]).map_err(|e| format!("print-lines: {e}"))?;
+        left -= k as u64;
+    }
+    out.flush().map_err(|e| format!("print-lines: {e}"))
+}
+
 fn trap() -> ! {
     #[cfg(target_arch = "wasm32")]
     core::arch::wasm32::unreachable();
@@ -237,6 +259,24 @@ impl Guest for Hostile {
                     log(Level::Info, &message);
                 }
                 normal_tags(&ctx)
+            }
+            "log-lines" => {
+                for _ in 0..lines(&ctx) {
+                    log(Level::Info, "");
+                }
+                normal_tags(&ctx)
+            }
+            "print-lines" => {
+                print_lines(lines(&ctx))?;
+                normal_tags(&ctx)
+            }
+            "exit" => std::process::exit(3),
+            "resource-flood" => loop {
+                std::mem::forget(wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+            },
+            "huge-random" => {
+                let bytes = wasi::random::random::get_random_bytes(1 << 40);
+                Err(format!("huge-random: got {} bytes", bytes.len()))
             }
             "trap" => trap(),
             "panic" => panic!("hostile panic"),

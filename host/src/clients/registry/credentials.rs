@@ -65,9 +65,10 @@ impl PasswordSource {
             PasswordSource::Env(name) => {
                 Secret::new(std::env::var(name).map_err(|_| err("the variable is not set".into()))?)
             }
-            PasswordSource::File(path) => {
-                Secret::new(std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the file: {e}")))?)
-            }
+            PasswordSource::File(path) => Secret::new(
+                crate::input::read_text_file(path, crate::input::MAX_SECRET_BYTES, "password file")
+                    .map_err(|e| err(format!("cannot read the file: {}", e.reason())))?,
+            ),
             PasswordSource::Stdin => {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| err(e.to_string()))?;
@@ -355,7 +356,8 @@ async fn from_docker_config(
 ) -> Result<Option<Resolved>, RegistryError> {
     let desc = format!("docker config {}", path.display());
     let err = |detail: String| RegistryError::Credentials { source_desc: desc.clone(), detail };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = crate::input::read_text_file(path, crate::input::MAX_CONFIG_BYTES, "docker config")
+        .map_err(|e| err(e.reason()))?;
     let config: DockerConfig =
         serde_json::from_str(&text).map_err(|e| err(format!("not a docker config.json: {e}")))?;
     let keys = auth_keys(host);

@@ -117,7 +117,8 @@ impl Transport {
             .user_agent(concat!("prpod/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(30));
         if let Some(ca) = &opts.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| RegistryError::io("read the registry CA file", ca, e))?;
+            let pem = crate::input::read_regular_file(ca, crate::input::MAX_CONFIG_BYTES, "registry CA file")
+                .map_err(|e| RegistryError::io("read the registry CA file", ca, e.into_io()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| RegistryError::Config(format!("{} is not a PEM certificate bundle: {e}", ca.display())))?;
             if certs.is_empty() {
