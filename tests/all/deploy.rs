@@ -122,7 +122,7 @@ fn deploy_verify_and_crash_rollback() {
 
         let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
         assert_eq!(deploy::recover_pending(&helm, &kube, &release, &lock, config.timeout).await.unwrap(), None);
-        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config };
+        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config, lock: &lock };
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
         let rel = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
         assert_eq!((rel.revision, rel.status.as_str(), rel.previous_revision), (1, "deployed", None));
@@ -142,7 +142,7 @@ fn deploy_verify_and_crash_rollback() {
         let crash = crash_chart();
         let req2 = ChartRequest { chart_dir: Some(crash.path().to_path_buf()), ..req.clone() };
         let rendered2 = chart::render(&req2, &helm, None).await.unwrap();
-        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config };
+        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config, lock: &lock };
         let started = Instant::now();
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
         let err = match deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await {
