@@ -309,7 +309,7 @@ impl RolloutWatch {
                     self.state.apply(o);
                     return Some(Ok(()));
                 }
-                Err(e) => tracing::warn!("{e}; the watch resumes"),
+                Err(e) => tracing::info!("{e}; the watch resumes"),
             }
         }
     }
