@@ -2,7 +2,8 @@
 //! one PR never run Helm at the same time (the release's stored history shows it); a failed or
 //! interrupted run releases its Lease at once; a run killed with SIGKILL is taken over after the
 //! Lease's expiry; a lost Lease interrupts Helm; SIGTERM stops Helm (from prpod), waits for its
-//! rollback, removes the temporary files and exits 143 naming the release's state.
+//! rollback, removes the temporary files and exits 143 naming the release's state; a failed
+//! verify rolls back past a `failed` revision to the last `deployed` one.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -26,16 +27,27 @@ fn web_image() -> String {
 /// A preview whose chart (the operator's `[deploy] chart`) is one Deployment of the web image
 /// that becomes ready `delay` seconds after its pod starts; each commit rolls it out anew.
 fn slow_preview(delay: u32, extra: &str) -> Preview {
-    let p = Preview::new(false, "prpod-test/web", &format!("chart = \"slow\"\n{extra}"));
-    write_chart(
-        &p.dir.path().join("slow"),
-        "slow",
-        &format!(
-            r#"apiVersion: apps/v1
+    preview_with(false, &web_chart(delay, true, 0), extra)
+}
+
+/// A preview (Helm 3 or 4) whose chart is `template` (see [`web_chart`]).
+fn preview_with(helm3: bool, template: &str, extra: &str) -> Preview {
+    let p = Preview::new(helm3, "prpod-test/web", &format!("chart = \"slow\"\n{extra}"));
+    write_chart(&p.dir.path().join("slow"), "slow", template);
+    p
+}
+
+/// One Deployment of the web image, ready `delay` seconds after its pod starts (or never, when
+/// not `ready`), rolled out with `max_unavailable`.
+fn web_chart(delay: u32, ready: bool, max_unavailable: u32) -> String {
+    let probe = if ready { "true" } else { "false" };
+    format!(
+        r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
   replicas: 1
+  strategy: {{rollingUpdate: {{maxUnavailable: {max_unavailable}, maxSurge: 1}}}}
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata:
@@ -49,11 +61,9 @@ spec:
           image: {{{{ .Values.prpod.image | quote }}}}
           securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
           resources: {{requests: {{cpu: 10m, memory: 16Mi}}, limits: {{cpu: 100m, memory: 64Mi}}}}
-          readinessProbe: {{exec: {{command: ["/bin/sh", "-c", "true"]}}, initialDelaySeconds: {delay}, periodSeconds: 1}}
+          readinessProbe: {{exec: {{command: ["/bin/sh", "-c", "{probe}"]}}, initialDelaySeconds: {delay}, periodSeconds: 1}}
 "#
-        ),
-    );
-    p
+    )
 }
 
 /// `prpod --output json deploy` of the web image for commit `sha`, as a command to spawn.
@@ -231,7 +241,7 @@ fn a_lost_lock_interrupts_helm() {
         p.dir.path().join("slow/templates/app.yaml"),
         std::fs::read_to_string(p.dir.path().join("slow/templates/app.yaml"))
             .unwrap()
-            .replace("initialDelaySeconds: 1", "initialDelaySeconds: 60"),
+            .replace("initialDelaySeconds: 1,", "initialDelaySeconds: 60,"),
     )
     .unwrap();
     let started = Instant::now();
@@ -276,7 +286,7 @@ fn sigterm_during_a_deploy_stops_helm_releases_the_lock_and_exits_143() {
         p.dir.path().join("slow/templates/app.yaml"),
         std::fs::read_to_string(p.dir.path().join("slow/templates/app.yaml"))
             .unwrap()
-            .replace("initialDelaySeconds: 1", "initialDelaySeconds: 60"),
+            .replace("initialDelaySeconds: 1,", "initialDelaySeconds: 60,"),
     )
     .unwrap();
     let tmp = TempDir::new("prpod-tmp");
@@ -307,4 +317,48 @@ fn sigterm_during_a_deploy_stops_helm_releases_the_lock_and_exits_143() {
     assert!(human.contains("interrupted by SIGTERM"), "the human line on stderr: {human}");
     let statuses = revisions(&kube, &rt, &p.ns);
     assert_eq!(statuses.last().map(|(_, s)| s.as_str()), Some("deployed"), "{statuses:?}");
+}
+
+/// A release whose latest revision is `failed` (an upgrade that timed out, outside prpod), then
+/// a deploy whose verify fails (Helm 3 calls a Deployment with `maxUnavailable: 1` ready at once;
+/// its pod never is): prpod rolls back to the last `deployed` revision, past the failed one,
+/// and does not uninstall the preview.
+#[test]
+fn a_failed_verify_rolls_back_past_a_failed_revision() {
+    let w = world();
+    let p = preview_with(true, &web_chart(1, true, 0), "");
+    // A short timeout: verify waits for the rest of it for a pod that never gets ready.
+    let deploy = |sha: &str| deploy_cmd(&p, sha).env("PRPOD_DEPLOY_TIMEOUT", "15s").output().unwrap();
+    let out = deploy(&fake_sha("rb-1"));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+    // Revision 2: an upgrade that never becomes ready, by Helm 3 without --atomic: `failed`.
+    let chart = p.dir.path().join("slow");
+    write_chart(&chart, "slow", &web_chart(1, false, 0));
+    let image = crate::deploy::web_image(w);
+    let home = prpod_test_support::HelmHome::new();
+    let helm = w
+        .helm3_cmd(&home)
+        .args(["upgrade", &p.ns])
+        .arg(&chart)
+        .args(["--namespace", &p.ns, "--wait", "--timeout", "3s"])
+        .args(["--set", &format!("prpod.image={}@{},prpod.pr.commit=failed", image.repository, image.digest.unwrap())])
+        .output()
+        .unwrap();
+    assert!(!helm.status.success(), "the upgrade was to fail: {}", String::from_utf8_lossy(&helm.stdout));
+    let rt = rt();
+    let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
+    let kube = rt.block_on(Kube::connect(&target)).unwrap();
+    let before = revisions(&kube, &rt, &p.ns);
+    assert_eq!(before.last(), Some(&(2, "failed".to_string())), "{before:?}");
+
+    // Revision 3: Helm 3 returns at once, the pod never gets ready, verify fails.
+    write_chart(&chart, "slow", &web_chart(1, false, 1));
+    let out = deploy(&fake_sha("rb-3"));
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let human = crate::stderr(&out);
+    assert!(human.contains("rolled back to revision 1 (now serving as revision 4)"), "{human}");
+    let after = revisions(&kube, &rt, &p.ns);
+    assert_eq!(after.last(), Some(&(4, "deployed".to_string())), "rolled back, not uninstalled: {after:?}");
+    assert_eq!(leases(&p.ns), "");
 }

@@ -561,9 +561,10 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
             let _deferred = crate::shutdown::defer();
             deploy::roll_back(&helm, &deployed, dc.timeout).await?
         };
-        let back = match restored {
-            Some(r) => format!("rolled back to revision {r}"),
-            None => "uninstalled the failed first install".into(),
+        let back = match (restored, deployed.previous_revision) {
+            (Some(r), Some(to)) if r != to => format!("rolled back to revision {to} (now serving as revision {r})"),
+            (Some(r), _) => format!("rolled back to revision {r}"),
+            (None, _) => "uninstalled the failed first install".into(),
         };
         crate::shutdown::note_release(format!("release {name} in namespace {ns}: its verify failed and it was {back}"));
         phase.note(back);
