@@ -163,3 +163,53 @@ pub async fn interruptible<T>(fut: impl Future<Output = anyhow::Result<T>>) -> a
     let note = release_note().lock().unwrap_or_else(|e| e.into_inner()).take();
     Err(Interrupted { signal, state: note.unwrap_or_else(|| "no release was changed".into()) }.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn raise(s: Option<Signal>) {
+        channel().send_replace(s);
+    }
+
+    /// A signal drops the command's future (its guards run: a temp dir is removed) and names the
+    /// state noted; code holding a `Deferred` guard finishes its part first.
+    #[tokio::test]
+    async fn a_signal_drops_the_run_after_its_deferred_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let run = async move {
+            let _dir = dir;
+            std::future::pending::<anyhow::Result<()>>().await
+        };
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            raise(Some(Signal::Term));
+        });
+        note_release("release pr-1 in namespace x was not changed");
+        let err = interruptible(run).await.unwrap_err();
+        assert!(!path.exists(), "the run's temp dir is removed when it is dropped");
+        assert_eq!(crate::error::exit_code_for(&err), 143);
+        assert_eq!(err.to_string(), "interrupted by SIGTERM: release pr-1 in namespace x was not changed");
+
+        // While Helm runs (a `Deferred` guard), the run is not dropped: it finishes that part.
+        raise(None);
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let run = async move {
+            let guard = defer();
+            raise(Some(Signal::Int));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            done.store(true, Ordering::SeqCst);
+            drop(guard);
+            std::future::pending::<anyhow::Result<()>>().await
+        };
+        let err = interruptible(run).await.unwrap_err();
+        assert!(finished.load(Ordering::SeqCst), "the deferred part ran to its end");
+        assert_eq!(crate::error::exit_code_for(&err), 130);
+        raise(None);
+    }
+}

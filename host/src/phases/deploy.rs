@@ -391,6 +391,11 @@ pub async fn recover_pending(
         }
         .into());
     };
+    // Helm changes the release from here: only while the lock is still this run's.
+    if let Err(lost) = lock.check() {
+        let state = format!("stopped before recovering it; release {name} in namespace {ns} was not changed");
+        return Err(DeployError::LockLost { lost, state }.into());
+    }
     match last_good {
         Some(r) => {
             let mut note = format!(
