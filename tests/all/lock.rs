@@ -190,6 +190,7 @@ fn a_failed_runs_successor_starts_at_once() {
     let started = Instant::now();
     let out = deploy_cmd(&p, &fake_sha("fail-2")).output().unwrap();
     let took = started.elapsed();
+    println!("the successor of a failed run deployed in {took:?}");
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let human = crate::stderr(&out);
     assert!(!human.contains("died"), "nothing was taken over: {human}");
@@ -221,6 +222,7 @@ fn a_run_killed_with_sigkill_is_taken_over_after_the_expiry() {
 
     let out = deploy_cmd(&p, &fake_sha("kill-2")).output().unwrap();
     let waited = killed_at.elapsed();
+    println!("the successor of a killed run finished {waited:?} after the kill");
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let human = crate::stderr(&out);
     assert!(human.contains("died") && human.contains("pending-install"), "{human}");
@@ -304,6 +306,7 @@ fn sigterm_during_a_deploy_stops_helm_releases_the_lock_and_exits_143() {
     let sent = Instant::now();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let out = child.wait_with_output().unwrap();
+    println!("prpod exited {:?} after SIGTERM", sent.elapsed());
     assert_eq!(out.status.code(), Some(143), "{}", explain(&out));
     assert!(sent.elapsed() < Duration::from_secs(50), "Helm's rollback took {:?}", sent.elapsed());
     assert_eq!(leases(&p.ns), "", "the lock is released before prpod exits");
