@@ -2,8 +2,9 @@
 //! one PR never run Helm at the same time (the release's stored history shows it); a failed or
 //! interrupted run releases its Lease at once; a run killed with SIGKILL is taken over after the
 //! Lease's expiry; a lost Lease interrupts Helm; SIGTERM stops Helm (from prpod), waits for its
-//! rollback, removes the temporary files and exits 143 naming the release's state; a failed
-//! verify rolls back past a `failed` revision to the last `deployed` one.
+//! rollback (killing it only after `[deploy] timeout`), removes the temporary files and exits
+//! 143 naming the release's state; a failed verify rolls back past a `failed` revision to the
+//! last `deployed` one.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -364,4 +365,63 @@ fn a_failed_verify_rolls_back_past_a_failed_revision() {
     let after = revisions(&kube, &rt, &p.ns);
     assert_eq!(after.last(), Some(&(4, "deployed".to_string())), "rolled back, not uninstalled: {after:?}");
     assert_eq!(leases(&p.ns), "");
+}
+
+/// SIGTERM while a Helm that ignores SIGTERM upgrades: prpod gives Helm's rollback the whole
+/// `[deploy] timeout` before it kills Helm, then exits 143 saying the release was left
+/// `pending-upgrade`, and leaves the Lease to expire (so the next run recovers the release).
+#[test]
+fn a_helm_that_ignores_sigterm_is_killed_only_after_the_rollback_grace() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let p = slow_preview(1, "");
+    let out = deploy_cmd(&p, &fake_sha("grace-1")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    std::fs::write(p.dir.path().join("slow/templates/app.yaml"), web_chart(60, true, 0)).unwrap();
+    // Helm behind a shell that ignores SIGTERM; its `upgrade` runs as the shell's child (with its
+    // own output, so a kill of the shell closes prpod's pipes), its pid noted for the cleanup.
+    let pids = p.dir.path().join("helm-pids");
+    let wrapper = p.dir.path().join("stubborn-helm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ntrap '' TERM\ncase \"$1\" in\n  upgrade) '{helm}' \"$@\" >/dev/null 2>&1 &\n    echo $! >> '{pids}'\n    \
+             wait $!\n    exit 1 ;;\n  *) exec '{helm}' \"$@\" ;;\nesac\n",
+            helm = w.helm.display(),
+            pids = pids.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = deploy_cmd(&p, &fake_sha("grace-2"));
+    cmd.env("PRPOD_HELM", &wrapper).env("PRPOD_DEPLOY_TIMEOUT", "10s");
+    let child = cmd.spawn().unwrap();
+    let rt = rt();
+    let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
+    let kube = rt.block_on(Kube::connect(&target)).unwrap();
+    wait_for("Helm to start the upgrade", Duration::from_secs(60), || {
+        revisions(&kube, &rt, &p.ns).iter().any(|(_, s)| s == "pending-upgrade").then_some(())
+    });
+    let sent = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    // The Helm the shell started is still running: stop it (it is this test's).
+    for pid in std::fs::read_to_string(&pids).unwrap_or_default().lines() {
+        if let Some(pid) = pid.trim().parse().ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    println!("prpod exited {took:?} after SIGTERM");
+    assert_eq!(out.status.code(), Some(143), "{}", explain(&out));
+    assert!(took >= Duration::from_secs(10), "Helm was killed after {took:?}, before its rollback's time");
+    let err = json(&out)["error"]["error"].as_str().unwrap().to_string();
+    println!("{err}");
+    assert!(err.contains("did not finish its rollback within 10s and was killed"), "{err}");
+    assert!(err.contains("(pending-upgrade)") && err.contains("the next run recovers it"), "{err}");
+    assert!(leases(&p.ns).contains("prpod-deploy-"), "the Lease is left to expire for the recovery");
 }
