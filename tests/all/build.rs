@@ -222,6 +222,28 @@ fn buildah_build_uses_and_fills_the_registry_layer_cache() {
     assert!(cached >= 3, "the unchanged steps come from the cache: {line}");
     assert_pushed(&w.registry_tls, &v2, &image, 8, "br-main", &sha2);
     assert_ne!(v2["image"]["digest"], v["image"]["digest"]);
+
+    // The same machine again: its local layers serve, and the registry cache is not written (a
+    // write pushes every step again, about doubling a warm build); `always` writes it anyway.
+    let cached_tags = skopeo_tags(&w.registry_tls, &cache_repo).len();
+    let mut warm_runner = Runner::new(w);
+    std::fs::write(app.path().join("www/index.html"), "<p>warm @GIT_SHA@</p>\n").unwrap();
+    let (_, sha3) = publish(w, app.path(), &repo_name);
+    ok(&build(&warm_runner, &sha3));
+    std::fs::write(app.path().join("www/index.html"), "<p>warm again @GIT_SHA@</p>\n").unwrap();
+    let (_, sha4) = publish(w, app.path(), &repo_name);
+    let out = build(&warm_runner, &sha4);
+    ok(&out);
+    assert!(stderr(&out).contains("the registry cache is not written"), "{}", stderr(&out));
+    let after_warm = skopeo_tags(&w.registry_tls, &cache_repo).len();
+    warm_runner.set("PRPOD_BUILDAH_CACHE_TO", "always");
+    std::fs::write(app.path().join("www/index.html"), "<p>always @GIT_SHA@</p>\n").unwrap();
+    let (_, sha5) = publish(w, app.path(), &repo_name);
+    let out = build(&warm_runner, &sha5);
+    ok(&out);
+    assert!(!stderr(&out).contains("the registry cache is not written"), "{}", stderr(&out));
+    assert!(skopeo_tags(&w.registry_tls, &cache_repo).len() > after_warm, "`always` wrote new cache steps");
+    assert!(after_warm >= cached_tags);
 }
 
 #[test]
@@ -588,9 +610,10 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     let mut run = Runner::new(w);
     let dump = run.home.path().join("helm-env.txt");
     let helm = env_dumping_helm(run.home.path(), &dump);
+    // The world's git token (the clone needs it), and made-up values for the rest.
     let secrets = [
         ("PRPOD_REGISTRY_PASSWORD", format!("regpw-{}", unique_name("s"))),
-        ("PRPOD_GIT_TOKEN", format!("gittok-{}", unique_name("s"))),
+        ("PRPOD_GIT_TOKEN", w.git.token.expose().to_string()),
         ("GITHUB_TOKEN", format!("ghs_{}", unique_name("s"))),
         ("PRPOD_CACHE_KEY", format!("cachekey-{}", unique_name("s"))),
     ];
@@ -603,10 +626,13 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
     run.set("KUBECONFIG", &w.kubeconfig.display().to_string());
     run.set("LANG", "C.UTF-8");
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("envprobe")));
+    // A plan reads the PR's commit: a real one on the world's git server.
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("envprobe")));
     let out = run
         .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
-        .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
-        .args(["--sha", &"b".repeat(40), "--image", &image])
+        .args(["plan", "--repo-url", &url, "--pr", "12", "--branch", "main"])
+        .args(["--sha", &sha, "--image", &image])
         .output()
         .unwrap();
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -630,6 +656,8 @@ fn children_get_none_of_prpods_secrets_in_their_environment() {
 fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() {
     let w = world();
     let image = w.registry_tls.image(&format!("acme/{}", unique_name("pullsecret")));
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("pullsecret")));
     let plan = |extra: &[(&str, &str)]| {
         let mut run = Runner::new(w);
         let helm = env_dumping_helm(run.home.path(), &run.home.path().join("helm-env.txt"));
@@ -641,8 +669,8 @@ fn the_pull_secret_comes_from_pull_credentials_only_and_short_lived_ones_warn() 
         }
         let out = run
             .command(Path::new(env!("CARGO_BIN_EXE_prpod")))
-            .args(["plan", "--repo-url", "https://git.example/acme/web.git", "--pr", "12", "--branch", "main"])
-            .args(["--sha", &"c".repeat(40), "--image", &image])
+            .args(["plan", "--repo-url", &url, "--pr", "12", "--branch", "main"])
+            .args(["--sha", &sha, "--image", &image])
             .output()
             .unwrap();
         run.assert_no_secret(&out);

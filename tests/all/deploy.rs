@@ -92,6 +92,7 @@ fn deploy_verify_and_crash_rollback() {
     rt().block_on(async {
         let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
         let kube = Kube::connect(&target).await.unwrap();
+        let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
         let host = PluginHost::new().unwrap();
         let generator = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
         let verifier = host.load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
@@ -102,6 +103,8 @@ fn deploy_verify_and_crash_rollback() {
             release: &release,
             image: &image,
             chart_dir: None,
+            repository: None,
+            cluster: &cluster,
             values_files: vec![],
             set: &config.set,
             app: &app,
@@ -110,7 +113,9 @@ fn deploy_verify_and_crash_rollback() {
         };
         let rendered = chart::render(&req, &helm, Some(&generator)).await.unwrap();
         assert!(rendered.rendered.contains(&format!("@{}", image.digest.as_ref().unwrap())), "{}", rendered.rendered);
-        let findings = chart::check_manifests(&ctx, &rendered, &image, std::slice::from_ref(&verifier)).await.unwrap();
+        let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &[] };
+        let findings =
+            chart::check_manifests(&ctx, &rendered, &image, scope, std::slice::from_ref(&verifier)).await.unwrap();
         assert!(!chart::has_errors(&findings), "{findings:?}");
 
         deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();
@@ -227,11 +232,14 @@ fn a_dropped_watch_resumes_and_the_rollout_ends_right() {
         let generator = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
         let config = test_config(Duration::from_secs(90));
         let app = AppConfig { port: w.web_port, health_path: Some("/".into()), ..AppConfig::default() };
+        let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
         let req = ChartRequest {
             ctx: &ctx,
             release: &release,
             image: &image,
             chart_dir: None,
+            repository: None,
+            cluster: &cluster,
             values_files: vec![],
             set: &config.set,
             app: &app,
@@ -345,5 +353,218 @@ pub struct NamespaceGuard(pub String);
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         let _ = world().kubectl(["delete", "namespace", &self.0, "--wait=false", "--ignore-not-found"]);
+    }
+}
+
+/// A chart whose output depends on the cluster: `lookup` of the pull Secret and of a Namespace
+/// (which, found, adds a ClusterRoleBinding to cluster-admin), and `.Capabilities`. Rendered
+/// once against the cluster's version and API versions, with `lookup` finding nothing: what
+/// Helm 4 and Helm 3 install is exactly what was checked (no ClusterRoleBinding, no Secret data).
+#[test]
+fn the_checked_rendering_is_the_one_applied_with_helm_4_and_3() {
+    let w = world();
+    for helm3 in [false, true] {
+        let ns = prpod_test_support::unique_name("rendered-once");
+        let crb = prpod_test_support::unique_name("prpod-test-escalate");
+        let _cleanup = NamespaceGuard(ns.clone());
+        let _crb = ClusterRoleBindingGuard(crb.clone());
+        let release = ReleaseTarget { name: "pr-1".into(), namespace: ns.clone() };
+        let image = web_image(w);
+        let ctx = ctx_for(&image, &release, &w.registry_tls.host_pod);
+        let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
+        let dir = tempfile::tempdir().unwrap();
+        crate::write_chart(
+            dir.path(),
+            "lookup",
+            &format!(
+                r#"{{{{- $pull := lookup "v1" "Secret" .Release.Namespace "prpod-registry" }}}}
+{{{{- $system := lookup "v1" "Namespace" "" "kube-system" }}}}
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: rendered}}
+data:
+  pull: {{{{ $pull | toJson | b64enc | quote }}}}
+  lookup: {{{{ if $system }}}}"cluster"{{{{ else }}}}"client"{{{{ end }}}}
+  kube: {{{{ .Capabilities.KubeVersion.Version | quote }}}}
+  apps: {{{{ .Capabilities.APIVersions.Has "apps/v1/Deployment" | quote }}}}
+  invented: {{{{ .Capabilities.APIVersions.Has "prpod.invalid/v1" | quote }}}}
+{{{{- if $system }}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {crb}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}
+subjects: [{{kind: ServiceAccount, name: default, namespace: {{{{ .Release.Namespace }}}}}}]
+{{{{- end }}}}
+"#
+            ),
+        );
+        let version = rt().block_on(async {
+            let helm = Helm::detect(if helm3 { &w.helm3 } else { &w.helm }, target.clone()).await.unwrap();
+            let kube = Kube::connect(&target).await.unwrap();
+            let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
+            let version = kube.server_version().await.unwrap();
+            let config = test_config(Duration::from_secs(60));
+            // The pull Secret is there before the chart renders (as on every upgrade).
+            deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();
+            let app = AppConfig::default();
+            let req = ChartRequest {
+                ctx: &ctx,
+                release: &release,
+                image: &image,
+                chart_dir: Some(dir.path().to_path_buf()),
+                repository: None,
+                cluster: &cluster,
+                values_files: vec![],
+                set: &config.set,
+                app: &app,
+                replicas: None,
+                pull_secret: Some(&config.pull_secret),
+            };
+            let rendered = chart::render(&req, &helm, None).await.unwrap();
+            let kinds: Vec<&str> = rendered.manifests.iter().map(|m| m.kind.as_str()).collect();
+            assert_eq!(kinds, ["ConfigMap"], "{}", rendered.rendered);
+            let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &[] };
+            let findings = chart::check_manifests(&ctx, &rendered, &image, scope, &[]).await.unwrap();
+            assert!(!chart::has_errors(&findings), "{findings:?}");
+
+            let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
+            let dreq = DeployRequest { release: &release, chart: &rendered, config: &config, lock: &lock };
+            let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
+            deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
+            lock.release().await;
+            version
+        });
+        let data: serde_json::Value =
+            serde_json::from_str(&w.kubectl_ok(["get", "configmap", "rendered", "-n", &ns, "-o", "jsonpath={.data}"]))
+                .unwrap();
+        let helm_name = if helm3 { "Helm 3" } else { "Helm 4" };
+        assert_eq!(data["lookup"], "client", "{helm_name}: the applied ConfigMap was rendered a second time: {data}");
+        use base64::Engine;
+        let pull = base64::engine::general_purpose::STANDARD.decode(data["pull"].as_str().unwrap()).unwrap();
+        assert_eq!(String::from_utf8(pull).unwrap(), "{}", "{helm_name}: lookup reached the pull Secret");
+        assert_eq!(data["kube"], version.as_str(), "{helm_name}: rendered against the cluster's version");
+        assert_eq!((&data["apps"], &data["invented"]), (&"true".into(), &"false".into()), "{data}");
+        let got = w.kubectl(["get", "clusterrolebinding", &crb]);
+        assert!(!got.status.success(), "{helm_name} created the unchecked ClusterRoleBinding {crb}");
+    }
+}
+
+/// A repository chart whose `leak.txt` links to `/proc/self/environ`, read with
+/// `{{ .Files.Get "leak.txt" | b64enc }}`: `prpod deploy` refuses it naming the link (exit 2),
+/// and nothing of the environment reaches its output, plain or base64-encoded.
+#[test]
+fn a_chart_symlink_leaving_the_chart_is_refused_and_nothing_leaks() {
+    let w = world();
+    let p = crate::run::Preview::new(
+        false,
+        &prpod_test_support::unique_name("prpod-test/leak"),
+        "chart = \"deploy/chart\"\n",
+    );
+    let chart = p.dir.path().join("deploy/chart");
+    crate::write_chart(
+        &chart,
+        "leak",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: leak}\ndata:\n  env: {{ .Files.Get \"leak.txt\" | b64enc | quote }}\n",
+    );
+    std::os::unix::fs::symlink("/proc/self/environ", chart.join("leak.txt")).unwrap();
+    let image = web_image(w);
+    let image = format!("{}@{}", image.repository, image.digest.unwrap());
+    let sha = crate::run::fake_sha("leak");
+    let out = p.deploy(&image, &sha, &["--source-dir", p.dir.path().to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "stdout: {stdout}\nstderr: {stderr}");
+    let r = crate::json(&out);
+    let err = r["error"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("deploy/chart/leak.txt") && err.contains("/proc/self/environ"), "{r}");
+    assert!(r["manifests"].is_null(), "{r}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("PRPOD_"), "{text}");
+        assert_no_encoded_environment(text);
+    }
+    let ns = w.kubectl(["get", "namespace", &p.ns]);
+    assert!(!ns.status.success(), "nothing was applied, not even the namespace");
+}
+
+/// Base64 runs in `text` decode to nothing holding an environment variable of prpod's.
+fn assert_no_encoded_environment(text: &str) {
+    use base64::Engine;
+    for run in text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c))).filter(|r| r.len() >= 16) {
+        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(run) {
+            let decoded = String::from_utf8_lossy(&bytes);
+            assert!(!decoded.contains("PRPOD_") && !decoded.contains("PATH="), "the environment leaked: {decoded}");
+        }
+    }
+}
+
+/// Charts of the repository with a ClusterRoleBinding of the namespace's default ServiceAccount
+/// to cluster-admin, and with an object in another namespace: `prpod deploy` refuses each with
+/// prpod's `namespace-scope` finding naming the object (exit 1, as any error finding) before
+/// anything is applied; with the kind allowed by the operator only the other namespace remains.
+#[test]
+fn cluster_scoped_and_other_namespace_objects_are_refused_before_anything_is_applied() {
+    let w = world();
+    let crb = prpod_test_support::unique_name("prpod-test-admin");
+    let _crb = ClusterRoleBindingGuard(crb.clone());
+    let image = web_image(w);
+    let image = format!("{}@{}", image.repository, image.digest.unwrap());
+    let cases = [
+        (
+            "",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {crb}}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}\n\
+                 subjects: [{{kind: ServiceAccount, name: default, namespace: {{{{ .Release.Namespace }}}}}}]\n"
+            ),
+            vec![format!("ClusterRoleBinding/{crb}")],
+        ),
+        (
+            "",
+            "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: mine}}\n  \
+             - {apiVersion: v1, kind: ConfigMap, metadata: {name: theirs, namespace: default}}\n"
+                .to_string(),
+            vec!["ConfigMap/theirs".to_string()],
+        ),
+        (
+            "allow_cluster_kinds = [\"Namespace\"]\n",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: prpod-test-allowed}\n---\napiVersion: v1\nkind: Secret\n\
+             metadata: {name: planted, namespace: kube-system}\n"
+                .to_string(),
+            vec!["Secret/planted".to_string()],
+        ),
+    ];
+    for (extra, template, refused) in cases {
+        let p = crate::run::Preview::new(
+            false,
+            &prpod_test_support::unique_name("prpod-test/scope"),
+            &format!("chart = \"deploy/chart\"\n{extra}"),
+        );
+        crate::write_chart(&p.dir.path().join("deploy/chart"), "scope", &template);
+        let sha = crate::run::fake_sha("scope");
+        let out = p.deploy(&image, &sha, &["--source-dir", p.dir.path().to_str().unwrap()]);
+        let r = crate::json(&out);
+        assert_eq!(out.status.code(), Some(1), "{r}\n{}", crate::stderr(&out));
+        let objects: Vec<&str> = r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["rule"] == "namespace-scope")
+            .inspect(|f| assert!(f["plugin"] == "prpod" && f["severity"] == "error", "{f}"))
+            .map(|f| f["object"].as_str().unwrap())
+            .collect();
+        assert_eq!(objects, refused, "{r}");
+        assert!(r["revision"].is_null(), "{r}");
+        assert!(!w.kubectl(["get", "namespace", &p.ns]).status.success(), "nothing applied: {r}");
+    }
+    assert!(!w.kubectl(["get", "clusterrolebinding", &crb]).status.success());
+    assert!(!w.kubectl(["get", "namespace", "prpod-test-allowed"]).status.success());
+}
+
+/// Deletes a ClusterRoleBinding when the test ends (one the code under test should never make).
+struct ClusterRoleBindingGuard(String);
+
+impl Drop for ClusterRoleBindingGuard {
+    fn drop(&mut self) {
+        let _ = world().kubectl(["delete", "clusterrolebinding", &self.0, "--ignore-not-found"]);
     }
 }

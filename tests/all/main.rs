@@ -13,6 +13,7 @@ mod deploy;
 mod fault_proxy;
 mod lock;
 mod plugins;
+mod preview;
 mod push;
 mod run;
 mod sandbox;

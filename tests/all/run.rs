@@ -681,7 +681,11 @@ fn a_release_stuck_pending_is_reported_or_recovered() {
             .output()
             .unwrap();
         let manifest = String::from_utf8(manifest.stdout).unwrap();
-        let service = manifest.split("\n---").find(|d| d.contains("\nkind: Service")).expect("revision 1's Service");
+        // prpod installs the checked objects as JSON documents (a `# Source:` line, then the object).
+        let service = manifest
+            .split("\n---")
+            .find(|d| d.contains("\nkind: Service") || d.contains(r#""kind": "Service""#))
+            .expect("revision 1's Service");
         // As Helm 4 had applied it: server-side, by field manager `helm`.
         let file = p.dir.path().join("service.yaml");
         std::fs::write(&file, service).unwrap();

@@ -316,6 +316,21 @@ impl Buildah {
         self.run(&a, "write the image as an OCI layout").await
     }
 
+    /// Whether buildah's storage holds image `image` (a local name such as
+    /// `localhost/prpod/acme/web:build`).
+    pub async fn has_image(&self, image: &str) -> bool {
+        let mut a = self.global_args();
+        a.extend([
+            "inspect".into(),
+            "--type".into(),
+            "image".into(),
+            "--format".into(),
+            "{{.FromImageID}}".into(),
+            image.into(),
+        ]);
+        self.command(&a).stdout(Stdio::null()).stderr(Stdio::null()).status().await.is_ok_and(|s| s.success())
+    }
+
     /// Removes image `image` from buildah's storage (its cached layers stay for the next build).
     pub async fn remove_image(&self, image: &str) -> Result<(), BuildahError> {
         let mut a = self.global_args();

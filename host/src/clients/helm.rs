@@ -82,6 +82,16 @@ impl HelmHome {
     }
 }
 
+/// What a chart is rendered against: Helm's `.Capabilities`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderCapabilities {
+    /// `--kube-version` (`v1.20.2`), the cluster's; `None`: Helm's built-in default.
+    pub kube_version: Option<String>,
+    /// `--api-versions`: every `group/version` and `group/version/Kind` the cluster serves (what
+    /// Helm itself builds `.Capabilities.APIVersions` from when it talks to a cluster).
+    pub api_versions: Vec<String>,
+}
+
 /// A release as `helm status -o json` / `helm upgrade -o json` describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelmRelease {
@@ -376,17 +386,29 @@ impl Helm {
         })
     }
 
-    /// `helm template RELEASE CHART --namespace NS -f ...`: the manifests the deploy would apply,
-    /// without touching the cluster.
+    /// `helm template RELEASE CHART --namespace NS -f ... --include-crds` rendered against
+    /// `capabilities` (`--kube-version`, `--api-versions`): the one rendering of the chart, which
+    /// prpod checks and then applies as it is. Client-only (Helm's default `--dry-run=client`):
+    /// `lookup` finds nothing, so a chart cannot read the cluster's Secrets through it.
     pub async fn template(
         &self,
         release: &str,
         chart: &Path,
         namespace: &str,
         values: &ValuesFiles,
+        capabilities: &RenderCapabilities,
     ) -> Result<String, HelmError> {
         let mut cmd = self.command(&["template", release]);
-        cmd.arg(chart).args(["--namespace", namespace]);
+        // `crds/` is installed by `helm install` without passing through templates: rendered here,
+        // CRDs are checked (and refused, unless allowed) like every other object.
+        cmd.arg(chart).args(["--namespace", namespace, "--include-crds"]);
+        if let Some(v) = &capabilities.kube_version {
+            cmd.args(["--kube-version", v]);
+        }
+        // One flag per entry: a cluster with many CRDs has thousands, too long for one argument.
+        for a in &capabilities.api_versions {
+            cmd.arg("--api-versions").arg(a);
+        }
         for f in &values.0 {
             cmd.arg("--values").arg(f);
         }

@@ -152,6 +152,34 @@ pub struct BuildahConfig {
     /// environment of every process of the runner, credentials included; choose it only for
     /// trusted code) (`PRPOD_BUILDAH_ISOLATION`).
     pub isolation: crate::clients::buildah::Isolation,
+    /// When to write the registry layer cache (`--cache-to`): `auto` (default) writes it only
+    /// when this machine's buildah storage has not built the repository before (a fresh CI
+    /// runner: the next fresh one reads it), since writing pushes every step's layer to the
+    /// registry and about doubles a warm build; `always` writes it on every build
+    /// (`PRPOD_BUILDAH_CACHE_TO`). The cache is always read.
+    pub cache_to: CacheTo,
+}
+
+/// When buildah writes the registry layer cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheTo {
+    /// Only from a machine whose storage has not built this repository before.
+    #[default]
+    Auto,
+    /// On every build.
+    Always,
+}
+
+impl std::str::FromStr for CacheTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CacheTo::Auto),
+            "always" => Ok(CacheTo::Always),
+            _ => Err("expected `auto` or `always`".into()),
+        }
+    }
 }
 
 /// `[build.buildx]`: the builder prpod creates or reuses, and how it builds.
@@ -197,6 +225,7 @@ impl Section for BuildConfig {
         env.apply_opt("PRPOD_BUILDAH_RUNROOT", "build.buildah.runroot", &mut b.runroot)?;
         env.apply_opt("PRPOD_BUILDAH_STORAGE_DRIVER", "build.buildah.storage_driver", &mut b.storage_driver)?;
         env.apply("PRPOD_BUILDAH_ISOLATION", "build.buildah.isolation", &mut b.isolation)?;
+        env.apply("PRPOD_BUILDAH_CACHE_TO", "build.buildah.cache_to", &mut b.cache_to)?;
         let x = &mut self.buildx;
         env.apply("PRPOD_BUILDX_BUILDER", "build.buildx.builder", &mut x.builder)?;
         env.apply("PRPOD_BUILDX_DRIVER", "build.buildx.driver", &mut x.driver)?;
@@ -541,13 +570,21 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
             break;
         }
     }
-    let cache_to = tags.cache_to.as_ref().map(|t| buildah::cache_repository(&image.to_string(), t));
+    let local = format!("localhost/prpod/{}:build", image.repository());
+    // A machine that built this repository before has its layers locally: writing the registry
+    // cache would push every step again for nobody (see `[build.buildah] cache_to`).
+    let warm = b.cache_to == CacheTo::Auto && tool.has_image(&local).await;
+    let cache_to = tags.cache_to.as_ref().filter(|_| !warm).map(|t| buildah::cache_repository(&image.to_string(), t));
     match &cache_from {
         Some(r) => phase.note(format!("layer cache from {r}")),
         None if !tags.cache_from.is_empty() => phase.note("no layer cache yet: a cold build"),
         None => {}
     }
-    let local = format!("localhost/prpod/{}:build", image.repository());
+    if warm && tags.cache_to.is_some() {
+        phase.note(
+            "this machine built the repository before: its local layers serve, the registry cache is not written",
+        );
+    }
     let req = buildah::BuildRequest {
         context_dir: context_dir.to_path_buf(),
         dockerfile: dockerfile.to_path_buf(),

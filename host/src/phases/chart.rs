@@ -1,12 +1,20 @@
-//! The chart phase: the chart a preview is deployed with, rendered exactly as the deploy will
-//! apply it, and checked by every configured verifier before anything reaches the cluster.
+//! The chart phase: the chart a preview is deployed with, rendered once, checked by prpod and by
+//! every configured verifier, and then applied exactly as checked.
 //!
 //! The chart comes from the chart-generator plugin (default `builtin:chart-webapp`, fed an app
-//! spec built from `[app]`) or from a directory in the repository (`[deploy] chart`). Values are
-//! layered, later wins: the chart's own `values.yaml`, `[deploy] values` files, `[deploy.set]`,
-//! then what prpod injects ([`injected_values`]): the image (repository, tag and digest — prpod
-//! always deploys by digest), the PR's labels and annotations, `--replicas`, and the registry
-//! pull Secret. `helm template` renders it with the same Helm, values and namespace as the deploy.
+//! spec built from `[app]`) or from a directory in the repository (`[deploy] chart`), which is
+//! first copied into a private directory with nothing from outside the chart ([`confine`]).
+//! Values are layered, later wins: the chart's own `values.yaml`, `[deploy] values` files,
+//! `[deploy.set]`, then what prpod injects ([`injected_values`]): the image (repository, tag and
+//! digest — prpod always deploys by digest), the PR's labels and annotations, `--replicas`, and
+//! the registry pull Secret. `helm template` renders it against the cluster's version and API
+//! versions; its output becomes canonical objects ([`applied`]) that prpod's scope rule
+//! ([`scope`]), its digest rule and the verifiers judge, and that Helm then installs from a chart
+//! of static templates, so nothing is rendered a second time.
+
+pub mod applied;
+pub mod confine;
+pub mod scope;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::json;
 
+pub use self::scope::{ClusterApi, SCOPE_RULE};
 use crate::clients::helm::{Helm, HelmError, ValuesFiles};
 use crate::error::Classify;
 use crate::model::{
@@ -115,9 +124,18 @@ pub enum ChartError {
     /// A plugin failed.
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    /// The rendered manifests did not parse.
+    /// The rendered manifests did not parse, or hold what prpod cannot apply as checked.
     #[error("failed to read the manifests `helm template` rendered: {0}")]
     Manifests(String),
+    /// A file of the repository chart may not be copied for Helm (a symlink leaving the chart,
+    /// a special file, a bound exceeded).
+    #[error("refused the repository chart's {path}: it {why}")]
+    Confined {
+        /// The file (the chart directory joined with its path in the chart).
+        path: PathBuf,
+        /// Why, and what to do.
+        why: String,
+    },
 }
 
 impl Classify for ChartError {
@@ -127,7 +145,10 @@ impl Classify for ChartError {
             // Plugin failures are classified by `exit_code_for` itself (exit 3).
             ChartError::Plugin(_) => None,
             ChartError::Write { .. } => Some(crate::error::FailureKind::Internal),
-            ChartError::NoChart { .. } | ChartError::Values { .. } | ChartError::Manifests(_) => None,
+            ChartError::NoChart { .. }
+            | ChartError::Values { .. }
+            | ChartError::Manifests(_)
+            | ChartError::Confined { .. } => None,
         }
     }
 }
@@ -159,6 +180,12 @@ pub struct ChartRequest<'a> {
     pub image: &'a ImageRef,
     /// A chart directory (already resolved), or `None` for the generator.
     pub chart_dir: Option<PathBuf>,
+    /// The repository the chart directory and the values files belong to: no file of the chart
+    /// may lead outside it (or outside the chart directory), nor may a values file. `None`: the
+    /// chart directory itself is the chart's bound, the working directory the values files'.
+    pub repository: Option<PathBuf>,
+    /// What the chart is rendered against (the cluster's API, or the built-in fallback).
+    pub cluster: &'a ClusterApi,
     /// `[deploy] values` files (already resolved).
     pub values_files: Vec<PathBuf>,
     /// `[deploy.set]`.
@@ -176,14 +203,20 @@ pub struct ChartRequest<'a> {
 pub struct RenderedChart {
     /// Where the chart came from.
     pub source: ChartSource,
-    /// The chart directory Helm deploys.
+    /// The chart Helm deploys: prpod's chart of the checked objects, inserted verbatim
+    /// ([`applied::write_applied_chart`]).
     pub dir: PathBuf,
-    /// The values files, in order.
+    /// The namespace it was rendered for.
+    pub namespace: String,
+    /// The values files, in order (stored with the release; the applied chart has no template
+    /// logic left to use them).
     pub values: ValuesFiles,
-    /// The rendered objects.
+    /// The rendered objects, one per manifest (lists split), as checked and applied.
     pub manifests: Vec<Manifest>,
-    /// `helm template`'s output.
+    /// The same objects as YAML, for people (`--show-manifests`).
     pub rendered: String,
+    /// What the chart was rendered against, for the phase summary.
+    pub rendered_against: String,
 }
 
 /// The app spec the generator is given.
@@ -284,8 +317,10 @@ pub fn injected_values(req: &ChartRequest<'_>) -> serde_json::Value {
     v
 }
 
-/// Generates (or finds) the chart, writes the values files, and renders it with `helm template`.
-/// `generator` is the chart-generator plugin, used when no chart directory is configured.
+/// Generates the chart (or copies the repository's, confined), writes the values files, renders
+/// it once with `helm template` against `req.cluster`, and writes the chart Helm will install:
+/// the rendered objects, inserted verbatim. `generator` is the chart-generator plugin, used when
+/// no chart directory is configured.
 pub async fn render(
     req: &ChartRequest<'_>,
     helm: &Helm,
@@ -296,23 +331,29 @@ pub async fn render(
             if !dir.join("Chart.yaml").is_file() {
                 return Err(ChartError::NoChart { path: dir.clone(), why: "it has no Chart.yaml".into() });
             }
-            (ChartSource::Directory { path: dir.clone() }, dir.clone())
+            // Helm reads the PR's files only from this private copy.
+            let copy = fresh_dir(helm, "source-")?;
+            confine::copy_chart(dir, req.repository.as_deref().unwrap_or(dir), &copy)?;
+            (ChartSource::Directory { path: dir.clone() }, copy)
         }
         None => {
             let generator = generator.expect("a chart generator when no chart directory is configured");
             let app = app_spec(req.ctx, req.release, req.app, req.image, req.replicas);
             let files = generator.generate(req.ctx, &app).await?;
-            let dir = helm.scratch_dir("chart")?;
+            let dir = fresh_dir(helm, "generated-")?;
             write_chart(&dir, &files)?;
             (ChartSource::Generated { plugin: generator.name().to_string() }, dir)
         }
     };
     let mut values = Vec::new();
-    for f in &req.values_files {
+    for (i, f) in req.values_files.iter().enumerate() {
         if !f.is_file() {
             return Err(ChartError::Values { path: f.clone(), why: "no such file".into() });
         }
-        values.push(f.clone());
+        // Like the chart, the repository's values reach Helm only as private copies.
+        let copy = helm.scratch_dir("values")?.join(format!("repository-{i}.yaml"));
+        confine::copy_values_file(f, req.repository.as_deref().unwrap_or(Path::new(".")), &copy)?;
+        values.push(copy);
     }
     if !req.set.is_empty() {
         let yaml = serde_yaml::to_string(req.set).map_err(|e| ChartError::Manifests(e.to_string()))?;
@@ -321,15 +362,35 @@ pub async fn render(
     let injected = serde_yaml::to_string(&injected_values(req)).map_err(|e| ChartError::Manifests(e.to_string()))?;
     values.push(helm.write_values("prpod.yaml", &injected)?);
     let values = ValuesFiles(values);
-    let rendered = helm.template(&req.release.name, &dir, &req.release.namespace, &values).await?;
-    let manifests = Manifest::parse_all(&rendered).map_err(|e| ChartError::Manifests(e.to_string()))?;
-    Ok(RenderedChart { source, dir, values, manifests, rendered })
+    let capabilities = req.cluster.capabilities();
+    let output = helm.template(&req.release.name, &dir, &req.release.namespace, &values, &capabilities).await?;
+    let objects = applied::canonical_objects(&output)?;
+    let applied_dir = fresh_dir(helm, "applied-")?;
+    applied::write_applied_chart(&applied_dir, &dir, &objects)?;
+    Ok(RenderedChart {
+        source,
+        dir: applied_dir,
+        namespace: req.release.namespace.clone(),
+        values,
+        manifests: objects.iter().map(applied::manifest_of).collect(),
+        rendered: applied::display_yaml(&objects),
+        rendered_against: req.cluster.describe(),
+    })
+}
+
+/// A new empty directory (mode 0700) inside Helm's private home, removed with it.
+fn fresh_dir(helm: &Helm, prefix: &str) -> Result<PathBuf, ChartError> {
+    let parent = helm.scratch_dir("charts")?;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .map_err(|source| ChartError::Write { path: parent.clone(), source })?;
+    Ok(dir.keep())
 }
 
 fn write_chart(dir: &Path, files: &[crate::model::ChartFile]) -> Result<(), ChartError> {
-    // A previous generation in the same scratch directory must not leave stale templates; the
-    // plugin boundary's writer (cap-std, temporary directory renamed into place) does the rest.
-    let _ = std::fs::remove_dir_all(dir);
+    // The plugin boundary's writer (cap-std, a temporary directory renamed into place) replaces
+    // the fresh, empty `dir`.
     crate::plugins::chart::write_chart(dir, files).map_err(|e| ChartError::Write {
         path: dir.to_path_buf(),
         source: match e {
@@ -339,15 +400,28 @@ fn write_chart(dir: &Path, files: &[crate::model::ChartFile]) -> Result<(), Char
     })
 }
 
-/// Runs every verifier's `check-manifests` on the rendered chart (all of them, even after one
-/// reports an error), plus prpod's own check that the chart runs the image by digest.
+/// Which objects a chart may create outside the preview's namespace: the operator's
+/// `[deploy] allow_cluster_kinds`, judged against what the cluster serves.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopePolicy<'a> {
+    /// Which kinds are namespaced.
+    pub cluster: &'a ClusterApi,
+    /// Cluster-scoped kinds the operator allows (`Kind` or `group/Kind`).
+    pub allow_cluster_kinds: &'a [String],
+}
+
+/// Runs prpod's own checks — every object in the preview's namespace ([`scope::scope_findings`])
+/// and the image run by digest ([`digest_findings`]) — and every verifier's `check-manifests`
+/// on the rendered chart (all of them, even after one reports an error).
 pub async fn check_manifests(
     ctx: &PrContext,
     chart: &RenderedChart,
     image: &ImageRef,
+    scope: ScopePolicy<'_>,
     verifiers: &[Plugin],
 ) -> Result<Vec<ReportedFinding>, PluginError> {
-    let mut out = digest_findings(&chart.manifests, image);
+    let mut out = scope::scope_findings(&chart.manifests, &chart.namespace, scope.cluster, scope.allow_cluster_kinds);
+    out.extend(digest_findings(&chart.manifests, image));
     for v in verifiers {
         for f in v.check_manifests(ctx, &chart.manifests).await? {
             out.push(ReportedFinding { plugin: v.name().to_string(), hook: "check-manifests".into(), finding: f });

@@ -36,6 +36,7 @@ use crate::error::{Classify, FailureKind};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::RenderedChart;
 pub use crate::phases::lock::{DeployLock, LockLost};
+use crate::phases::preview;
 pub use crate::phases::rollout::PodFailure;
 use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
 use crate::secret::Secret;
@@ -84,6 +85,18 @@ pub struct DeployConfig {
     /// pull request chooses). An operator setting. Default false.
     #[serde(default)]
     pub allow_repository_chart: bool,
+    /// Whether prpod may adopt an existing namespace it did not create (labelling it as this
+    /// preview's). Never `default`, `kube-system`, `kube-public`, `kube-node-lease`, nor another
+    /// preview's namespace. Default false.
+    #[serde(default)]
+    pub adopt_namespace: bool,
+    /// Cluster-scoped kinds a chart may create (`"ClusterRole"`, or `"group/Kind"` such as
+    /// `"rbac.authorization.k8s.io/ClusterRole"`): an operator's key. Default none: every object
+    /// a chart renders must live in the preview's namespace, and anything cluster-scoped
+    /// (ClusterRoles and bindings, webhooks, CRDs, Namespaces, PersistentVolumes, ...) is refused
+    /// before anything is applied. Objects aimed at another namespace are refused regardless.
+    #[serde(default)]
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -116,6 +129,8 @@ impl Default for DeployConfig {
             pull_secret: default_pull_secret(),
             log_lines: default_log_lines(),
             allow_repository_chart: false,
+            adopt_namespace: false,
+            allow_cluster_kinds: vec![],
         }
     }
 }
@@ -143,6 +158,18 @@ impl crate::config::Section for DeployConfig {
         }
         if self.log_lines > 1000 {
             return bad("deploy.log_lines", format!("{} is more than 1000", self.log_lines));
+        }
+        for k in &self.allow_cluster_kinds {
+            let (group, kind) = k.rsplit_once('/').unwrap_or(("", k));
+            let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && kind.chars().all(|c| c.is_ascii_alphanumeric());
+            let group_ok = group.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+            if !kind_ok || !group_ok {
+                return bad(
+                    "deploy.allow_cluster_kinds",
+                    format!("`{k}` is not a kind like `ClusterRole` or `rbac.authorization.k8s.io/ClusterRole`"),
+                );
+            }
         }
         for p in self.chart.iter().chain(&self.values) {
             if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -276,54 +303,40 @@ impl Classify for DeployError {
     }
 }
 
-/// Labels prpod puts on a preview's namespace, so teardown and people can find it.
+/// Labels prpod puts on a preview's namespace ([`preview::labels`]).
 pub fn namespace_labels(ctx: &PrContext, release: &ReleaseTarget) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "prpod".to_string()),
-        ("prpod.dev/release".to_string(), release.name.clone()),
-        ("prpod.dev/repository".to_string(), label_value(&ctx.repository)),
-    ]);
-    if let Some(n) = ctx.number {
-        l.insert("prpod.dev/pr".into(), n.to_string());
-    }
-    l
+    preview::labels(ctx, release)
 }
 
-/// Annotations on the namespace: the values labels cannot hold exactly.
+/// Annotations on the namespace ([`preview::annotations`]).
 pub fn namespace_annotations(ctx: &PrContext) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("prpod.dev/repository".to_string(), ctx.repository.clone()),
-        ("prpod.dev/branch".to_string(), ctx.branch.clone()),
-        ("prpod.dev/commit".to_string(), ctx.sha.clone()),
-    ])
+    preview::annotations(ctx)
 }
 
-/// `owner/name` as a label value (`owner.name`: labels allow no `/`), at most 63 characters.
+/// `owner/name` as a label value ([`preview::label_value`]).
 pub fn label_value(s: &str) -> String {
-    let v: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '.' }).collect();
-    let v: String = v.chars().take(63).collect();
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    preview::label_value(s)
 }
 
-/// Creates (or labels) the namespace and, when the registry needs credentials, writes the pull
-/// Secret and attaches it to the namespace's `default` ServiceAccount — before any pod exists,
-/// so every pod of every chart that names no ServiceAccount of its own pulls with it (charts
-/// that do name one get `imagePullSecrets` in their values: see the chart phase).
+/// Claims the namespace for this preview ([`preview::claim`]: created, ours, or refused naming
+/// its owner) and, when the registry needs credentials, writes the pull Secret and attaches it to
+/// the namespace's `default` ServiceAccount — before any pod exists, so every pod of every chart
+/// that names no ServiceAccount of its own pulls with it (charts that do name one get
+/// `imagePullSecrets` in their values: see the chart phase).
 pub async fn prepare_namespace(
     kube: &Kube,
     ctx: &PrContext,
     release: &ReleaseTarget,
     dockerconfigjson: Option<&Secret>,
     config: &DeployConfig,
-) -> Result<(), KubeError> {
+) -> anyhow::Result<preview::Claimed> {
     let ns = &release.namespace;
-    kube.ensure_namespace(ns, &namespace_labels(ctx, release), &namespace_annotations(ctx)).await?;
+    let claimed = preview::claim(kube, ctx, release, config.adopt_namespace).await?;
     if let Some(doc) = dockerconfigjson {
         kube.apply_pull_secret(ns, &config.pull_secret, doc).await?;
         kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
     }
-    Ok(())
+    Ok(claimed)
 }
 
 /// Undoes a deploy the verify phase failed: back to the revision before it, or, when it was the
@@ -735,6 +748,18 @@ mod tests {
         assert_eq!(r(&[(1, "superseded"), (2, "superseded"), (3, "deployed")]), Some(3));
         assert_eq!(r(&[(1, "failed")]), None);
         assert_eq!(r(&[]), None);
+    }
+
+    #[test]
+    fn allowed_cluster_kinds_must_be_kinds() {
+        use crate::config::Section;
+        let with = |k: &str| DeployConfig { allow_cluster_kinds: vec![k.into()], ..DeployConfig::default() }.check();
+        assert!(with("ClusterRole").is_ok());
+        assert!(with("rbac.authorization.k8s.io/ClusterRole").is_ok());
+        for bad in ["", "clusterrole", "Cluster Role", "RBAC/ClusterRole", "*"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("deploy.allow_cluster_kinds"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

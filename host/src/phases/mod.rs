@@ -12,6 +12,7 @@ pub mod chart;
 pub mod context;
 pub mod deploy;
 pub mod lock;
+pub mod preview;
 pub mod push;
 pub mod rollout;
 pub mod source;
@@ -183,6 +184,8 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let plugin = plugin.with_limits(config.limits_for(World::TagPolicy));
     let tags = plugin.compute_tags(&ctx, &repository).await?;
     let release = plugin.release(&ctx).await?;
+    // A policy cannot send a preview to the cluster's own namespaces.
+    preview::check_target(&release)?;
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
     run.tags = Some(tags.clone());
     run.release = Some(release);
@@ -372,18 +375,33 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- chart: generate or take, render, check ---------------------------------------------
     let phase = reporter.phase(Phase::Chart);
     let target = dc.kube_target();
-    // A plan reads the release's latest revision through the API (no Helm process); it starts
-    // now so the TLS handshake and the list overlap the chart's rendering.
-    let plan_read = (input.mode == Mode::Plan).then(|| {
-        let (target, ns, name) = (target.clone(), release.namespace.clone(), release.name.clone());
+    // The cluster's version and the kinds it serves decide what the chart is rendered against
+    // and which objects are namespaced (discovery); a plan also reads the release's latest
+    // revision (through the API, no Helm process). Both start now, so the TLS handshake and the
+    // requests overlap the chart's generation. A plan without a cluster falls back to Helm's
+    // default capabilities and prpod's built-in list of cluster-scoped kinds.
+    let cluster_read = {
+        let (target, ns, name, plan) =
+            (target.clone(), release.namespace.clone(), release.name.clone(), input.mode == Mode::Plan);
         tokio::spawn(async move {
-            tokio::time::timeout(std::time::Duration::from_secs(5), async move {
+            let read = async move {
                 let kube = Kube::connect(&target).await?;
-                kube.helm_release_state(&ns, &name).await
-            })
-            .await
+                let (api, state) = if plan {
+                    let (api, state) =
+                        tokio::join!(chart::ClusterApi::discover(&kube), kube.helm_release_state(&ns, &name));
+                    (api, Some(state))
+                } else {
+                    (chart::ClusterApi::discover(&kube).await, None)
+                };
+                Ok::<_, crate::clients::kube::KubeError>((kube, api, state))
+            };
+            if plan {
+                tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok()
+            } else {
+                Some(read.await)
+            }
         })
-    });
+    };
     let helm = Helm::detect(&dc.helm, target.clone()).await?;
     let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
     let mut ctx = ctx_in.clone();
@@ -423,11 +441,34 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     for (r, limits) in config.verifiers() {
         verifiers.push(host.load(&r)?.with_limits(limits));
     }
+    let read = cluster_read.await.map_err(|e| {
+        anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the cluster's API: {e}"))
+    })?;
+    let (kube, cluster, plan_state, unread) = match (input.mode, read) {
+        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state.map(|s| s.map_err(|e| e.to_string())), None),
+        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(e.into()),
+        (_, Some(Ok((_, Err(e), state)))) => {
+            (None, chart::ClusterApi::builtin(), state.map(|s| s.map_err(|e| e.to_string())), Some(e.to_string()))
+        }
+        (_, Some(Err(e))) => (None, chart::ClusterApi::builtin(), Some(Err(e.to_string())), Some(e.to_string())),
+        (_, None) => (None, chart::ClusterApi::builtin(), None, Some("no answer within 5 s".to_string())),
+    };
+    if let Some(why) = unread {
+        phase.note(format!(
+            "the cluster's API could not be read ({why}): the chart renders with Helm's default capabilities \
+             and is judged with prpod's built-in list of cluster-scoped kinds; a deploy asks the cluster"
+        ));
+    }
     let req = chart::ChartRequest {
         ctx: &ctx,
         release,
         image: &input.image,
         chart_dir,
+        repository: Some(match input.chart_root {
+            Some(root) => root.to_path_buf(),
+            None => config.resolve_path(std::path::Path::new(".")),
+        }),
+        cluster: &cluster,
         values_files,
         set: &dc.set,
         app: &config.app,
@@ -445,7 +486,8 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     };
     out.chart = Some(format!("{chart_name} ({from})"));
     out.rendered = Some(rendered.rendered.clone());
-    let findings = chart::check_manifests(&ctx, &rendered, &input.image, &verifiers).await?;
+    let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &dc.allow_cluster_kinds };
+    let findings = chart::check_manifests(&ctx, &rendered, &input.image, scope, &verifiers).await?;
     for f in &findings {
         phase.finding(f.clone());
     }
@@ -454,8 +496,9 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let kinds: Vec<String> = rendered.manifests.iter().map(|m| format!("{}/{}", m.kind, m.name)).collect();
     let names: Vec<&str> = verifiers.iter().map(|v| v.name()).collect();
     phase.finish(format!(
-        "{chart_name} {from}, Helm {}: {}; {errors} error finding(s) ({} and prpod's checks)",
+        "{chart_name} {from}, Helm {}, {}: {}; {errors} error finding(s) ({} and prpod's checks)",
         helm.version(),
+        rendered.rendered_against,
         kinds.join(", "),
         names.join(", ")
     ));
@@ -469,16 +512,19 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     if input.mode == Mode::Plan {
         let phase = reporter.phase(Phase::Deploy);
         let (name, ns) = (&release.name, &release.namespace);
-        let read = plan_read.expect("started for a plan").await.map_err(|e| {
-            anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the release's state: {e}"))
-        })?;
-        let current = match read {
-            Ok(Ok(Some((rev, status)))) => {
+        // Whose the namespace is: a plan refuses what a run would refuse (reading only).
+        if let Some(k) = &kube
+            && let Ok(Some(refusal)) = preview::check(k, &ctx, release, dc.adopt_namespace).await
+        {
+            return Err(refusal.into());
+        }
+        let current = match plan_state {
+            Some(Ok(Some((rev, status)))) => {
                 format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
             }
-            Ok(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
-            Ok(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
-            Err(_) => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
+            Some(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
+            Some(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
+            None => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
         };
         out.plan.push(format!("would {current} with Helm {}", helm.version()));
         if input.pull_secret.is_some() {
@@ -496,9 +542,15 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // --- deploy -----------------------------------------------------------------------------
     let phase = reporter.phase(Phase::Deploy);
     let started = std::time::Instant::now();
-    let kube = Kube::connect(&target).await?;
+    let kube = kube.expect("a deploy has a connected cluster");
     let since = k8s_openapi::jiff::Timestamp::now();
-    deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await?;
+    match deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await? {
+        preview::Claimed::Created => phase.note(format!("created namespace {}", release.namespace)),
+        preview::Claimed::Adopted => {
+            phase.note(format!("adopted namespace {} (`adopt_namespace`): it is now this preview's", release.namespace))
+        }
+        preview::Claimed::Ours => {}
+    }
     let (name, ns) = (&release.name, &release.namespace);
     crate::shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
     // Released on every path: explicitly below, by its drop on an error or a signal.

@@ -12,7 +12,10 @@
 //! | `host-path` | no hostPath volume |
 //! | `host-network` | no hostNetwork, hostPID or hostIPC |
 //! | `run-as-non-root` | runAsNonRoot true on the pod or on each container |
-//! | `manifest-yaml` | the manifest's text parses as YAML |
+//! | `manifest-yaml` | the manifest's text parses as YAML, and its merge keys and lists resolve |
+//!
+//! YAML merge keys (`<<`) are resolved before the rules run, as Kubernetes' reader does, and
+//! lists (`kind: List`, or any object with top-level `items`) are checked item by item.
 //!
 //! `check-release` (after deploy): `rollout-available` (available == desired),
 //! `container-waiting` (CrashLoopBackOff, ImagePullBackOff, ErrImagePull) and `warning-event`

@@ -62,11 +62,18 @@ pub fn check(ctx: &PrContext, manifests: &[Manifest]) -> Vec<Finding> {
     findings
 }
 
-/// Runs the rules on one manifest (whose text may hold several YAML documents).
+/// Most rounds of merge-key resolution (a merge can pull in mappings holding merges).
+const MAX_MERGE_ROUNDS: usize = 16;
+/// Deepest nesting of lists flattened.
+const MAX_LIST_DEPTH: usize = 8;
+
+/// Runs the rules on one manifest (whose text may hold several YAML documents). YAML merge keys
+/// (`<<`) are resolved first, as Kubernetes' reader does, and lists (`kind: List`, or any object
+/// with top-level `items`, which Kubernetes' reader treats as a list) are checked item by item.
 pub fn check_one(target: Option<&DeployTarget>, m: &Manifest, out: &mut Vec<Finding>) {
     let fallback = format!("{}/{}", m.kind, m.name);
     for doc in serde_yaml::Deserializer::from_str(&m.text) {
-        let value = match Value::deserialize(doc) {
+        let mut value = match Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
                 out.push(error(
@@ -80,16 +87,69 @@ pub fn check_one(target: Option<&DeployTarget>, m: &Manifest, out: &mut Vec<Find
         if value.is_null() {
             continue;
         }
-        let kind = value.get("kind").and_then(Value::as_str).unwrap_or(&m.kind);
-        let name = get(&value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or(&m.name);
-        let object = format!("{kind}/{name}");
-        let Some(path) = pod_spec_path(kind) else {
-            continue;
-        };
-        let Some(pod) = get(&value, path) else {
-            continue;
-        };
-        check_pod(target, &object, pod, out);
+        if let Err(why) = resolve_merges(&mut value) {
+            out.push(error(
+                "manifest-yaml",
+                &fallback,
+                format!("{fallback}: {why}; write the fields out instead of merging them"),
+            ));
+            return;
+        }
+        check_object(target, m, &value, 0, out);
+    }
+}
+
+/// Checks one object, or each item of a list.
+fn check_object(target: Option<&DeployTarget>, m: &Manifest, value: &Value, depth: usize, out: &mut Vec<Finding>) {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or(&m.kind);
+    let name = get(value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or(&m.name);
+    let object = format!("{kind}/{name}");
+    if let Some(items) = value.get("items") {
+        match items.as_sequence() {
+            Some(items) if depth < MAX_LIST_DEPTH => {
+                for item in items {
+                    check_object(target, m, item, depth + 1, out);
+                }
+            }
+            Some(_) => out.push(error(
+                "manifest-yaml",
+                &object,
+                format!("{object}: lists nest more than {MAX_LIST_DEPTH} deep; render the objects one by one"),
+            )),
+            None => out.push(error(
+                "manifest-yaml",
+                &object,
+                format!("{object}: its top-level `items` is not a list; render the objects one by one"),
+            )),
+        }
+        return;
+    }
+    let Some(path) = pod_spec_path(kind) else {
+        return;
+    };
+    let Some(pod) = get(value, path) else {
+        return;
+    };
+    check_pod(target, &object, pod, out);
+}
+
+/// Resolves every `<<` merge key (a merge may bring in mappings holding merges: repeated).
+fn resolve_merges(v: &mut Value) -> Result<(), String> {
+    for _ in 0..MAX_MERGE_ROUNDS {
+        if !has_merge_key(v) {
+            return Ok(());
+        }
+        v.apply_merge().map_err(|e| format!("a YAML merge key (`<<`) cannot be resolved ({e})"))?;
+    }
+    Err(format!("YAML merge keys (`<<`) nest more than {MAX_MERGE_ROUNDS} deep"))
+}
+
+fn has_merge_key(v: &Value) -> bool {
+    match v {
+        Value::Mapping(m) => m.iter().any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
     }
 }
 
@@ -330,6 +390,46 @@ spec:
             &[manifest("Service", "web", "kind: Service\nmetadata: {name: web}\nspec: {}\n")],
         );
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn list_items_are_checked_one_by_one() {
+        let bad = "{apiVersion: v1, kind: Pod, metadata: {name: inner}, spec: {hostNetwork: true, containers: []}}";
+        for text in [
+            format!("apiVersion: v1\nkind: List\nitems:\n  - {bad}\n"),
+            format!("apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: List\n    items: [{bad}]\n"),
+            // Kubernetes' reader takes any object with top-level `items` for a list.
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\nitems:\n  - {bad}\n"),
+        ] {
+            let f = check(&ctx(Some(target())), &[manifest("List", "", &text)]);
+            assert!(
+                f.iter().any(|f| f.rule == "host-network" && f.object.as_deref() == Some("Pod/inner")),
+                "{text}: {f:?}"
+            );
+        }
+        let f = check(&ctx(Some(target())), &[manifest("List", "", "apiVersion: v1\nkind: List\nitems: 3\n")]);
+        assert_eq!(rules(&f), ["manifest-yaml"]);
+    }
+
+    #[test]
+    fn merge_keys_in_pod_specs_are_resolved() {
+        let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: merged}
+x-base: &base {hostNetwork: true}
+x-mid: &mid {<<: *base, hostPID: true}
+spec:
+  <<: *mid
+  containers: []
+"#;
+        let f = check(&ctx(Some(target())), &[manifest("Pod", "merged", text)]);
+        assert_eq!(rules(&f), ["host-network", "host-network"], "{f:?}");
+        let text = GOOD.replace("      containers:", "      <<: {hostIPC: true}\n      containers:");
+        let f = check(&ctx(Some(target())), &[manifest("Deployment", "web", &text)]);
+        assert_eq!(rules(&f), ["host-network"], "{f:?}");
+        let f = check(&ctx(Some(target())), &[manifest("Pod", "p", "kind: Pod\nspec: {<<: 3}\n")]);
+        assert_eq!(rules(&f), ["manifest-yaml"]);
     }
 
     #[test]

@@ -400,9 +400,10 @@ const HELPER_DEADLINE: Duration = Duration::from_secs(10);
 fn helper_on_path(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(program)).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Runs `docker-credential-NAME get` with `host` on stdin. `Ok(None)` when the helper has no
@@ -414,7 +415,10 @@ async fn run_helper(name: &str, host: &str, dir: Option<&Path>) -> Result<Option
     // A helper name is a plain name (docker's own are `desktop`, `ecr-login`, `gcloud`...): a `/`
     // would make it a path, which a docker config the pull request wrote could point at a script
     // of its own.
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) || name.starts_with('.') {
+    if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || name.starts_with('.')
+    {
         return Err(err(format!(
             "the credential helper name {name:?} is not a plain name (letters, digits, '-', '_', '.'); \
              fix `credHelpers` / `credsStore` in the docker config"
