@@ -10,6 +10,7 @@
 //! | 4 | an external system failed: git, a registry, a builder, Helm, the cluster |
 //! | 5 | the deploy failed and Helm rolled it back |
 //! | 70 | prpod itself failed (the WebAssembly engine, a bug): not the input's or the plugin's fault |
+//! | 130, 143 | SIGINT, SIGTERM stopped the run (the message says the state the release was left in) |
 
 use crate::plugins::PluginError;
 
@@ -41,6 +42,9 @@ pub enum FailureKind {
     /// prpod itself failed (exit 70).
     #[error("internal error")]
     Internal,
+    /// A signal stopped the run (exit 130 for SIGINT, 143 for SIGTERM).
+    #[error("interrupted by {0}")]
+    Interrupted(crate::shutdown::Signal),
 }
 
 impl FailureKind {
@@ -50,6 +54,7 @@ impl FailureKind {
             FailureKind::External => EXIT_EXTERNAL,
             FailureKind::RolledBack => EXIT_ROLLED_BACK,
             FailureKind::Internal => EXIT_INTERNAL,
+            FailureKind::Interrupted(s) => s.exit_code(),
         }
     }
 }
@@ -67,6 +72,9 @@ pub trait Classify {
 fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureKind>> {
     if let Some(k) = cause.downcast_ref::<FailureKind>() {
         return Some(Some(*k));
+    }
+    if let Some(i) = cause.downcast_ref::<crate::shutdown::Interrupted>() {
+        return Some(Some(FailureKind::Interrupted(i.signal)));
     }
     // Client error types, each implementing `Classify`, go here.
     if let Some(e) = cause.downcast_ref::<crate::clients::registry::RegistryError>() {

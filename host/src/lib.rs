@@ -16,4 +16,5 @@ pub mod plugins;
 pub mod repo_config;
 pub mod report;
 pub mod secret;
+pub mod shutdown;
 pub mod untrusted;

@@ -127,7 +127,7 @@ fn deploy_verify_and_crash_rollback() {
 
         let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
         assert_eq!(deploy::recover_pending(&helm, &kube, &release, &lock, config.timeout).await.unwrap(), None);
-        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config };
+        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config, lock: &lock };
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
         let rel = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
         assert_eq!((rel.revision, rel.status.as_str(), rel.previous_revision), (1, "deployed", None));
@@ -147,7 +147,7 @@ fn deploy_verify_and_crash_rollback() {
         let crash = crash_chart();
         let req2 = ChartRequest { chart_dir: Some(crash.path().to_path_buf()), ..req.clone() };
         let rendered2 = chart::render(&req2, &helm, None).await.unwrap();
-        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config };
+        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config, lock: &lock };
         let started = Instant::now();
         let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
         let err = match deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await {
@@ -183,6 +183,118 @@ fn deploy_verify_and_crash_rollback() {
         lock.release().await;
         // Revision 1's pod still serves.
         assert_eq!(curl(&url), w.web_body, "GET {url} after the rollback");
+    });
+}
+
+/// The rollout watch behind a TCP proxy that cuts every connection to the API server (and
+/// refuses new ones for a second), twice during each rollout: kube-runtime's watcher resumes, so
+/// a good chart deploys and verify sees it settle, and a crashing chart is still stopped by the
+/// crash detection (not by the timeout) and rolled back. Helm and prpod's other calls go to the
+/// API server directly: only the watch is cut.
+#[test]
+fn a_dropped_watch_resumes_and_the_rollout_ends_right() {
+    use std::sync::Arc;
+
+    use crate::fault_proxy::TcpFaultProxy;
+
+    let w = world();
+    let ns = prpod_test_support::unique_name("deploy-watch-drop");
+    let release = ReleaseTarget { name: "pr-1".into(), namespace: ns.clone() };
+    let image = web_image(w);
+    let ctx = ctx_for(&image, &release, &w.registry_tls.host_pod);
+    let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
+    let _cleanup = NamespaceGuard(ns.clone());
+    // The API server's address from the world's kubeconfig; the proxy listens on the same IP, so
+    // the server's certificate still matches.
+    let text = std::fs::read_to_string(&w.kubeconfig).unwrap();
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap().to_string();
+    let proxy = Arc::new(TcpFaultProxy::start(server.rsplit_once(':').unwrap().0, &server));
+    let dir = tempfile::tempdir().unwrap();
+    let proxied = dir.path().join("kubeconfig");
+    prpod_test_support::write_private(
+        &proxied,
+        text.replace(&format!("https://{server}"), &format!("https://{}", proxy.addr)).as_bytes(),
+    );
+    let via_proxy = KubeTarget { kubeconfig: Some(proxied), context: None };
+    let cuts = |proxy: Arc<TcpFaultProxy>| {
+        std::thread::spawn(move || {
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(1500));
+                proxy.cut(Duration::from_secs(1));
+            }
+        })
+    };
+    rt().block_on(async {
+        let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
+        let kube = Kube::connect(&target).await.unwrap();
+        let watched = Kube::connect(&via_proxy).await.unwrap();
+        let host = PluginHost::new().unwrap();
+        let generator = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
+        let config = test_config(Duration::from_secs(90));
+        let app = AppConfig { port: w.web_port, health_path: Some("/".into()), ..AppConfig::default() };
+        let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
+        let req = ChartRequest {
+            ctx: &ctx,
+            release: &release,
+            image: &image,
+            chart_dir: None,
+            repository: None,
+            cluster: &cluster,
+            values_files: vec![],
+            set: &config.set,
+            app: &app,
+            replicas: None,
+            pull_secret: Some(&config.pull_secret),
+        };
+        let rendered = chart::render(&req, &helm, Some(&generator)).await.unwrap();
+        deploy::prepare_namespace(&kube, &ctx, &release, Some(&pull_secret(w).await), &config).await.unwrap();
+        let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
+
+        let dreq = DeployRequest { release: &release, chart: &rendered, config: &config, lock: &lock };
+        let mut watch = RolloutWatch::start(&watched, &ns).await.unwrap();
+        let cutter = cuts(proxy.clone());
+        let rel = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
+        assert_eq!(rel.revision, 1);
+        cutter.join().unwrap();
+        let settled = verify::settle(&mut watch, &release, Duration::from_secs(30), 2).await.unwrap();
+        assert!(settled.settled, "{settled:?}");
+        let cut = proxy.cut_count.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(cut >= 2, "the proxy cut {cut} connection(s)");
+
+        let crash = crash_chart();
+        let req2 = ChartRequest { chart_dir: Some(crash.path().to_path_buf()), ..req.clone() };
+        let rendered2 = chart::render(&req2, &helm, None).await.unwrap();
+        let dreq = DeployRequest { release: &release, chart: &rendered2, config: &config, lock: &lock };
+        let mut watch = RolloutWatch::start(&watched, &ns).await.unwrap();
+        let cutter = cuts(proxy.clone());
+        let started = Instant::now();
+        let err = match deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await {
+            Err(e) => e,
+            // Helm 4 may call the Deployment ready at once (see deploy_verify_and_crash_rollback):
+            // then verify, on the same cut watch, catches the crash.
+            Ok(rel) => {
+                let settled =
+                    verify::settle(&mut watch, &release, config.timeout, config.crash_restarts).await.unwrap();
+                assert!(!settled.failures.is_empty(), "Helm said {rel:?} and verify saw no failure: {settled:?}");
+                let restored = deploy::roll_back(&helm, &rel, config.timeout).await.unwrap();
+                deploy::rolled_back(
+                    &release,
+                    "a new pod failed after Helm returned".into(),
+                    settled.failures,
+                    restored,
+                    &watch.state,
+                )
+            }
+        };
+        cutter.join().unwrap();
+        let elapsed = started.elapsed();
+        let text = err.to_string();
+        let DeployError::RolledBack { failures, restored, reason, .. } = &err else { panic!("{err:?}") };
+        assert!(elapsed < config.timeout, "stopped after {elapsed:?}, by the timeout: {text}");
+        assert!(reason.contains("a new pod failed"), "{text}");
+        assert_eq!(*restored, Some(3), "{text}");
+        assert!(failures.iter().any(|f| f.container == "crash" && f.reason == "CrashLoopBackOff"), "{text}");
+        lock.release().await;
     });
 }
 
@@ -317,7 +429,7 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {{{{ .Release.Names
             assert!(!chart::has_errors(&findings), "{findings:?}");
 
             let lock = DeployLock::acquire(&kube, &ctx, &release, Duration::from_secs(10)).await.unwrap();
-            let dreq = DeployRequest { release: &release, chart: &rendered, config: &config };
+            let dreq = DeployRequest { release: &release, chart: &rendered, config: &config, lock: &lock };
             let mut watch = RolloutWatch::start(&kube, &ns).await.unwrap();
             deploy::upgrade(&dreq, &helm, &kube, &mut watch, &|_| {}).await.unwrap();
             lock.release().await;

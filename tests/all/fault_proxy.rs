@@ -145,3 +145,74 @@ fn handle(client: TcpStream, upstream: &str, faults: &Mutex<Faults>, log: &Log) 
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
 }
+
+/// A TCP proxy (bytes both ways, TLS passes through untouched) that can cut every connection
+/// at once and refuse new ones for a while: an API server whose watches drop (a restart, a
+/// load balancer's idle timeout). Listens on `bind_ip` (the upstream's IP, so its certificate
+/// still matches).
+pub struct TcpFaultProxy {
+    /// `IP:PORT`.
+    pub addr: String,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    refuse: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Connections cut so far.
+    pub cut_count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TcpFaultProxy {
+    /// Starts a proxy to `upstream` (`host:port`).
+    pub fn start(bind_ip: &str, upstream: &str) -> TcpFaultProxy {
+        let listener = TcpListener::bind(format!("{bind_ip}:0")).expect("bind the TCP fault proxy");
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (refuse, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (conns2, refuse2, stop2, upstream) = (conns.clone(), refuse.clone(), stop.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if refuse2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let mut list = conns2.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+                list.push(client);
+                list.push(server);
+            }
+        });
+        TcpFaultProxy { addr, conns, refuse, stop, cut_count: Arc::default() }
+    }
+
+    /// Cuts every open connection and refuses new ones for `outage`.
+    pub fn cut(&self, outage: Duration) {
+        self.refuse.store(true, Ordering::SeqCst);
+        let list = std::mem::take(&mut *self.conns.lock().unwrap());
+        self.cut_count.fetch_add(list.len() / 2, Ordering::SeqCst);
+        for c in list {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        std::thread::sleep(outage);
+        self.refuse.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpFaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}

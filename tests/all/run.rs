@@ -173,9 +173,17 @@ impl Preview {
     /// `prpod ARGS` in the preview's directory, with the registry credentials and a git token in
     /// its environment; asserts neither appears in its output.
     pub fn prpod(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run prpod");
+        assert_no_secrets(&out.stdout, "stdout");
+        assert_no_secrets(&out.stderr, "stderr");
+        out
+    }
+
+    /// The command [`Preview::prpod`] runs, to spawn it.
+    pub fn command(&self, args: &[&str]) -> Command {
         let w = world();
-        let out = Command::new(env!("CARGO_BIN_EXE_prpod"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_prpod"));
+        c.args(args)
             .current_dir(self.dir.path())
             .env_remove("PRPOD_CONFIG")
             .env("KUBECONFIG", &self.kubeconfig)
@@ -187,12 +195,8 @@ impl Preview {
             // operator's explicit choice (without it there is no pull Secret).
             .env("PRPOD_REGISTRY_PULL_WITH_PUSH_CREDENTIALS", "true")
             .env("PRPOD_GIT_TOKEN", w.git.token.expose())
-            .env("PRPOD_GIT_USER", &w.git.user)
-            .output()
-            .expect("run prpod");
-        assert_no_secrets(&out.stdout, "stdout");
-        assert_no_secrets(&out.stderr, "stderr");
-        out
+            .env("PRPOD_GIT_USER", &w.git.user);
+        c
     }
 
     /// The context flags of this PR at `sha`.
@@ -256,7 +260,7 @@ pub fn assert_no_secrets(bytes: &[u8], what: &str) {
     }
 }
 
-fn explain(out: &Output) -> String {
+pub fn explain(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),

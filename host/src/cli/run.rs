@@ -141,7 +141,14 @@ async fn execute(
     reporter: &Reporter,
 ) -> anyhow::Result<u8> {
     let mut report = RunReport::default();
-    let result = line(start, mode, &mut config, env, reporter, &mut report).await;
+    // SIGINT / SIGTERM end the run in a known state (see `crate::shutdown`): guards release the
+    // deploy lock and remove temporary files, Helm is stopped and its rollback waited for.
+    if let Err(e) = crate::shutdown::listen() {
+        tracing::warn!("cannot handle SIGINT/SIGTERM ({e}): a signal kills prpod at once");
+    }
+    let result = crate::shutdown::interruptible(line(start, mode, &mut config, env, reporter, &mut report)).await;
+    // Locks dropped on an error or a signal are released in the background: wait for them.
+    crate::phases::lock::finish_releases().await;
     report.phases = reporter.phases();
     report.findings = Some(reporter.findings());
     if !show_manifests {

@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use serde_json::json;
 
@@ -275,8 +275,11 @@ pub enum Observed {
     Pod(PodView),
     /// A pod is gone.
     PodGone(String),
-    /// Every object of this kind (`Pod`, `Deployment`, `StatefulSet`, `DaemonSet`, `Event`) that
-    /// existed when the watch started has been reported.
+    /// The watch of this kind (`Pod`, `Deployment`, `StatefulSet`, `DaemonSet`, `Event`) is
+    /// (re)listing: every object that exists follows, then `Listed`. After a restart (a 410
+    /// Gone, a dropped connection), what is not listed again is gone.
+    Relisting(&'static str),
+    /// Every object of this kind that existed when the watch (re)started has been reported.
     Listed(&'static str),
     /// A Warning event was recorded.
     Warning(WarningView),
@@ -907,20 +910,32 @@ impl Kube {
     /// labelled `owner=helm,name=RELEASE`, one per revision), without running Helm: a read for
     /// `prpod plan`. `None` when there is no release.
     pub async fn helm_release_state(&self, namespace: &str, release: &str) -> Result<Option<(u32, String)>, KubeError> {
+        Ok(self.helm_release_revisions(namespace, release).await?.into_iter().max_by_key(|(v, _)| *v))
+    }
+
+    /// Every stored revision of Helm release `release` and its status, oldest first (read as
+    /// [`Kube::helm_release_state`] does); empty when there is no release.
+    pub async fn helm_release_revisions(
+        &self,
+        namespace: &str,
+        release: &str,
+    ) -> Result<Vec<(u32, String)>, KubeError> {
         let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), namespace);
         let lp = ListParams::default().labels(&format!("owner=helm,name={release}"));
         let list = api
             .list_metadata(&lp)
             .await
             .map_err(|e| KubeError::from_kube(format!("read release {release} in {namespace}"), e))?;
-        Ok(list
+        let mut revisions: Vec<(u32, String)> = list
             .items
             .iter()
             .filter_map(|s| {
                 let l = s.metadata.labels.as_ref()?;
                 Some((l.get("version")?.parse::<u32>().ok()?, l.get("status")?.clone()))
             })
-            .max_by_key(|(v, _)| *v))
+            .collect();
+        revisions.sort();
+        Ok(revisions)
     }
 
     /// Sets the replicas of Deployment `name` (through its scale subresource).
@@ -939,6 +954,11 @@ impl Kube {
 
     /// Watches workloads, pods and Warning events in `namespace`: first everything that exists,
     /// then every change, until the stream is dropped. A watch, not a polling loop.
+    ///
+    /// Each kind's watch recovers as kube-runtime's watcher does (a 410 Gone relists, a dropped
+    /// connection watches again), with its default backoff between attempts; the failure is
+    /// still reported as an `Err` item, and the stream goes on after it. A relist is reported
+    /// as `Relisting` ... `Listed`, so objects deleted meanwhile can be dropped.
     pub fn watch_namespace(&self, namespace: &str) -> impl Stream<Item = Result<Observed, KubeError>> + Send + 'static {
         let ns = namespace.to_string();
         let wc = watcher::Config::default();
@@ -952,6 +972,7 @@ impl Kube {
             }
         };
         let pods = watcher(Api::<Pod>::namespaced(self.client.clone(), namespace), wc.clone())
+            .default_backoff()
             .map_err(err("pods"))
             .map_ok(|ev| match ev {
                 watcher::Event::Delete(p) => vec![Observed::PodGone(p.metadata.name.unwrap_or_default())],
@@ -959,18 +980,22 @@ impl Kube {
             })
             .boxed();
         let deployments = watcher(Api::<Deployment>::namespaced(self.client.clone(), namespace), wc.clone())
+            .default_backoff()
             .map_err(err("deployments"))
             .map_ok(|ev| observe(ev, "Deployment", |d| Observed::Workload(WorkloadView::from(d))))
             .boxed();
         let statefulsets = watcher(Api::<StatefulSet>::namespaced(self.client.clone(), namespace), wc.clone())
+            .default_backoff()
             .map_err(err("statefulsets"))
             .map_ok(|ev| observe(ev, "StatefulSet", |d| Observed::Workload(WorkloadView::from(d))))
             .boxed();
         let daemonsets = watcher(Api::<DaemonSet>::namespaced(self.client.clone(), namespace), wc.clone())
+            .default_backoff()
             .map_err(err("daemonsets"))
             .map_ok(|ev| observe(ev, "DaemonSet", |d| Observed::Workload(WorkloadView::from(d))))
             .boxed();
         let events = watcher(Api::<KubeEvent>::namespaced(self.client.clone(), namespace), wc.fields("type=Warning"))
+            .default_backoff()
             .map_err(err("events"))
             .map_ok(|ev| observe(ev, "Event", |e| Observed::Warning(warning_of(e))))
             .boxed();
@@ -981,8 +1006,10 @@ impl Kube {
 
     /// Takes the deploy lock of `name` in `namespace` (a `coordination.k8s.io/v1` Lease) for
     /// `holder`, waiting up to `wait` while another live holder has it. A holder that stopped
-    /// renewing for `ttl` is dead and its lease is taken over. Returns whether the lease was
-    /// taken over from a dead holder (so whatever it left half-done may be cleaned up).
+    /// renewing for `ttl` is dead and its lease is taken over. Every write carries the
+    /// resourceVersion it read (a create, or a replace of that version), so of two runs that
+    /// race for one lease exactly one wins. Returns whether the lease was taken over from a dead
+    /// holder (so whatever it left half-done may be cleaned up).
     pub async fn acquire_lease(
         &self,
         namespace: &str,
@@ -1011,7 +1038,9 @@ impl Kube {
                         spec: Some(spec),
                     };
                     match api.create(&pp, &lease).await {
-                        Ok(_) => return Ok(LeaseTaken { previous_holder: None }),
+                        Ok(l) => {
+                            return Ok(LeaseTaken { previous_holder: None, version: version_of(&l) });
+                        }
                         Err(kube::Error::Api(s)) if s.code == 409 => continue,
                         Err(e) => return Err(KubeError::from_kube(&what, e)),
                     }
@@ -1035,12 +1064,16 @@ impl Kube {
                                 after: wait,
                             });
                         }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        // Until the holder releases it (a delete) or its renewals stop; 250 ms
+                        // keeps the successor of a run that just ended close behind it.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
                     }
                     lease.spec = Some(spec);
+                    // `lease` carries the resourceVersion read above: a replace of a lease
+                    // another run changed since is refused (409) and read again.
                     match api.replace(name, &pp, &lease).await {
-                        Ok(_) => return Ok(LeaseTaken { previous_holder: held_by }),
+                        Ok(l) => return Ok(LeaseTaken { previous_holder: held_by, version: version_of(&l) }),
                         Err(kube::Error::Api(s)) if s.code == 409 => continue,
                         Err(e) => return Err(KubeError::from_kube(&what, e)),
                     }
@@ -1049,23 +1082,66 @@ impl Kube {
         }
     }
 
-    /// Renews a held lease (best effort: a failed renewal is logged and retried next time).
-    pub async fn renew_lease(&self, namespace: &str, name: &str, holder: &str) {
+    /// Renews a lease `holder` holds, at resourceVersion `version` (what its last write
+    /// returned): a replace with that version, so a lease another run took over in between is
+    /// never written. Returns the new version, or [`LeaseRenewal::Lost`] naming who holds it
+    /// now (nobody: it was deleted). An `Err` is a failed call: the lease may still be ours.
+    pub async fn renew_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        holder: &str,
+        version: &str,
+    ) -> Result<LeaseRenewal, KubeError> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        let patch = json!({"spec": {"holderIdentity": holder, "renewTime": MicroTime(Timestamp::now())}});
-        if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::warn!("failed to renew the deploy lock {namespace}/{name}: {e}");
+        let what = format!("renew the deploy lock (Lease {namespace}/{name})");
+        let Some(mut lease) = api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))? else {
+            return Ok(LeaseRenewal::Lost { holder: None });
+        };
+        let cur = lease.spec.clone().unwrap_or_default();
+        let held_by = cur.holder_identity.clone().filter(|h| !h.is_empty());
+        if held_by.as_deref() != Some(holder) {
+            return Ok(LeaseRenewal::Lost { holder: held_by });
+        }
+        // The version read must be the one this holder wrote last: anything else means another
+        // writer was in between (who may have taken it and handed it back), and the lock was
+        // not held throughout.
+        if lease.metadata.resource_version.as_deref() != Some(version) {
+            return Ok(LeaseRenewal::Lost { holder: held_by });
+        }
+        lease.spec = Some(LeaseSpec { renew_time: Some(MicroTime(Timestamp::now())), ..cur });
+        let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.replace(name, &pp, &lease).await {
+            Ok(l) => Ok(LeaseRenewal::Renewed { version: version_of(&l) }),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                let now = api.get_opt(name).await.ok().flatten();
+                Ok(LeaseRenewal::Lost { holder: now.and_then(|l| l.spec?.holder_identity).filter(|h| !h.is_empty()) })
+            }
+            Err(e) => Err(KubeError::from_kube(&what, e)),
         }
     }
 
-    /// Releases the lease (deletes it) if `holder` still holds it.
-    pub async fn release_lease(&self, namespace: &str, name: &str, holder: &str) {
+    /// Releases the lease (deletes it) if `holder` still holds it, with the resourceVersion read
+    /// as a precondition, so a lease another run took in between is left alone.
+    pub async fn release_lease(&self, namespace: &str, name: &str, holder: &str) -> Result<(), KubeError> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        if let Ok(Some(l)) = api.get_opt(name).await
-            && l.spec.and_then(|s| s.holder_identity).as_deref() == Some(holder)
-            && let Err(e) = api.delete(name, &DeleteParams::default()).await
-        {
-            tracing::warn!("failed to release the deploy lock {namespace}/{name}: {e}");
+        let what = format!("release the deploy lock (Lease {namespace}/{name})");
+        let Some(l) = api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))? else { return Ok(()) };
+        if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(holder) {
+            return Ok(());
+        }
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: l.metadata.resource_version.clone(),
+                uid: l.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            // Gone already, or no longer the version this holder saw (taken over): not ours.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(KubeError::from_kube(&what, e)),
         }
     }
 }
@@ -1122,6 +1198,27 @@ impl Kube {
 pub struct LeaseTaken {
     /// Who held the lease before (a run that died without releasing it), if anyone.
     pub previous_holder: Option<String>,
+    /// The lease's resourceVersion after this write (what the first renewal must find).
+    pub version: String,
+}
+
+/// The outcome of [`Kube::renew_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRenewal {
+    /// Still held; the lease's resourceVersion after the renewal.
+    Renewed {
+        /// The new resourceVersion.
+        version: String,
+    },
+    /// No longer held by this holder.
+    Lost {
+        /// Who holds it now (`None`: nobody, it was deleted).
+        holder: Option<String>,
+    },
+}
+
+fn version_of(l: &Lease) -> String {
+    l.metadata.resource_version.clone().unwrap_or_default()
 }
 
 fn jiff_secs(s: i64) -> k8s_openapi::jiff::SignedDuration {
@@ -1135,7 +1232,8 @@ fn observe<K>(ev: watcher::Event<K>, kind: &'static str, f: impl Fn(&K) -> Obser
     match ev {
         watcher::Event::Apply(k) | watcher::Event::InitApply(k) => vec![f(&k)],
         watcher::Event::InitDone => vec![Observed::Listed(kind)],
-        watcher::Event::Init | watcher::Event::Delete(_) => vec![],
+        watcher::Event::Init => vec![Observed::Relisting(kind)],
+        watcher::Event::Delete(_) => vec![],
     }
 }
 

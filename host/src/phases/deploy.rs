@@ -12,11 +12,17 @@
 //! - `timeout` passes (e.g. a readiness probe that never passes): the same, with the pods that
 //!   were not ready as evidence.
 //!
-//! The lock is a `coordination.k8s.io/v1` Lease per release in the namespace, renewed while the
-//! deploy runs. A release left `pending-*` by a run that was killed (its Lease expired unrenewed)
-//! is recovered before the upgrade: rolled back to its last good revision, or uninstalled when
-//! it never deployed. A `pending-*` release that no prpod run left behind (no expired Lease) is
-//! not touched: the error says what to run.
+//! - The deploy lock is lost (another run took it: see [`crate::phases::lock`]) or a signal
+//!   comes (SIGINT, SIGTERM): prpod interrupts Helm (SIGTERM, sent from prpod), gives Helm's own
+//!   rollback up to `timeout` to finish, kills it only then, and says the state the release was
+//!   left in — exit 4 for a lost lock, 130/143 for a signal.
+//!
+//! The lock is a `coordination.k8s.io/v1` Lease per release in the namespace ([`DeployLock`]),
+//! renewed with a precondition while the deploy runs and released on every path. A release left
+//! `pending-*` by a run that was killed (its Lease expired unrenewed) is recovered before the
+//! upgrade: rolled back to its last good revision, or uninstalled when it never deployed. A
+//! `pending-*` release that no prpod run left behind (no expired Lease) is not touched: the error
+//! says what to run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,10 +35,12 @@ use crate::clients::kube::{Kube, KubeError};
 use crate::error::{Classify, FailureKind};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::RenderedChart;
+pub use crate::phases::lock::{DeployLock, LockLost};
 use crate::phases::preview;
 pub use crate::phases::rollout::PodFailure;
 use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
 use crate::secret::Secret;
+use crate::shutdown::{self, Interrupted};
 
 /// `[deploy]`: the chart, Helm, the cluster and how long a rollout may take.
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +253,17 @@ pub enum DeployError {
         /// Recent Warning events.
         warnings: Vec<String>,
     },
+    /// The deploy lock was lost before or while Helm ran (exit 4): another run may be deploying.
+    #[error("{lost}: {state}")]
+    LockLost {
+        /// What happened to the lock.
+        lost: LockLost,
+        /// What prpod did about it and the state the release was left in.
+        state: String,
+    },
+    /// A signal stopped the deploy (exit 130 / 143).
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     /// Helm failed.
     #[error(transparent)]
     Helm(#[from] HelmError),
@@ -276,6 +295,8 @@ impl Classify for DeployError {
     fn failure_kind(&self) -> Option<FailureKind> {
         match self {
             DeployError::RolledBack { .. } => Some(FailureKind::RolledBack),
+            DeployError::LockLost { .. } => Some(FailureKind::External),
+            DeployError::Interrupted(i) => Some(FailureKind::Interrupted(i.signal)),
             DeployError::Helm(e) => e.failure_kind(),
             DeployError::Kube(e) => e.failure_kind(),
         }
@@ -333,62 +354,6 @@ pub async fn roll_back(helm: &Helm, deployed: &Release, timeout: Duration) -> Re
     }
 }
 
-/// The deploy lock of one release, renewed in the background until [`DeployLock::release`].
-pub struct DeployLock {
-    kube: Kube,
-    namespace: String,
-    name: String,
-    holder: String,
-    renew: tokio::task::JoinHandle<()>,
-    /// The run that held the lock before and died without releasing it, if any.
-    pub taken_over_from: Option<String>,
-}
-
-/// How long a lock outlives its holder's last renewal.
-const LOCK_TTL: Duration = Duration::from_secs(30);
-
-impl DeployLock {
-    /// Takes the lock of `release` for this run, waiting up to `wait` for another run to finish.
-    pub async fn acquire(
-        kube: &Kube,
-        ctx: &PrContext,
-        release: &ReleaseTarget,
-        wait: Duration,
-    ) -> Result<DeployLock, KubeError> {
-        let name = format!("prpod-deploy-{}", release.name);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let holder = format!("prpod/{}/{}/{}", host.trim(), std::process::id(), ctx.sha.get(..12).unwrap_or(&ctx.sha));
-        let taken = kube.acquire_lease(&release.namespace, &name, &holder, LOCK_TTL, wait).await?;
-        let (k, ns, n, h) = (kube.clone(), release.namespace.clone(), name.clone(), holder.clone());
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(LOCK_TTL / 3).await;
-                k.renew_lease(&ns, &n, &h).await;
-            }
-        });
-        Ok(DeployLock {
-            kube: kube.clone(),
-            namespace: release.namespace.clone(),
-            name,
-            holder,
-            renew,
-            taken_over_from: taken.previous_holder,
-        })
-    }
-
-    /// Releases the lock.
-    pub async fn release(self) {
-        self.renew.abort();
-        self.kube.release_lease(&self.namespace, &self.name, &self.holder).await;
-    }
-}
-
-impl Drop for DeployLock {
-    fn drop(&mut self) {
-        self.renew.abort();
-    }
-}
-
 /// The release's latest revision and its status. Read from the labels of Helm's release Secrets
 /// through the API (no Helm process, ~50 ms less per read); from `helm history` when that finds
 /// nothing or fails (no release yet, another storage driver, no right to list Secrets).
@@ -439,6 +404,11 @@ pub async fn recover_pending(
         }
         .into());
     };
+    // Helm changes the release from here: only while the lock is still this run's.
+    if let Err(lost) = lock.check() {
+        let state = format!("stopped before recovering it; release {name} in namespace {ns} was not changed");
+        return Err(DeployError::LockLost { lost, state }.into());
+    }
     match last_good {
         Some(r) => {
             let mut note = format!(
@@ -542,11 +512,53 @@ pub struct DeployRequest<'a> {
     pub chart: &'a RenderedChart,
     /// Timeouts and evidence settings.
     pub config: &'a DeployConfig,
+    /// The release's deploy lock, held by this run: Helm runs only while it is.
+    pub lock: &'a DeployLock,
+}
+
+/// The revision a failed deploy goes back to, from the release's revisions (number, status)
+/// before it: the latest `deployed` one, else the latest `superseded` one; `None` when none ever
+/// deployed (the release is then uninstalled). A `failed` latest revision is skipped, not
+/// taken as the end of the history.
+pub fn rollback_target(revisions: &[(u32, String)]) -> Option<u32> {
+    let latest = |status: &str| revisions.iter().filter(|(_, s)| s == status).map(|(r, _)| *r).max();
+    latest("deployed").or_else(|| latest("superseded"))
+}
+
+/// The revision to go back to if this deploy fails (see [`rollback_target`]). Read from the
+/// API (Helm's release Secrets' labels) when it answers, else from `helm history`.
+async fn rollback_target_of(helm: &Helm, kube: &Kube, name: &str, ns: &str) -> Result<Option<u32>, HelmError> {
+    let revisions = match kube.helm_release_revisions(ns, name).await {
+        Ok(list) if !list.is_empty() => list,
+        _ => helm.history(name, ns).await?.into_iter().map(|h| (h.revision, h.status)).collect(),
+    };
+    Ok(rollback_target(&revisions))
+}
+
+/// `release X in namespace Y is at revision N (status)`, read now; for messages.
+pub async fn release_state(helm: &Helm, kube: &Kube, release: &ReleaseTarget) -> String {
+    let (name, ns) = (&release.name, &release.namespace);
+    match latest_revision(helm, kube, name, ns).await {
+        Ok(Some((r, status))) if status.starts_with("pending-") => format!(
+            "release {name} in namespace {ns} was left at revision {r} ({status}); the next run recovers it once \
+             its deploy lock has expired"
+        ),
+        Ok(Some((r, status))) => format!("release {name} in namespace {ns} is at revision {r} ({status})"),
+        Ok(None) => format!("release {name} does not exist in namespace {ns}"),
+        Err(e) => format!("the state of release {name} in namespace {ns} is unknown ({e})"),
+    }
+}
+
+/// Why a running Helm was stopped from outside the rollout.
+enum Halt {
+    Lost(LockLost),
+    Signal(shutdown::Signal),
 }
 
 /// `helm upgrade --install` for the rendered chart, watched (through `watch`, started before
 /// this call so the pods that were there before are known) until Helm returns. `note` tells a
-/// person what is going on.
+/// person what is going on. Helm starts only while `req.lock` is held; a lost lock or a signal
+/// interrupts it (see the module docs).
 pub async fn upgrade(
     req: &DeployRequest<'_>,
     helm: &Helm,
@@ -555,7 +567,18 @@ pub async fn upgrade(
     note: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Release, DeployError> {
     let (name, ns) = (&req.release.name, &req.release.namespace);
-    let previous = latest_revision(helm, kube, name, ns).await?.filter(|(_, s)| s == "deployed").map(|(r, _)| r);
+    let previous = rollback_target_of(helm, kube, name, ns).await?;
+
+    // Helm changes the release from here: a signal no longer drops this future (which would
+    // kill Helm mid-write); it is handled below.
+    let _deferred = shutdown::defer();
+    let unchanged = || format!("stopped before Helm ran; release {name} in namespace {ns} was not changed");
+    if let Err(lost) = req.lock.check() {
+        return Err(DeployError::LockLost { lost, state: unchanged() });
+    }
+    if let Some(signal) = shutdown::received() {
+        return Err(Interrupted { signal, state: unchanged() }.into());
+    }
 
     // Helm's own timeout is a backstop: prpod stops the rollout at `timeout` itself, after it has
     // captured the evidence (once Helm rolls back, the failed pods are gone).
@@ -567,36 +590,77 @@ pub async fn upgrade(
     let deadline = tokio::time::Instant::now() + req.config.timeout;
     let started = Instant::now();
     let mut stopped: Option<(String, Vec<PodFailure>)> = None;
-    let mut watch_ok = true;
+    let mut halted: Option<Halt> = None;
+    // Once Helm is asked to stop from outside, its rollback gets `timeout` (what its own
+    // `--rollback-on-failure` / `--atomic` wait allows) before Helm is killed.
+    let rollback_grace = req.config.timeout;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
     let result = loop {
         tokio::select! {
             r = &mut done => break r,
-            o = watch.next(), if watch_ok && stopped.is_none() => match o {
+            o = watch.next(), if stopped.is_none() && halted.is_none() => match o {
                 Some(Ok(())) => {
                     let hard = watch.state.hard_failures(req.config.crash_restarts);
                     if !hard.is_empty() {
                         let what: Vec<String> = hard.iter().map(|h| format!("{} in pod {}", h.reason, h.pod)).collect();
                         note(format!("the rollout cannot succeed ({}): stopping Helm, which rolls back", what.join(", ")));
                         let ev = evidence(kube, ns, hard, req.config.log_lines).await;
-                        interrupt(pid);
+                        signal_helm(pid, rustix::process::Signal::TERM);
                         stopped = Some(("a new pod failed".into(), ev));
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!("watching the rollout failed ({e}); waiting for Helm alone");
-                    watch_ok = false;
-                }
-                None => watch_ok = false,
+                // The watch resumes by itself (see `RolloutWatch::next`); it never ends early.
+                Some(Err(e)) => tracing::debug!("rollout watch: {e}"),
+                None => {}
             },
-            _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+            _ = tokio::time::sleep_until(deadline), if stopped.is_none() && halted.is_none() => {
                 let ev = evidence(kube, ns, watch.state.not_ready(), req.config.log_lines).await;
                 note(format!("the rollout is not done after {}s: stopping Helm, which rolls back", req.config.timeout.as_secs()));
-                interrupt(pid);
+                signal_helm(pid, rustix::process::Signal::TERM);
                 stopped = Some((format!("not ready within {}s, the configured timeout", req.config.timeout.as_secs()), ev));
+            }
+            lost = req.lock.lost(), if halted.is_none() => {
+                note(format!("{lost}: stopping Helm, which rolls back"));
+                signal_helm(pid, rustix::process::Signal::TERM);
+                halted = Some(Halt::Lost(lost));
+                kill_at = Some(tokio::time::Instant::now() + rollback_grace);
+            }
+            s = shutdown::wait(), if halted.is_none() => {
+                note(format!("{s} received: stopping Helm, which rolls back"));
+                signal_helm(pid, rustix::process::Signal::TERM);
+                halted = Some(Halt::Signal(s));
+                kill_at = Some(tokio::time::Instant::now() + rollback_grace);
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
+                note(format!("Helm did not finish its rollback within {}s: killing it", rollback_grace.as_secs()));
+                signal_helm(pid, rustix::process::Signal::KILL);
+                kill_at = None;
+                killed = true;
             }
         }
     };
     tracing::debug!("helm upgrade returned after {:?}", started.elapsed());
+    if let Some(halt) = halted {
+        let what = match &result {
+            Ok(r) => format!("Helm had finished the upgrade (revision {})", r.revision),
+            Err(_) if killed => {
+                format!("Helm did not finish its rollback within {}s and was killed", rollback_grace.as_secs())
+            }
+            Err(HelmError::RolledBack { .. }) => "stopped Helm, which rolled the release back".into(),
+            Err(e) => format!("stopped Helm ({e})"),
+        };
+        let state = format!("{what}; {}", release_state(helm, kube, req.release).await);
+        if state.contains("(pending-") {
+            // Released, the lock would tell the next run that nobody left the release pending
+            // (and it would refuse to touch it); expired, it lets the next run recover it.
+            req.lock.leave_to_expire();
+        }
+        return Err(match halt {
+            Halt::Lost(lost) => DeployError::LockLost { lost, state },
+            Halt::Signal(signal) => Interrupted { signal, state: format!("during the deploy: {state}") }.into(),
+        });
+    }
     match result {
         Ok(r) => Ok(Release {
             name: r.name,
@@ -647,12 +711,13 @@ pub fn rolled_back(
     }
 }
 
-/// Asks Helm to stop (SIGTERM): it cancels its wait and rolls the release back.
-fn interrupt(pid: Option<u32>) {
-    let Some(pid) = pid else { return };
-    // std has no signal API and `unsafe` is denied: `kill(1)` sends it.
-    if let Err(e) = std::process::Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status() {
-        tracing::warn!("failed to interrupt helm (pid {pid}): {e}");
+/// Sends `signal` to Helm: SIGTERM asks it to stop (it cancels its wait and rolls the release
+/// back); SIGKILL ends it.
+fn signal_helm(pid: Option<u32>, signal: rustix::process::Signal) {
+    let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else { return };
+    if let Err(e) = rustix::process::kill_process(pid, signal) {
+        // ESRCH: Helm has just exited, which `done` reports.
+        tracing::debug!("failed to signal helm (pid {}): {e}", pid.as_raw_nonzero());
     }
 }
 
@@ -671,6 +736,18 @@ mod tests {
         let names: Vec<_> = added.iter().map(|o| (o.kind.as_str(), o.name.as_str(), o.namespace.as_deref())).collect();
         assert_eq!(names, vec![("Deployment", "stuck", Some("other")), ("ConfigMap", "web", None)]);
         assert!(added_objects(older, older).is_empty());
+    }
+
+    #[test]
+    fn a_failed_latest_revision_is_skipped_for_the_last_deployed_one() {
+        let r =
+            |list: &[(u32, &str)]| rollback_target(&list.iter().map(|(n, s)| (*n, s.to_string())).collect::<Vec<_>>());
+        assert_eq!(r(&[(1, "superseded"), (2, "deployed"), (3, "failed")]), Some(2));
+        assert_eq!(r(&[(1, "deployed"), (2, "failed"), (3, "failed")]), Some(1));
+        assert_eq!(r(&[(1, "superseded"), (2, "failed")]), Some(1));
+        assert_eq!(r(&[(1, "superseded"), (2, "superseded"), (3, "deployed")]), Some(3));
+        assert_eq!(r(&[(1, "failed")]), None);
+        assert_eq!(r(&[]), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod build;
 pub mod chart;
 pub mod context;
 pub mod deploy;
+pub mod lock;
 pub mod preview;
 pub mod push;
 pub mod rollout;
@@ -550,8 +551,17 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
         }
         preview::Claimed::Ours => {}
     }
+    let (name, ns) = (&release.name, &release.namespace);
+    crate::shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
+    // Released on every path: explicitly below, by its drop on an error or a signal.
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
-    if let Some(note) = deploy::recover_pending(&helm, &kube, release, &lock, dc.timeout).await? {
+    let recovered = {
+        // A Helm rollback runs to its end, even when a signal comes meanwhile.
+        let _deferred = crate::shutdown::defer();
+        deploy::recover_pending(&helm, &kube, release, &lock, dc.timeout).await?
+    };
+    if let Some(note) = recovered {
+        crate::shutdown::note_release(format!("{note}; release {name} in namespace {ns} was not upgraded"));
         phase.note(note);
     }
     let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
@@ -560,9 +570,13 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
         release.name,
         helm.version()
     ));
-    let dreq = deploy::DeployRequest { release, chart: &rendered, config: dc };
+    let dreq = deploy::DeployRequest { release, chart: &rendered, config: dc, lock: &lock };
     let note = |m: String| phase.note(m);
     let deployed = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &note).await?;
+    crate::shutdown::note_release(format!(
+        "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
+        deployed.revision
+    ));
     phase.finish(format!(
         "release {} revision {} in namespace {} ({})",
         deployed.name, deployed.revision, deployed.namespace, deployed.chart
@@ -583,11 +597,29 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     out.findings.extend(after);
     if !settled.failures.is_empty() || errors > 0 {
         let failures = rollout::evidence(&kube, &release.namespace, settled.failures.clone(), dc.log_lines).await;
-        let restored = deploy::roll_back(&helm, &deployed, dc.timeout).await?;
-        phase.note(match restored {
-            Some(r) => format!("rolled back to revision {r}"),
-            None => "uninstalled the failed first install".into(),
-        });
+        // Another run holding the lock now may be deploying: a rollback would undo its work.
+        if let Err(lost) = lock.check() {
+            return Err(deploy::DeployError::LockLost {
+                lost,
+                state: format!(
+                    "the verify of revision {} failed and it was not rolled back; {}",
+                    deployed.revision,
+                    deploy::release_state(&helm, &kube, release).await
+                ),
+            }
+            .into());
+        }
+        let restored = {
+            let _deferred = crate::shutdown::defer();
+            deploy::roll_back(&helm, &deployed, dc.timeout).await?
+        };
+        let back = match (restored, deployed.previous_revision) {
+            (Some(r), Some(to)) if r != to => format!("rolled back to revision {to} (now serving as revision {r})"),
+            (Some(r), _) => format!("rolled back to revision {r}"),
+            (None, _) => "uninstalled the failed first install".into(),
+        };
+        crate::shutdown::note_release(format!("release {name} in namespace {ns}: its verify failed and it was {back}"));
+        phase.note(back);
         lock.release().await;
         if !failures.is_empty() {
             return Err(deploy::rolled_back(

@@ -114,6 +114,8 @@ pub struct Rollout {
     pub warnings: Vec<WarningView>,
     /// Pull attempts by (pod, container).
     pulls: HashMap<(String, String), PullState>,
+    /// Kinds being relisted after a restart of their watch, with the names listed so far.
+    relisting: HashMap<&'static str, HashSet<String>>,
 }
 
 impl Rollout {
@@ -123,6 +125,9 @@ impl Rollout {
             Observed::Pod(p) => {
                 if !self.listed.contains("Pod") {
                     self.before.insert(p.name.clone());
+                }
+                if let Some(seen) = self.relisting.get_mut("Pod") {
+                    seen.insert(p.name.clone());
                 }
                 self.gone.remove(&p.name);
                 for c in &p.containers {
@@ -139,14 +144,30 @@ impl Rollout {
             Observed::PodGone(name) => {
                 self.gone.insert(name);
             }
+            Observed::Relisting(k) => {
+                self.relisting.insert(k, HashSet::new());
+            }
             Observed::Listed(k) => {
                 self.listed.insert(k);
+                // After a restarted watch, what was not listed again was deleted meanwhile (its
+                // delete event was lost with the connection).
+                if let Some(seen) = self.relisting.remove(k) {
+                    if k == "Pod" {
+                        let gone: Vec<String> = self.pods.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+                        self.gone.extend(gone);
+                    } else {
+                        self.workloads.retain(|(kind, name), _| kind != k || seen.contains(name));
+                    }
+                }
             }
             Observed::Warning(w) => {
                 self.warnings.retain(|x| !(x.object == w.object && x.reason == w.reason));
                 self.warnings.push(w);
             }
             Observed::Workload(w) => {
+                if let Some(seen) = self.relisting.get_mut(w.kind.as_str()) {
+                    seen.insert(w.name.clone());
+                }
                 self.workloads.insert((w.kind.clone(), w.name.clone()), w);
             }
         }
@@ -276,14 +297,20 @@ impl RolloutWatch {
         &self.namespace
     }
 
-    /// Waits for the next observation and takes it in; `None` when the watch ended.
+    /// Waits for the next observation and takes it in; `None` when the watch ended. A failed
+    /// watch (a 410 Gone, a dropped connection, an API server restarting) is not an
+    /// observation: the watcher resumes after its backoff and relists what it missed, so this
+    /// logs the failure and keeps waiting; it never returns `Err` (the signature stays for
+    /// callers that match on it).
     pub async fn next(&mut self) -> Option<Result<(), KubeError>> {
-        match self.stream.next().await? {
-            Ok(o) => {
-                self.state.apply(o);
-                Some(Ok(()))
+        loop {
+            match self.stream.next().await? {
+                Ok(o) => {
+                    self.state.apply(o);
+                    return Some(Ok(()));
+                }
+                Err(e) => tracing::info!("{e}; the watch resumes"),
             }
-            Err(e) => Some(Err(e)),
         }
     }
 }
@@ -358,6 +385,26 @@ mod tests {
                 assert_eq!(failures[0].message.as_deref(), Some(eof), "the pull's error, not the back-off's");
             }
         }
+    }
+
+    /// A watch restarted after a 410 Gone or a dropped connection relists: a pod deleted while
+    /// it was down (its delete event lost) is gone, not a live pod to blame or wait for.
+    #[test]
+    fn a_relisted_watch_forgets_what_was_deleted_meanwhile() {
+        let mut r = rollout();
+        r.apply(waiting("CrashLoopBackOff", "back-off"));
+        let Observed::Pod(mut p) = waiting("CrashLoopBackOff", "back-off") else { unreachable!() };
+        p.containers[0].restart_count = 5;
+        r.apply(Observed::Pod(p));
+        assert_eq!(r.hard_failures(2).len(), 1);
+        r.apply(Observed::Relisting("Pod"));
+        let Observed::Pod(mut other) = waiting("ContainerCreating", "") else { unreachable!() };
+        other.name = "web-2".into();
+        r.apply(Observed::Pod(other));
+        r.apply(Observed::Listed("Pod"));
+        assert!(r.hard_failures(2).is_empty(), "web-1 was deleted while the watch was down");
+        assert_eq!(r.live_pods().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["web-2"]);
+        assert!(r.new_pods().any(|p| p.name == "web-2"), "a pod first seen in a relist is new");
     }
 
     #[test]
