@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 ANCHOR=${PRPOD_PR_UPDATE_ANCHOR:-../shared/bench/pr-update-baseline.sh}
-[ -x "$ANCHOR" ] || ANCHOR=/work/shared/bench/pr-update-baseline.sh
+# (the shared/ folder beside this checkout, as CI lays it out; no machine-specific fallback)
+[ -f "$ANCHOR" ] || { echo "no shell anchor at $ANCHOR (shared/ beside this checkout): set PRPOD_PR_UPDATE_ANCHOR" >&2; exit 2; }
 eval "$(scripts/dev-env env)"
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
