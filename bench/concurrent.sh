@@ -50,16 +50,17 @@ for pr in $(seq 1 "$TOTAL"); do
 done
 git_ -C "$W/repo" push -q -f origin "refs/heads/pr/*:refs/heads/pr/*"
 
-# the operator's config: the TLS registry by the name pods and the node use, the world's web
-# image (by the same registry name) as the base image
+# the operator's config: the TLS registry by its loopback name (the node runs on this host and
+# pulls by it too; the gateway name goes through the world's TCP relay, whose connection limit
+# would be measured instead of prpod), the world's web image as the base image
 cat > "$W/prpod.toml" <<EOF
 [source]
 username = "$PRPOD_GIT_USER"
 [registry]
 pull_with_push_credentials = true
 [image]
-repository = "$PRPOD_REGISTRY_TLS_POD/$REPO"
-build_args = { BASE = "${PRPOD_WEB_IMAGE_TLS/#$PRPOD_REGISTRY_TLS/$PRPOD_REGISTRY_TLS_POD}" }
+repository = "$PRPOD_REGISTRY_TLS/$REPO"
+build_args = { BASE = "$PRPOD_WEB_IMAGE_TLS" }
 [build]
 backend = "native"
 [deploy]
@@ -123,16 +124,18 @@ for n in $COUNTS; do
   wall=$(($(now_ms) - t0))
   for pr in $prs; do check_pr "$pr"; done
   for pr in $prs; do cat "$W/result-$pr"; done | python3 -c '
-import sys, statistics as st
+import json, sys, statistics as st
 n, wall = int(sys.argv[1]), int(sys.argv[2])
 rows = [list(map(int, l.split())) for l in sys.stdin if l.strip()]
 for pr, _, ms, kib in rows:
-    print(f"  PR {pr:>3}: {ms / 1000:6.2f} s   prpod peak RSS {kib / 1024:5.1f} MiB")
+    phases = json.load(open(f"{sys.argv[4]}/report-{pr}.json")).get("phases", [])
+    steps = " ".join("%s %.2f" % (p["name"], p["duration_ms"] / 1000) for p in phases)
+    print(f"  PR {pr:>3}: {ms / 1000:6.2f} s   prpod peak RSS {kib / 1024:5.1f} MiB   ({steps})")
 t = [r[2] / 1000 for r in rows]; m = [r[3] / 1024 for r in rows]
 print(f"  wall {wall / 1000:.2f} s; per run median {st.median(t):.2f} s (min {min(t):.2f}, max {max(t):.2f}); "
       f"wall per PR {wall / 1000 / n:.2f} s; peak RSS median {st.median(m):.1f} MiB, max {max(m):.1f} MiB")
 print(f"{n} {wall} {st.median(t):.3f} {max(t):.3f} {st.median(m):.1f} {max(m):.1f}", file=open(sys.argv[3], "a"))
-' "$n" "$wall" "$W/summary"
+' "$n" "$wall" "$W/summary" "$W"
 done
 
 echo
