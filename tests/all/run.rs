@@ -677,11 +677,11 @@ fn role_for(rights: &[&prpod::clients::kube::ApiRight]) -> (String, Vec<&'static
 #[test]
 fn doctor_asks_exactly_the_rights_a_deploy_uses() {
     let w = world();
+    let repo = unique_name("prpod-test/rights");
+    let sha = fake_sha("rights1");
+    let img = build_example(w, &repo, &sha, false);
     for helm3 in [false, true] {
-        let repo = unique_name("prpod-test/rights");
         let p = Preview::new(helm3, &repo, "");
-        let sha = fake_sha("rights1");
-        let img = build_example(w, &repo, &sha, false);
         // The first deploy, as the admin, makes the namespace (as prpod's).
         let out = p.deploy(&img, &sha, &[]);
         assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
