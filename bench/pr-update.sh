@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 ANCHOR=${PRPOD_PR_UPDATE_ANCHOR:-../shared/bench/pr-update-baseline.sh}
-[ -x "$ANCHOR" ] || ANCHOR=/work/shared/bench/pr-update-baseline.sh
+# (the shared/ folder beside this checkout, as CI lays it out; no machine-specific fallback)
+[ -f "$ANCHOR" ] || { echo "no shell anchor at $ANCHOR (shared/ beside this checkout): set PRPOD_PR_UPDATE_ANCHOR" >&2; exit 2; }
 eval "$(scripts/dev-env env)"
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -56,6 +57,9 @@ repository = "$PRPOD_REGISTRY_TLS_POD/bench/prpod-$b"
 build_args = { BASE = "${PRPOD_WEB_IMAGE_TLS/#$PRPOD_REGISTRY_TLS/$PRPOD_REGISTRY_TLS_POD}" }
 [build]
 backend = "$b"
+[registry]
+# the world's one htpasswd user pulls too (a real setup gives pods a read-only credential)
+pull_with_push_credentials = true
 [deploy]
 timeout = "120s"
 set = { terminationGracePeriodSeconds = 1 }

@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-200}; N=${2:-5}; ROUNDS=${3:-3}
 ANCHOR=${PRPOD_PUSH_ANCHOR:-../shared/bench/push-baseline.sh}
-[ -x "$ANCHOR" ] || ANCHOR=/work/shared/bench/push-baseline.sh
+# (the shared/ folder beside this checkout, as CI lays it out; no machine-specific fallback)
+[ -f "$ANCHOR" ] || { echo "no shell anchor at $ANCHOR (shared/ beside this checkout): set PRPOD_PUSH_ANCHOR" >&2; exit 2; }
 eval "$(scripts/dev-env env)"
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 LAYOUT=$WORK/layout

@@ -68,7 +68,7 @@ TOKEN_REALM=https://$POD_GW:$P_TOKEN_AUTH/token
 TOKEN_SERVICE=prpod-dev-env-registry-token          # `service` in the challenge, `aud` in tokens
 TOKEN_ISSUER=prpod-dev-env-ghcr-token-double        # `iss` in tokens
 PAUSE_IMAGE=$REG_PLAIN/pause:$PAUSE_TAG
-# The test web app (built by prpod-test-support on first use, see tests/support/src/fixtures.rs)
+# The web app image on every registry (built by `up`: build_web_images in services.sh)
 WEB_TAG="1"
 WEB_REPO=prpod-test/web
 WEB_PORT=8080

@@ -31,6 +31,7 @@ containerd              daemon 4     20      -                          start_co
 kubelet                 daemon 5     90      P_KUBELET,P_KUBELET_HZ     start_kubelet             probe_kubelet              -
 kube-proxy              daemon 5     30      P_PROXY_HZ,P_PROXY_METRICS start_kube_proxy          probe_kube_proxy           stop_kube_proxy
 cluster-ready           step   6     60      -                          cluster_ready             probe_cluster_ready        -
+web-images              step   6     300     -                          build_web_images          probe_web_images           -
 '
 
 # rows : the table without comments, one row per line
@@ -135,7 +136,7 @@ probe_kube_scheduler() { curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$P
 
 # ---- the node --------------------------------------------------------------------------------
 # The pause image the node's sandboxes run: infrastructure, so built here (test fixtures such as
-# the web app are built by prpod-test-support). From the same source tree as the binaries.
+# the web app are built by build_web_images below). From the same source tree as the binaries.
 build_pause_image() {
   local dir=$W/images/pause
   mkdir -p "$dir"
@@ -246,4 +247,62 @@ probe_cluster_ready() {
   [ "$(kc get endpoints kubernetes -o jsonpath='{.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}')" = "$POD_GW:$P_API" ] &&
     kc get secret -n default -o name | grep -q 'default-token' &&
     guard_rules_present
+}
+
+# ---- what the world's users find in it -------------------------------------------------------
+# The web app image on registries A, B and C, as $PRPOD_WEB_IMAGE_{PLAIN,TLS,TOKEN}: the base
+# image of the quick start, the benches and the tests. busybox-static's `httpd` in a FROM scratch
+# image: `GET /` answers $WEB_BODY; `GET /cgi-bin/greeting` answers the container's GREETING
+# variable, so a test can tell its own pod from another; busybox's applets (`sh`, `wget` with
+# `ssl_client`) make it a probe pod too.
+# The one implementation: `up` runs it, and prpod-test-support runs it through
+# `scripts/dev-env web-images` (a no-op once done), so a world that is up has it whoever started
+# it. Built once per world: the marker lives in the runtime dir, which `down` deletes with the
+# registries' data; a lock serialises callers that start together.
+WEB_MARKER=$W/fixtures/web-image.done
+build_web_images() {
+  [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static (scripts/dev-env up installs it)"
+  mkdir -p "$W/fixtures" "$LOGS"
+  ( flock 7 && { [ -f "$WEB_MARKER" ] || make_web_images; } ) 7>"$W/fixtures/web-image.lock" >>"$LOGS/web-images.log" 2>&1 ||
+    { tail_log web-images; die "building/pushing the web image failed (log: $LOGS/web-images.log)"; }
+}
+make_web_images() {
+  local tmp ctx rc plain=$REG_PLAIN/$WEB_REPO:$WEB_TAG
+  local B=(buildah --root "$W/buildah/root" --runroot "$W/buildah/runroot" --storage-driver vfs)
+  tmp=$(mktemp -d "$W/fixtures/web-image.XXXXXX") || return 1
+  ctx=$tmp/context
+  # (errexit does not apply behind `||`: every step is chained)
+  mkdir -p "$ctx/www/cgi-bin" "$tmp/cni" &&
+  cp /bin/busybox "$ctx/busybox" &&
+  printf '%s\n' "$WEB_BODY" > "$ctx/www/index.html" &&
+  cat > "$ctx/www/cgi-bin/greeting" <<'CGI' &&
+#!/bin/sh
+printf "Content-Type: text/plain\r\n\r\n%s\n" "${GREETING:-}"
+CGI
+  chmod 755 "$ctx/www/cgi-bin/greeting" &&
+  cat > "$ctx/Containerfile" <<EOF &&
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY www /www
+EXPOSE $WEB_PORT
+CMD ["/bin/busybox", "httpd", "-f", "-p", "$WEB_PORT", "-h", "/www"]
+EOF
+  # chroot isolation and an empty CNI dir: RUN creates no network, bridge or iptables chain
+  "${B[@]}" bud --isolation chroot -q --cni-config-dir "$tmp/cni" -t "$plain" "$ctx" &&
+  "${B[@]}" push -q --tls-verify=false "$plain" &&
+  "${B[@]}" push -q --cert-dir "$SEC/registry-certs.d" --authfile "$SEC/registry-auth.json" \
+    "$plain" "docker://$REG_TLS/$WEB_REPO:$WEB_TAG" &&
+  "${B[@]}" push -q --cert-dir "$SEC/registry-certs.d" --authfile "$SEC/registry-token-auth.json" \
+    "$plain" "docker://$REG_TOKEN/$WEB_REPO:$WEB_TAG" &&
+  printf '%s\n' "$plain" "$REG_TLS/$WEB_REPO:$WEB_TAG" "$REG_TOKEN/$WEB_REPO:$WEB_TAG" > "$WEB_MARKER"
+  rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+# (the marker is written after the last push; registry A is asked for the image itself)
+probe_web_images() {
+  [ -f "$WEB_MARKER" ] &&
+    curl -sf --max-time 2 -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+      -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$REG_PLAIN/v2/$WEB_REPO/manifests/$WEB_TAG"
 }

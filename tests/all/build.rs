@@ -120,6 +120,9 @@ pub(crate) fn ok(out: &Output) -> Value {
 fn skopeo_digest(r: &Registry, image: &str) -> Result<String, String> {
     let mut c = Command::new("skopeo");
     c.args(["inspect", "--raw"]);
+    if !r.is_tls() {
+        c.arg("--tls-verify=false");
+    }
     if let Some(d) = &r.cert_dir {
         c.arg("--cert-dir").arg(d);
     }
@@ -188,6 +191,24 @@ fn native_build_of_the_example_pushes_pr_tags_to_the_tls_registry() {
     assert_eq!(again["image"]["digest"], digest.as_str());
     assert_eq!(again["layers"]["bytes_uploaded"], 0, "{again:#}");
     assert_eq!(again["layers"]["pushed"], 0);
+}
+
+/// Fork and Dependabot runs get empty secrets: an empty `PRPOD_REGISTRY_PASSWORD` (and user)
+/// counts as unset, so a push to a registry that needs no credentials works as without them.
+#[test]
+fn an_empty_registry_password_counts_as_unset() {
+    let w = world();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("emptypw")));
+    let image = w.registry_plain.image(&format!("acme/{}", unique_name("web")));
+    let mut run = Runner::new(w);
+    run.set("PRPOD_REGISTRY_PASSWORD", "");
+    run.set("PRPOD_REGISTRY_USER", "");
+    run.set("PRPOD_REGISTRY_PLAIN_HTTP", &w.registry_plain.host);
+    let base = format!("BASE={}", w.web_image_plain);
+    let args = ["--repo-url", &url, "--pr", "11", "--branch", "main", "--sha", &sha, "--image", &image];
+    let v = ok(&run.build(&[&args[..], &["--build-arg", &base, "--backend", "native"]].concat()));
+    assert_pushed(&w.registry_plain, &v, &image, 11, "br-main", &sha);
 }
 
 #[test]
@@ -582,6 +603,105 @@ fn a_redirecting_git_server_never_passes_the_token_on() {
         let msg = err.to_string();
         assert!(msg.contains("redirect") && !msg.contains(token.expose()), "{msg}");
     }
+}
+
+/// `git http-backend` as a CGI behind an [`HttpDouble`], with the client's `Git-Protocol` header
+/// dropped: the server speaks protocol v0, which refuses a `want` of a commit no ref advertises
+/// (as many self-hosted forges do), so prpod must fall back to fetching the branch.
+fn protocol_v0_git_server(root: PathBuf) -> HttpDouble {
+    HttpDouble::start(move |r| {
+        use std::io::Write;
+        let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+        let mut cgi = Command::new("git");
+        cgi.arg("http-backend")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GIT_PROJECT_ROOT", &root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", &r.method)
+            .env("PATH_INFO", path)
+            .env("QUERY_STRING", query)
+            .env("CONTENT_TYPE", r.header("content-type").unwrap_or(""))
+            .env("CONTENT_LENGTH", r.body.len().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(e) = r.header("content-encoding") {
+            cgi.env("HTTP_CONTENT_ENCODING", e);
+        }
+        let mut child = cgi.spawn().expect("start git http-backend");
+        child.stdin.take().unwrap().write_all(&r.body).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let split = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").expect("CGI headers");
+        let mut answer = Answer::status(200).body(out.stdout[split + 4..].to_vec());
+        for line in String::from_utf8_lossy(&out.stdout[..split]).split("\r\n") {
+            let Some((k, v)) = line.split_once(':') else { continue };
+            match k.trim() {
+                "Status" => answer.status = v.trim()[..3].parse().unwrap(),
+                k => answer = answer.header(k, v.trim()),
+            }
+        }
+        answer
+    })
+}
+
+/// A commit more than `depth` + 100 commits behind the branch tip, on a server that refuses
+/// fetches by SHA: the branch is fetched at depth 1, deepened by 100, then unshallowed — the
+/// last step used to be skipped (it looked for `.git/shallow` in the bare clone cache), so the
+/// commit was reported unknown.
+#[test]
+fn an_old_commit_is_fetched_whole_when_the_server_refuses_fetch_by_sha() {
+    use prpod::clients::git::{GitError, Repo, Timeouts};
+    let served = TempDir::new("git-v0");
+    let bare = served.path().join("acme/deep.git");
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}: {}", prpod_test_support::describe(c), stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
+    // 130 commits on main, written in one go
+    let mut stream = String::new();
+    for i in 1..=130 {
+        let msg = format!("commit {i}\n");
+        let content = format!("{i}\n");
+        stream.push_str(&format!(
+            "commit refs/heads/main\ncommitter t <t@prpod.invalid> {} +0000\ndata {}\n{msg}M 644 inline f\ndata {}\n{content}\n",
+            1_700_000_000 + i,
+            msg.len(),
+            content.len()
+        ));
+    }
+    let mut fi = Command::new("git");
+    fi.arg("--git-dir").arg(&bare).args(["fast-import", "--quiet"]);
+    let out = prpod_test_support::run_with_stdin(&mut fi, stream.as_bytes());
+    assert!(out.status.success(), "fast-import: {}", stderr(&out));
+    let old = ok(Command::new("git").arg("--git-dir").arg(&bare).args(["rev-parse", "main~125"]));
+
+    let server = protocol_v0_git_server(served.path().to_path_buf());
+    let url = format!("{}/acme/deep.git", server.url());
+    let dir = TempDir::new("deep-clone");
+    let timeouts = Timeouts { connect: Duration::from_secs(20), stall: Duration::from_secs(20) };
+    let repo = Repo::new(&dir.path().join("cache.git"), None, timeouts);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    rt.block_on(async {
+        repo.init_bare().await?;
+        repo.fetch_commit(&url, &old, 1, &["refs/heads/main".into()]).await?;
+        assert!(!repo.is_shallow().await?, "the cache is still shallow after --unshallow");
+        repo.checkout_into(&work, &old).await
+    })
+    .unwrap_or_else(|e: GitError| panic!("fetching {old} (125 commits behind main) failed: {e}"));
+    assert_eq!(std::fs::read_to_string(work.join("f")).unwrap(), "5\n");
+    // Four fetches (each starts with the ref advertisement): by SHA (refused), the branch at depth
+    // 1, --deepen=100, --unshallow.
+    let fetches = server.seen().iter().filter(|r| r.method == "GET" && r.path.contains("/info/refs")).count();
+    assert_eq!(
+        fetches,
+        4,
+        "{:?}",
+        server.seen().iter().map(|r| format!("{} {}", r.method, r.path)).collect::<Vec<_>>()
+    );
 }
 
 /// A fake `helm` (named by PRPOD_HELM) that writes its environment to `dump` and answers

@@ -543,52 +543,9 @@ fn doctor_names_missing_rights_and_passes_as_admin() {
         let out = w.kubectl(["get", "serviceaccount", "default", "-n", &p.ns, "-o", "jsonpath={.secrets[0].name}"]);
         (out.status.success() && !out.stdout.is_empty()).then_some(())
     });
-    w.kubectl_apply(
-        &p.ns,
-        &format!(
-            r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: ci}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: read-only}}
-rules:
-  - apiGroups: ["", "apps"]
-    resources: ["pods", "services", "deployments", "secrets", "events"]
-    verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: ci-read-only}}
-subjects: [{{kind: ServiceAccount, name: ci, namespace: {ns}}}]
-roleRef: {{kind: Role, name: read-only, apiGroup: rbac.authorization.k8s.io}}
-"#,
-            ns = p.ns
-        ),
-    );
-    let secret =
-        prpod_test_support::wait_for("the ci ServiceAccount token", std::time::Duration::from_secs(30), || {
-            let out = w.kubectl(["get", "serviceaccount", "ci", "-n", &p.ns, "-o", "jsonpath={.secrets[0].name}"]);
-            (out.status.success() && !out.stdout.is_empty()).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        });
-    let token = w.kubectl_ok(["get", "secret", &secret, "-n", &p.ns, "-o", "jsonpath={.data.token}"]);
-    use base64::Engine;
-    let token = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token.trim()).unwrap()).unwrap();
-    let kc = p.dir.path().join("ci-kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: w, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
-             users: [{{name: ci, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: ci, context: {{cluster: w, user: ci, namespace: {}}}}}]\n\
-             current-context: ci\n",
-            w.kube_api,
-            w.kube_ca.display(),
-            p.ns
-        ),
-    )
-    .unwrap();
-
+    let rules = r#"[{apiGroups: ["", "apps"], resources: ["pods", "services", "deployments", "secrets", "events"],
+              verbs: ["get", "list", "watch"]}]"#;
+    let (kc, token) = service_account(w, &p, "ci", rules, &[]);
     let ci = Preview::new(false, &repo, "").with_kubeconfig(&kc);
     let out = ci.prpod(&["doctor", "--namespace", &p.ns]);
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
@@ -621,6 +578,168 @@ roleRef: {{kind: Role, name: read-only, apiGroup: rbac.authorization.k8s.io}}
         assert!(text.lines().any(|l| l.starts_with('✓') && l.contains(name)), "no passing `{name}` line:\n{text}");
     }
     assert!(text.contains("v1.20.2"), "{text}");
+}
+
+/// A ServiceAccount `name` in the preview's namespace bound to a Role with `rules` (YAML flow
+/// list) and to a ClusterRole granting `namespace_verbs` on that namespace alone (removed with
+/// the returned guard); its kubeconfig (in the preview's directory) and its token.
+fn service_account(w: &World, p: &Preview, name: &str, rules: &str, namespace_verbs: &[&str]) -> (PathBuf, String) {
+    let cluster_name = format!("{}-{name}", p.ns);
+    let mut manifest = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {name}}}
+rules: {rules}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {name}}}
+subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]
+roleRef: {{kind: Role, name: {name}, apiGroup: rbac.authorization.k8s.io}}
+"#,
+        ns = p.ns
+    );
+    if !namespace_verbs.is_empty() {
+        manifest.push_str(&format!(
+            r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {cluster_name}}}
+rules: [{{apiGroups: [""], resources: ["namespaces"], resourceNames: ["{ns}"], verbs: ["{verbs}"]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {cluster_name}}}
+subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]
+roleRef: {{kind: ClusterRole, name: {cluster_name}, apiGroup: rbac.authorization.k8s.io}}
+"#,
+            ns = p.ns,
+            verbs = namespace_verbs.join("\", \"")
+        ));
+    }
+    w.kubectl_apply(&p.ns, &manifest);
+    let secret = prpod_test_support::wait_for("the ServiceAccount's token", std::time::Duration::from_secs(30), || {
+        let out = w.kubectl(["get", "serviceaccount", name, "-n", &p.ns, "-o", "jsonpath={.secrets[0].name}"]);
+        (out.status.success() && !out.stdout.is_empty()).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let token = w.kubectl_ok(["get", "secret", &secret, "-n", &p.ns, "-o", "jsonpath={.data.token}"]);
+    use base64::Engine;
+    let token = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token.trim()).unwrap()).unwrap();
+    let kc = p.dir.path().join(format!("{name}-kubeconfig"));
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: w, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
+             users: [{{name: {name}, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: {name}, context: {{cluster: w, user: {name}, namespace: {}}}}}]\n\
+             current-context: {name}\n",
+            w.kube_api,
+            w.kube_ca.display(),
+            p.ns
+        ),
+    )
+    .unwrap();
+    (kc, token)
+}
+
+/// Removes the cluster-scoped RBAC objects [`service_account`] made, on drop.
+struct ClusterRbac(String);
+
+impl Drop for ClusterRbac {
+    fn drop(&mut self) {
+        let _ = world().kubectl(["delete", "clusterrolebinding,clusterrole", &self.0, "--ignore-not-found"]);
+    }
+}
+
+/// The rights in `rights` as Role rules (YAML flow list), namespaces left out; and the verbs on
+/// `namespaces`.
+fn role_for(rights: &[&prpod::clients::kube::ApiRight]) -> (String, Vec<&'static str>) {
+    let mut rules = Vec::new();
+    let mut ns_verbs = Vec::new();
+    for r in rights {
+        if r.resource == "namespaces" {
+            ns_verbs.push(r.verb);
+            continue;
+        }
+        let res = match r.subresource {
+            Some(s) => format!("{}/{s}", r.resource),
+            None => r.resource.to_string(),
+        };
+        rules.push(format!("{{apiGroups: [\"{}\"], resources: [\"{res}\"], verbs: [\"{}\"]}}", r.group, r.verb));
+    }
+    (format!("[{}]", rules.join(", ")), ns_verbs)
+}
+
+/// doctor and deploy follow one list of rights: a ServiceAccount whose Role holds exactly the
+/// rows `run_rights` gives (namespace present, no Ingress, the Helm in use) deploys with Helm 4
+/// and Helm 3, and doctor passes; the same Role less `get endpoints` (the verify phase's check
+/// that the Service routes to a ready pod) makes doctor fail naming it — and the deploy fails
+/// too, where doctor used to pass.
+#[test]
+fn doctor_asks_exactly_the_rights_a_deploy_uses() {
+    let w = world();
+    let repo = unique_name("prpod-test/rights");
+    let sha = fake_sha("rights1");
+    let img = build_example(w, &repo, &sha, false);
+    for helm3 in [false, true] {
+        let p = Preview::new(helm3, &repo, "");
+        // The first deploy, as the admin, makes the namespace (as prpod's).
+        let out = p.deploy(&img, &sha, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+        let rights = prpod::clients::kube::run_rights(true, false, Some(if helm3 { 3 } else { 4 }));
+        let (rules, ns_verbs) = role_for(&rights);
+        let (kc, _) = service_account(w, &p, "deployer", &rules, &ns_verbs);
+        let _cluster = ClusterRbac(format!("{}-deployer", p.ns));
+        let p = p.with_kubeconfig(&kc);
+        let flags = p.pr_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let out = p.prpod(&[&["doctor"][..], &flags].concat());
+        assert_eq!(out.status.code(), Some(0), "helm3={helm3}: doctor fails with the listed rights: {}", explain(&out));
+        let sha2 = fake_sha("rights2");
+        let out = p.deploy(&img, &sha2, &[]);
+        assert_eq!(out.status.code(), Some(0), "helm3={helm3}: a deploy with the listed rights: {}", explain(&out));
+        assert_eq!(json(&out)["revision"], 2);
+        if helm3 {
+            continue;
+        }
+
+        // Less one right the verify phase uses: doctor names it, and the deploy fails too.
+        let less: Vec<_> = rights.iter().copied().filter(|r| !(r.verb == "get" && r.resource == "endpoints")).collect();
+        assert_eq!(less.len() + 1, rights.len());
+        let (rules, _) = role_for(&less);
+        w.kubectl_apply(
+            &p.ns,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: deployer}}\nrules: {rules}\n"
+            ),
+        );
+        let out =
+            prpod_test_support::wait_for("doctor to see the Role change", std::time::Duration::from_secs(20), || {
+                let out = p.prpod(&[&["doctor"][..], &flags].concat());
+                (out.status.code() == Some(1)).then_some(out)
+            });
+        let text = String::from_utf8_lossy(&out.stdout);
+        let missing = text.lines().find(|l| l.contains("missing in namespace")).unwrap_or_default();
+        assert!(
+            missing.contains(&format!("missing in namespace {}: get endpoints (needed for: ", p.ns)),
+            "doctor does not name `get endpoints` alone:\n{text}"
+        );
+        assert!(
+            text.contains("resources: [\"endpoints\"], verbs: [\"get\"]"),
+            "the fix is not the missing rule:\n{text}"
+        );
+        let out = p.deploy(&img, &fake_sha("rights3"), &[]);
+        assert_ne!(out.status.code(), Some(0), "the deploy works without `get endpoints`: {}", explain(&out));
+        assert!(
+            crate::stderr(&out).contains("endpoints"),
+            "the deploy's error does not name endpoints: {}",
+            explain(&out)
+        );
+    }
 }
 
 /// A release left `pending-upgrade` by a killed deploy: without the dead run's lock, prpod leaves

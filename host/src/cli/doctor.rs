@@ -13,7 +13,7 @@ use super::status::release_target;
 use super::{EXIT_FINDINGS, EXIT_OK};
 use crate::clients::child_env::{self, Tool};
 use crate::clients::helm::{Helm, HelmMajor};
-use crate::clients::kube::Kube;
+use crate::clients::kube::{self, Kube};
 use crate::clients::registry::{Credentials, ImageName, RegistryClient};
 use crate::config::{Config, Env};
 use crate::phases::build::Backend;
@@ -68,67 +68,6 @@ async fn version_of(cmd: &str, args: &[&str], tool: Tool) -> Result<String, Stri
     if out.status.success() { Ok(line) } else { Err(line) }
 }
 
-/// One right a deploy needs.
-struct Right {
-    verb: &'static str,
-    group: &'static str,
-    resource: &'static str,
-    subresource: Option<&'static str>,
-    why: &'static str,
-}
-
-const fn r(verb: &'static str, group: &'static str, resource: &'static str, why: &'static str) -> Right {
-    Right { verb, group, resource, subresource: None, why }
-}
-
-/// Every right a deploy of the default chart needs in the namespace (Helm keeps releases in
-/// Secrets; prpod writes the pull Secret, the ServiceAccount's pull secrets, its Lease; watches
-/// workloads, pods and events; reads logs; `status --replicas` scales).
-fn rights(ingress: bool) -> Vec<Right> {
-    let mut v = Vec::new();
-    for verb in ["get", "list", "create", "update", "patch", "delete"] {
-        v.push(r(verb, "", "secrets", "Helm stores releases in Secrets; prpod writes the pull Secret"));
-    }
-    for verb in ["get", "create", "patch"] {
-        v.push(r(verb, "", "serviceaccounts", "the pull Secret is attached to the default ServiceAccount"));
-    }
-    for verb in ["get", "create", "update", "patch", "delete"] {
-        v.push(r(verb, "coordination.k8s.io", "leases", "the deploy lock"));
-    }
-    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
-        v.push(r(verb, "apps", "deployments", "the chart's Deployment"));
-    }
-    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
-        v.push(r(verb, "", "services", "the chart's Service"));
-    }
-    if ingress {
-        for verb in ["get", "list", "create", "update", "patch", "delete"] {
-            v.push(r(verb, "networking.k8s.io", "ingresses", "the chart's Ingress"));
-        }
-    }
-    for verb in ["list", "watch"] {
-        v.push(r(verb, "apps", "statefulsets", "watching the rollout"));
-        v.push(r(verb, "apps", "daemonsets", "watching the rollout"));
-        v.push(r(verb, "", "pods", "watching the rollout"));
-        v.push(r(verb, "", "events", "Warning events for the verifiers"));
-    }
-    v.push(Right {
-        verb: "get",
-        group: "",
-        resource: "pods",
-        subresource: Some("log"),
-        why: "quoting a failing container's log",
-    });
-    v.push(Right {
-        verb: "patch",
-        group: "apps",
-        resource: "deployments",
-        subresource: Some("scale"),
-        why: "prpod status --replicas",
-    });
-    v
-}
-
 /// Runs `prpod doctor`.
 pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
@@ -143,8 +82,14 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
         Err(e) => checks.push(fail("git", format!("not usable: {e}"), "install git (apt-get install git)")),
     }
     let target = config.deploy.kube_target();
+    // (which Helm runs decides some of the rights a deploy needs; unknown: those of both)
+    let mut helm_major = None;
     match Helm::detect(&config.deploy.helm, target.clone()).await {
         Ok(h) => {
+            helm_major = Some(match h.major() {
+                HelmMajor::V4 => 4,
+                HelmMajor::V3 => 3,
+            });
             let how = match h.major() {
                 HelmMajor::V4 => "Helm 4: --rollback-on-failure, server-side apply",
                 HelmMajor::V3 => "Helm 3: --atomic",
@@ -208,7 +153,9 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
                         format!("no target namespace: {e}"),
                         "pass --pr N (the tag-policy names the namespace) or --namespace NS",
                     )),
-                    Ok(ns) => checks.extend(rbac_checks(&kube, &ns, config.app.ingress_host.is_some()).await),
+                    Ok(ns) => {
+                        checks.extend(rbac_checks(&kube, &ns, config.app.ingress_host.is_some(), helm_major).await)
+                    }
                 }
             }
         },
@@ -316,67 +263,86 @@ async fn pull_secret_checks(
     out
 }
 
-async fn rbac_checks(kube: &Kube, ns: &str, ingress: bool) -> Vec<Check> {
-    let mut out = Vec::new();
-    // The namespace itself: read it; create it when missing, label it when there.
-    let exists = kube.namespace_labels(ns).await;
-    let ns_verbs: &[&str] = match &exists {
-        Ok(Some(_)) => &["get", "patch"],
-        _ => &["get", "create"],
+/// Asks the cluster for every right a deploy into `ns` needs — the rows of the one list the run
+/// follows ([`kube::run_rights`]), no more and no fewer — one SelfSubjectAccessReview each.
+async fn rbac_checks(kube: &Kube, ns: &str, ingress: bool, helm_major: Option<u8>) -> Vec<Check> {
+    let exists = match kube.namespace_labels(ns).await {
+        Ok(labels) => labels.is_some(),
+        // (not allowed to read it: that is the first missing right below; a run would create it)
+        Err(_) => false,
     };
-    let mut missing = Vec::new();
-    for verb in ns_verbs {
-        match kube.can_i(None, verb, "", "namespaces", None, Some(ns)).await {
+    let list = kube::run_rights(exists, ingress, helm_major);
+    let answers = join_all(list.iter().map(|r| {
+        if r.resource == "namespaces" {
+            kube.can_i(None, r.verb, r.group, r.resource, r.subresource, Some(ns))
+        } else {
+            kube.can_i(Some(ns), r.verb, r.group, r.resource, r.subresource, None)
+        }
+    }))
+    .await;
+    let mut missing: Vec<&kube::ApiRight> = Vec::new();
+    for (r, a) in list.iter().zip(answers) {
+        match a {
             Ok(a) if a.allowed => {}
-            Ok(_) => missing.push(format!("{verb} namespaces/{ns}")),
+            Ok(_) => missing.push(r),
             Err(e) => {
                 return vec![fail(
                     "rbac",
                     e.to_string(),
-                    "prpod needs to create SelfSubjectAccessReviews (every identity may by default)",
+                    "prpod needs to create SelfSubjectAccessReviews (every identity may by default); check the \
+                     cluster's authorization",
                 )];
             }
         }
     }
-    let list = rights(ingress);
-    let answers =
-        join_all(list.iter().map(|r| kube.can_i(Some(ns), r.verb, r.group, r.resource, r.subresource, None))).await;
-    let mut whys = Vec::new();
-    for (r, a) in list.iter().zip(answers) {
-        match a {
-            Ok(a) if a.allowed => {}
-            Ok(_) => {
-                let mut res = r.resource.to_string();
-                if !r.group.is_empty() {
-                    res = format!("{res}.{}", r.group);
-                }
-                if let Some(s) = r.subresource {
-                    res = format!("{res}/{s}");
-                }
-                missing.push(format!("{} {res}", r.verb));
-                if !whys.contains(&r.why) {
-                    whys.push(r.why);
-                }
+    if missing.is_empty() {
+        return vec![ok("rbac", format!("every right a deploy needs in namespace {ns} ({} checked)", list.len()))];
+    }
+    let named: Vec<String> = missing
+        .iter()
+        .map(|r| {
+            if r.resource == "namespaces" {
+                format!("{} namespaces/{ns}", r.verb)
+            } else {
+                format!("{} {}", r.verb, r.resource_name())
             }
-            Err(e) => return vec![fail("rbac", e.to_string(), "check the cluster's authorization")],
+        })
+        .collect();
+    let mut whys: Vec<&str> = Vec::new();
+    for r in &missing {
+        if !whys.contains(&r.why) {
+            whys.push(r.why);
         }
     }
-    if missing.is_empty() {
-        out.push(ok(
-            "rbac",
-            format!("every right a deploy needs in namespace {ns} ({} checked)", list.len() + ns_verbs.len()),
-        ));
-    } else {
-        out.push(fail(
-            "rbac",
-            format!("missing in namespace {ns}: {} (needed for: {})", missing.join(", "), whys.join("; ")),
-            format!(
-                "bind prpod's identity to a Role in {ns} granting them, e.g. `kubectl create role prpod-deploy -n {ns} \
-                 --verb=get,list,watch,create,update,patch,delete --resource=secrets,serviceaccounts,services,\
-                 deployments.apps,deployments.apps/scale,statefulsets.apps,daemonsets.apps,pods,pods/log,events,\
-                 leases.coordination.k8s.io` and a RoleBinding (namespaces need a ClusterRole)"
-            ),
-        ));
+    vec![fail(
+        "rbac",
+        format!("missing in namespace {ns}: {} (needed for: {})", named.join(", "), whys.join("; ")),
+        format!(
+            "bind prpod's identity to a Role in {ns} with these rules (namespaces need a ClusterRole): {}",
+            role_rules(&missing)
+        ),
+    )]
+}
+
+/// The rights as RBAC rules, one per API group and resource: `{apiGroups: ["apps"], resources:
+/// ["deployments"], verbs: ["get", "list"]}`.
+fn role_rules(rights: &[&kube::ApiRight]) -> String {
+    let mut rules: Vec<(&str, String, Vec<&str>)> = Vec::new();
+    for r in rights {
+        let resource = match r.subresource {
+            Some(s) => format!("{}/{s}", r.resource),
+            None => r.resource.to_string(),
+        };
+        match rules.iter_mut().find(|(g, res, _)| *g == r.group && *res == resource) {
+            Some((_, _, verbs)) => verbs.push(r.verb),
+            None => rules.push((r.group, resource, vec![r.verb])),
+        }
     }
-    out
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(g, res, verbs)| {
+            format!("{{apiGroups: [\"{g}\"], resources: [\"{res}\"], verbs: [\"{}\"]}}", verbs.join("\", \""))
+        })
+        .collect();
+    format!("[{}]", rules.join(", "))
 }

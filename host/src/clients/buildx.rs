@@ -323,8 +323,8 @@ mod tests {
 
     fn request(bake: bool) -> BuildRequest {
         BuildRequest {
-            context_dir: "/work/checkout".into(),
-            dockerfile: "/work/checkout/Dockerfile".into(),
+            context_dir: "/ci/checkout".into(),
+            dockerfile: "/ci/checkout/Dockerfile".into(),
             build_args: [("PRPOD_GIT_SHA".to_string(), "0123456789abcdef0123456789abcdef01234567".to_string())].into(),
             platform: "linux/amd64".into(),
             repository: "ghcr.io/acme/web".into(),
@@ -332,7 +332,7 @@ mod tests {
             cache_from: vec!["cache-feature-login".into(), "cache-main".into()],
             cache_to: Some("cache-feature-login".into()),
             provenance: "false".into(),
-            bake_file: bake.then(|| "/work/checkout/docker-bake.hcl".into()),
+            bake_file: bake.then(|| "/ci/checkout/docker-bake.hcl".into()),
             bake_target: bake.then(|| "web".into()),
             metadata_file: "/tmp/prpod-x/metadata.json".into(),
         }

@@ -398,6 +398,13 @@ impl Repo {
         Ok(())
     }
 
+    /// Whether the repository is shallow (some commits' parents are missing).
+    pub async fn is_shallow(&self) -> Result<bool, GitError> {
+        let out =
+            self.git_ok(&["rev-parse", "--is-shallow-repository"], "check whether the clone cache is shallow").await?;
+        Ok(out.trim() == "true")
+    }
+
     /// Whether the commit is already in the repository.
     pub async fn has_commit(&self, sha: &str) -> bool {
         let arg = format!("{sha}^{{commit}}");
@@ -478,7 +485,9 @@ impl Repo {
                     return Ok(received);
                 }
                 let Some(step) = steps.pop() else { break };
-                if step == Fetch::Unshallow && !self.dir.join(".git/shallow").exists() {
+                // `--unshallow` on a complete repository is an error: ask git, which knows where
+                // the boundary lives (`shallow` in the bare cache, not `.git/shallow`).
+                if step == Fetch::Unshallow && !self.is_shallow().await? {
                     break;
                 }
                 let (out, failure) = self.fetch(url, &refspec, step).await?;

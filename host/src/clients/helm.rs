@@ -432,7 +432,9 @@ impl Helm {
         timeout: Duration,
     ) -> Result<RunningUpgrade, HelmError> {
         let mut cmd = self.command(&["upgrade", "--install", release]);
-        cmd.arg(chart).args(["--namespace", namespace, "--create-namespace", "--wait"]);
+        // (no --create-namespace: prpod has made the namespace, and Helm's would ask the cluster
+        // for `create namespaces` on every first install, also when the namespace exists)
+        cmd.arg(chart).args(["--namespace", namespace, "--wait"]);
         cmd.args(["--timeout", &format!("{}s", timeout.as_secs().max(1))]);
         cmd.arg(match self.major {
             HelmMajor::V4 => "--rollback-on-failure",

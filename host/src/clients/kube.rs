@@ -1237,9 +1237,209 @@ fn observe<K>(ev: watcher::Event<K>, kind: &'static str, f: impl Fn(&K) -> Obser
     }
 }
 
+// ---- the rights a run needs ------------------------------------------------------------------
+
+/// A condition under which a run needs a right of [`RUN_RIGHTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    /// The preview's namespace does not exist yet: prpod creates it.
+    NamespaceAbsent,
+    /// The namespace exists: prpod updates its labels and annotations.
+    NamespacePresent,
+    /// The chart has an Ingress (`[app] ingress_host`).
+    Ingress,
+    /// Helm 3 runs the deploy.
+    Helm3,
+    /// Helm 4 runs the deploy.
+    Helm4,
+}
+
+/// One Kubernetes API right: `verb` on `resource` (of API `group`, `""` for core) in the
+/// preview's namespace — or, for `namespaces`, on the preview's namespace itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRight {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
+    pub verb: &'static str,
+    /// The API group (`""`: core, `apps`, `coordination.k8s.io`, ...).
+    pub group: &'static str,
+    /// The resource, plural (`secrets`, `deployments`).
+    pub resource: &'static str,
+    /// A subresource (`log`), if any.
+    pub subresource: Option<&'static str>,
+    /// Every condition that must hold for a run to need it (none: every run does).
+    pub when: &'static [Needed],
+    /// Which request needs it, for the message that names a missing one.
+    pub why: &'static str,
+}
+
+impl ApiRight {
+    /// `deployments.apps`, `pods/log`: the resource as RBAC rules and `kubectl auth can-i` name it.
+    pub fn resource_name(&self) -> String {
+        let mut r = self.resource.to_string();
+        if !self.group.is_empty() {
+            r = format!("{r}.{}", self.group);
+        }
+        if let Some(s) = self.subresource {
+            r = format!("{r}/{s}");
+        }
+        r
+    }
+}
+
+const fn right(
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    when: &'static [Needed],
+    why: &'static str,
+) -> ApiRight {
+    ApiRight { verb, group, resource, subresource: None, when, why }
+}
+
+const HELM_STORE: &str =
+    "Helm keeps each release revision in a Secret; prpod reads their labels and writes the pull Secret";
+const PULL_SA: &str = "the pull Secret is attached to the namespace's default ServiceAccount";
+const LOCK: &str = "the deploy lock (a Lease per release)";
+const APPLY: &str = "Helm applies, upgrades, rolls back and removes the chart's objects";
+const WATCH: &str = "prpod watches the rollout (workloads, pods, Warning events)";
+const HELM4_WAIT: &str = "Helm 4's --wait watches the release's objects";
+
+/// Every Kubernetes API right a deploy (`prpod run`, `prpod deploy`) uses: the requests this
+/// module's methods make for the deploy and verify phases, and those of the Helm they run
+/// (`upgrade --install --wait` with its rollback, `rollback`, `uninstall`, `history`).
+///
+/// The one list: `prpod doctor` asks the cluster for exactly the rows that apply
+/// ([`run_rights`]); a method that starts making another kind of request adds its row here.
+/// `tests/all/run.rs` deploys as a ServiceAccount whose Role holds only these rights.
+/// (`status --replicas` also needs `patch deployments.apps/scale`; it is not a deploy.)
+pub const RUN_RIGHTS: &[ApiRight] = &[
+    // the namespace ([`Kube::namespace_labels`], [`Kube::ensure_namespace`]); Helm is not asked
+    // to create it
+    right("get", "", "namespaces", &[], "the preview's namespace is read before anything is written"),
+    right("create", "", "namespaces", &[Needed::NamespaceAbsent], "prpod creates the preview's namespace"),
+    right(
+        "patch",
+        "",
+        "namespaces",
+        &[Needed::NamespacePresent],
+        "prpod labels the namespace (repository, PR, commit)",
+    ),
+    // Helm's release storage; the pull Secret ([`Kube::apply_pull_secret`]); the release's
+    // state from the storage's labels ([`Kube::helm_release_state`])
+    right("get", "", "secrets", &[], HELM_STORE),
+    right("list", "", "secrets", &[], HELM_STORE),
+    right("create", "", "secrets", &[], HELM_STORE),
+    right("update", "", "secrets", &[], HELM_STORE),
+    right("patch", "", "secrets", &[], HELM_STORE),
+    right("delete", "", "secrets", &[], HELM_STORE),
+    // [`Kube::attach_pull_secret`]
+    right("get", "", "serviceaccounts", &[], PULL_SA),
+    right("create", "", "serviceaccounts", &[], PULL_SA),
+    right("patch", "", "serviceaccounts", &[], PULL_SA),
+    // [`Kube::acquire_lease`], renewal and release
+    right("get", "coordination.k8s.io", "leases", &[], LOCK),
+    right("create", "coordination.k8s.io", "leases", &[], LOCK),
+    right("update", "coordination.k8s.io", "leases", &[], LOCK),
+    right("patch", "coordination.k8s.io", "leases", &[], LOCK),
+    right("delete", "coordination.k8s.io", "leases", &[], LOCK),
+    // the chart's objects (the default chart: a Deployment, a Service, an Ingress when asked);
+    // [`Kube::delete_release_object`] after an interrupted upgrade
+    right("get", "apps", "deployments", &[], APPLY),
+    right("create", "apps", "deployments", &[], APPLY),
+    right("update", "apps", "deployments", &[], APPLY),
+    right("patch", "apps", "deployments", &[], APPLY),
+    right("delete", "apps", "deployments", &[], APPLY),
+    right("get", "", "services", &[], APPLY),
+    right("create", "", "services", &[], APPLY),
+    right("update", "", "services", &[], APPLY),
+    right("patch", "", "services", &[], APPLY),
+    right("delete", "", "services", &[], APPLY),
+    right("get", "networking.k8s.io", "ingresses", &[Needed::Ingress], APPLY),
+    right("create", "networking.k8s.io", "ingresses", &[Needed::Ingress], APPLY),
+    right("update", "networking.k8s.io", "ingresses", &[Needed::Ingress], APPLY),
+    right("patch", "networking.k8s.io", "ingresses", &[Needed::Ingress], APPLY),
+    right("delete", "networking.k8s.io", "ingresses", &[Needed::Ingress], APPLY),
+    // the rollout watch ([`Kube::watch_namespace`], [`Kube::release_workloads`], [`Kube::pods`],
+    // [`Kube::warnings`]) and the failing container's log ([`Kube::container_logs`])
+    right("list", "apps", "deployments", &[], WATCH),
+    right("watch", "apps", "deployments", &[], WATCH),
+    right("list", "apps", "statefulsets", &[], WATCH),
+    right("watch", "apps", "statefulsets", &[], WATCH),
+    right("list", "apps", "daemonsets", &[], WATCH),
+    right("watch", "apps", "daemonsets", &[], WATCH),
+    right("list", "", "pods", &[], WATCH),
+    right("watch", "", "pods", &[], WATCH),
+    right("list", "", "events", &[], WATCH),
+    right("watch", "", "events", &[], WATCH),
+    ApiRight {
+        verb: "get",
+        group: "",
+        resource: "pods",
+        subresource: Some("log"),
+        when: &[],
+        why: "quoting a failing container's log",
+    },
+    // verify: the preview's address and whether its Services route to a ready pod
+    // ([`Kube::release_services`], [`Kube::ready_endpoints`], [`Kube::release_ingress_hosts`])
+    right("list", "", "services", &[], "the preview's address (its Service)"),
+    right("get", "", "endpoints", &[], "the preview's Services must route to a ready pod"),
+    right("list", "networking.k8s.io", "ingresses", &[], "the preview's address (an Ingress host, when there is one)"),
+    // Helm's own waits
+    right(
+        "list",
+        "apps",
+        "replicasets",
+        &[],
+        "Helm's --wait reads a Deployment's ReplicaSets (Helm 3: the new one's readiness; Helm 4: without them \
+         kstatus leaves the Deployment `Unknown` until the timeout)",
+    ),
+    right("watch", "", "services", &[Needed::Helm4], HELM4_WAIT),
+    right("watch", "networking.k8s.io", "ingresses", &[Needed::Helm4, Needed::Ingress], HELM4_WAIT),
+];
+
+/// The rows of [`RUN_RIGHTS`] a deploy needs: into a namespace that exists or not, with or
+/// without an Ingress, with Helm `helm_major` (3 or 4; `None` when unknown: both).
+pub fn run_rights(namespace_exists: bool, ingress: bool, helm_major: Option<u8>) -> Vec<&'static ApiRight> {
+    let holds = |c: &Needed| match c {
+        Needed::NamespaceAbsent => !namespace_exists,
+        Needed::NamespacePresent => namespace_exists,
+        Needed::Ingress => ingress,
+        Needed::Helm3 => helm_major != Some(4),
+        Needed::Helm4 => helm_major != Some(3),
+    };
+    RUN_RIGHTS.iter().filter(|r| r.when.iter().all(holds)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_rights_follow_the_namespace_the_ingress_and_helm() {
+        let has =
+            |rs: &[&ApiRight], verb: &str, res: &str| rs.iter().any(|r| r.verb == verb && r.resource_name() == res);
+        let fresh = run_rights(false, false, Some(4));
+        assert!(has(&fresh, "create", "namespaces") && !has(&fresh, "patch", "namespaces"));
+        let existing = run_rights(true, false, Some(4));
+        assert!(!has(&existing, "create", "namespaces") && has(&existing, "patch", "namespaces"));
+        // verify reads endpoints and looks for an Ingress host on every run
+        assert!(has(&existing, "get", "endpoints") && has(&existing, "list", "ingresses.networking.k8s.io"));
+        assert!(!has(&existing, "create", "ingresses.networking.k8s.io"));
+        assert!(has(&run_rights(true, true, Some(4)), "create", "ingresses.networking.k8s.io"));
+        assert!(has(&existing, "list", "replicasets.apps"), "both Helms' --wait read ReplicaSets");
+        assert!(has(&existing, "watch", "services") && !has(&run_rights(true, false, Some(3)), "watch", "services"));
+        assert!(has(&run_rights(true, false, None), "watch", "services"), "unknown Helm: the rights of both");
+        assert!(has(&existing, "get", "pods/log"));
+        // no row twice
+        for (i, a) in RUN_RIGHTS.iter().enumerate() {
+            assert!(
+                !RUN_RIGHTS[i + 1..].iter().any(|b| (b.verb, b.resource_name()) == (a.verb, a.resource_name())),
+                "{} {} is listed twice",
+                a.verb,
+                a.resource_name()
+            );
+        }
+    }
 
     #[test]
     fn settled_needs_every_count() {

@@ -1,98 +1,26 @@
-//! Test fixtures on the world's services: the test web image on every registry, and git
-//! repositories published on the git server. `scripts/dev-env up` starts services only; what
-//! tests put into them lives here, in Rust.
+//! Test fixtures on the world's services: the web image on every registry (made by
+//! `scripts/dev-env`, the one implementation), and git repositories published on the git server.
 
 use crate::process::{describe, run, run_ok, run_with_stdin};
-use crate::{GitServer, Registry, TempDir, World};
+use crate::{GitServer, TempDir, World};
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// Makes sure the test web image is on registries A, B and C, under
-/// [`World::web_image_plain`], [`World::web_image_tls`] and [`World::web_image_token`].
+/// Makes sure the web image is on registries A, B and C, under [`World::web_image_plain`],
+/// [`World::web_image_tls`] and [`World::web_image_token`].
 ///
-/// Built once per world: a marker in the world's runtime directory (which `down` deletes with
-/// the registries' data) says it is done; a lock serialises test processes that start together.
+/// `scripts/dev-env up` builds it once per world (the quick start needs it before any test ran);
+/// `scripts/dev-env web-images` is the same step, a no-op once done, for a world an older script
+/// started. One implementation, in the script: the harness does not build its own.
 pub(crate) fn ensure_web_images(w: &World) -> Result<(), String> {
-    let dir = w.run_dir.join("fixtures");
-    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let marker = dir.join("web-image.done");
-    if marker.exists() {
-        return Ok(());
-    }
-    let lock =
-        File::create(dir.join("web-image.lock")).map_err(|e| format!("create lock in {}: {e}", dir.display()))?;
-    lock.lock().map_err(|e| format!("lock {}: {e}", dir.display()))?;
-    if marker.exists() {
-        return Ok(()); // another process built it while this one waited
-    }
-    build_and_push_web_image(w)?;
-    fs::write(&marker, format!("{}\n{}\n{}\n", w.web_image_plain, w.web_image_tls, w.web_image_token))
-        .map_err(|e| format!("write {}: {e}", marker.display()))
-}
-
-/// The web app: busybox-static `httpd` in a `FROM scratch` image. `GET /` answers
-/// [`World::web_body`]; `GET /cgi-bin/greeting` answers the container's `GREETING` variable, so a
-/// test can tell its own pod from another; busybox's applets (`sh`, `wget` with `ssl_client`)
-/// make it a probe pod too.
-fn build_and_push_web_image(w: &World) -> Result<(), String> {
-    let tmp = TempDir::new("web-image");
-    let ctx = tmp.path().join("context");
-    let write = |p: PathBuf, content: &str| fs::write(&p, content).map_err(|e| format!("write {}: {e}", p.display()));
-    fs::create_dir_all(ctx.join("www/cgi-bin")).map_err(|e| format!("create {}: {e}", ctx.display()))?;
-    fs::copy("/bin/busybox", ctx.join("busybox")).map_err(|e| format!("copy /bin/busybox (busybox-static): {e}"))?;
-    write(ctx.join("www/index.html"), &format!("{}\n", w.web_body))?;
-    let cgi = ctx.join("www/cgi-bin/greeting");
-    write(cgi.clone(), "#!/bin/sh\nprintf \"Content-Type: text/plain\\r\\n\\r\\n%s\\n\" \"${GREETING:-}\"\n")?;
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", cgi.display()))?;
-    let port = w.web_port;
-    write(
-        ctx.join("Containerfile"),
-        &format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-             COPY www /www\nEXPOSE {port}\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"{port}\", \"-h\", \"/www\"]\n"
-        ),
-    )?;
-    let cni = tmp.path().join("cni");
-    fs::create_dir_all(&cni).map_err(|e| format!("create {}: {e}", cni.display()))?;
-    // chroot isolation and an empty CNI dir: RUN creates no network, bridge or iptables chain
-    let mut bud = w.buildah();
-    bud.args(["bud", "--isolation", "chroot", "-q", "--cni-config-dir"])
-        .arg(&cni)
-        .args(["-t", &w.web_image_plain])
-        .arg(&ctx);
-    checked(&mut bud)?;
-    let mut push_a = w.buildah();
-    push_a.args(["push", "-q", "--tls-verify=false", &w.web_image_plain]);
-    checked(&mut push_a)?;
-    for (reg, image) in [(&w.registry_tls, &w.web_image_tls), (&w.registry_token, &w.web_image_token)] {
-        let mut push = w.buildah();
-        push.args(["push", "-q"]).args(registry_flags(reg)).arg(&w.web_image_plain).arg(format!("docker://{image}"));
-        checked(&mut push)?;
-    }
-    Ok(())
-}
-
-/// `--cert-dir` and `--authfile` for a TLS registry with credentials (buildah and skopeo).
-fn registry_flags(r: &Registry) -> Vec<PathBuf> {
-    let mut f = Vec::new();
-    if let Some(d) = &r.cert_dir {
-        f.extend([PathBuf::from("--cert-dir"), d.clone()]);
-    }
-    if let Some(a) = &r.authfile {
-        f.extend([PathBuf::from("--authfile"), a.clone()]);
-    }
-    f
-}
-
-fn checked(cmd: &mut Command) -> Result<String, String> {
-    let out = run(cmd);
+    let mut cmd = Command::new(w.repo_root().join("scripts/dev-env"));
+    cmd.arg("web-images");
+    let out = run(&mut cmd);
     if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(())
     } else {
-        Err(format!("{} failed: {}", describe(cmd), String::from_utf8_lossy(&out.stderr)))
+        Err(format!("{} failed: {}", describe(&cmd), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 

@@ -124,7 +124,7 @@ impl RegistryConfig {
 
     /// The credential resolver for a run that pushes to `push_host`: explicit credentials from
     /// `stdin_password` (`--registry-password-stdin`, already read by the CLI), else
-    /// `password_file`, else `password_env` (when that variable is set) bound to `host` (default
+    /// `password_file`, else `password_env` (when that variable is set and not empty) bound to `host` (default
     /// `push_host`); the pull credentials for the same host; a docker config for every host.
     ///
     /// Refused: explicit credentials when `host` names another registry than `push_host` (they
@@ -159,7 +159,9 @@ impl RegistryConfig {
         } else if let Some(f) = &self.password_file {
             let s = PasswordSource::File(f.clone());
             (s.read()?, s.describe())
-        } else if std::env::var_os(&env_name).is_some() || self.password_env.is_some() {
+        } else if std::env::var_os(&env_name).is_some_and(|v| !v.is_empty()) || self.password_env.is_some() {
+            // (an empty variable is unset, like every other: fork and Dependabot runs get empty
+            // secrets, and a registry that needs none is then pushed to without credentials)
             let s = PasswordSource::Env(env_name);
             (s.read()?, s.describe())
         } else {
