@@ -561,21 +561,24 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
     let storage =
         buildah::Storage { root: b.root.clone(), runroot: b.runroot.clone(), driver: b.storage_driver.clone() };
     let tool = Buildah::new(storage, access);
-    // buildah 1.28 reads one cache repository: the first of the policy's cache tags whose
-    // repository exists (the branch's own, else the base branch's).
-    let mut cache_from = None;
-    for tag in &tags.cache_from {
-        let repo = buildah::cache_repository(&image.to_string(), tag);
-        let name = ImageName::parse(&repo).with_context(|| format!("cache repository {repo}"))?.value;
-        if registry.client.has_tags(&name).await? {
-            cache_from = Some(repo);
-            break;
-        }
-    }
     let local = format!("localhost/prpod/{}:build", image.repository());
-    // A machine that built this repository before has its layers locally: writing the registry
-    // cache would push every step again for nobody (see `[build.buildah] cache_to`).
-    let warm = b.cache_to == CacheTo::Auto && tool.has_image(&local).await;
+    // buildah 1.28 reads one cache repository: the first of the policy's cache tags whose
+    // repository exists (the PR's own, else the base branch's). Asked while buildah says whether
+    // this machine built the repository before (its local layers then serve, and writing the
+    // registry cache would push every step again for nobody: `[build.buildah] cache_to`).
+    let find_cache = async {
+        for tag in &tags.cache_from {
+            let repo = buildah::cache_repository(&image.to_string(), tag);
+            let name = ImageName::parse(&repo).with_context(|| format!("cache repository {repo}"))?.value;
+            if registry.client.has_tags(&name).await? {
+                return Ok::<_, anyhow::Error>(Some(repo));
+            }
+        }
+        Ok(None)
+    };
+    let check_warm = async { b.cache_to == CacheTo::Auto && tool.has_image(&local).await };
+    let (cache_from, warm) = tokio::join!(find_cache, check_warm);
+    let cache_from = cache_from?;
     let cache_to = tags.cache_to.as_ref().filter(|_| !warm).map(|t| buildah::cache_repository(&image.to_string(), t));
     match &cache_from {
         Some(r) => phase.note(format!("layer cache from {r}")),

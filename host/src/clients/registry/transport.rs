@@ -111,6 +111,23 @@ fn access_of(scopes: &[String]) -> Access {
 
 impl Transport {
     pub(crate) fn new(opts: RegistryOptions, creds: CredentialResolver) -> Result<Transport, RegistryError> {
+        // One HTTP client per distinct set of options in a process: building one loads the
+        // system's root certificates (hundreds of files, tens of ms), and a run makes several
+        // registry clients (push, pull, the deploy's digest lookup). Credentials are per request,
+        // so clients with other credentials share the connection pool safely.
+        static CLIENTS: std::sync::OnceLock<Mutex<HashMap<String, reqwest::Client>>> = std::sync::OnceLock::new();
+        let key =
+            format!("{:?}|{:?}|{:?}|{:?}", opts.connect_timeout, opts.read_timeout, opts.ca_file, opts.plain_http);
+        let clients = CLIENTS.get_or_init(Default::default);
+        if let Some(http) = clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+            return Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) });
+        }
+        let http = Self::http_client(&opts)?;
+        clients.lock().unwrap_or_else(|p| p.into_inner()).insert(key, http.clone());
+        Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) })
+    }
+
+    fn http_client(opts: &RegistryOptions) -> Result<reqwest::Client, RegistryError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
@@ -138,8 +155,7 @@ impl Transport {
                 attempt.follow()
             }
         }));
-        let http = builder.build().map_err(|e| RegistryError::Config(format!("cannot set up HTTPS: {e}")))?;
-        Ok(Transport { http, opts, creds, hosts: Mutex::new(HashMap::new()) })
+        builder.build().map_err(|e| RegistryError::Config(format!("cannot set up HTTPS: {e}")))
     }
 
     pub(crate) fn credentials_resolver(&self) -> &CredentialResolver {
