@@ -198,6 +198,10 @@ async fn line(
         git_token: phases::source::token(&config.source, env)?,
         registry_password: if password_stdin { Some(read_stdin_secret()?) } else { None },
     };
+    if mode == Mode::Apply {
+        // The chart phase needs the cluster's discovery: read it while the build half runs.
+        phases::prefetch_cluster(&config.deploy.kube_target());
+    }
     let inputs = Inputs { config, context: &context, env, secrets: &secrets, mode };
     let last = match start {
         Start::Build(_) => Phase::Push,

@@ -521,25 +521,9 @@ impl Kube {
         let what = format!("create namespace {name}");
         let existing = api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))?;
         match existing {
-            None => {
-                let ns = Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(name.into()),
-                        labels: Some(labels.clone()),
-                        annotations: Some(annotations.clone()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &ns).await {
-                    Ok(_) => Ok(()),
-                    // Another run created it between our read and our write: label it below.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        self.label_namespace(&api, name, labels, annotations).await
-                    }
-                    Err(e) => Err(KubeError::from_kube(&what, e)),
-                }
-            }
+            // Another run may create it between our read and our write: then label it.
+            None if self.create_namespace(name, labels, annotations).await? => Ok(()),
+            None => self.label_namespace(&api, name, labels, annotations).await,
             Some(ns) => {
                 let have = labels_of(&ns.metadata);
                 let have_ann = ns.metadata.annotations.clone().unwrap_or_default();

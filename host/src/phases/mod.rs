@@ -315,6 +315,41 @@ async fn plan_build(
     Ok(run)
 }
 
+/// A connection and discovery started early ([`prefetch_cluster`]), for one target.
+type Prefetched = tokio::task::JoinHandle<
+    Result<
+        (crate::clients::kube::Kube, Result<chart::ClusterApi, crate::clients::kube::KubeError>),
+        crate::clients::kube::KubeError,
+    >,
+>;
+
+static PREFETCH: std::sync::Mutex<Option<(crate::clients::helm::KubeTarget, Prefetched)>> = std::sync::Mutex::new(None);
+
+/// Starts connecting to the cluster and reading its discovery documents now, so a `run` has
+/// them when its chart phase starts (the build half takes far longer than the ~60 ms they cost).
+/// Nothing is written; a failure here is simply asked again by the chart phase.
+pub fn prefetch_cluster(target: &crate::clients::helm::KubeTarget) {
+    let t = target.clone();
+    let handle = tokio::spawn(async move {
+        let kube = crate::clients::kube::Kube::connect(&t).await?;
+        let api = chart::ClusterApi::discover(&kube).await;
+        Ok((kube, api))
+    });
+    *PREFETCH.lock().unwrap_or_else(|p| p.into_inner()) = Some((target.clone(), handle));
+}
+
+fn take_prefetched(target: &crate::clients::helm::KubeTarget) -> Option<Prefetched> {
+    let mut slot = PREFETCH.lock().unwrap_or_else(|p| p.into_inner());
+    match slot.take() {
+        Some((t, h)) if t == *target => Some(h),
+        Some((_, h)) => {
+            h.abort();
+            None
+        }
+        None => None,
+    }
+}
+
 /// Largest values file prpod hands Helm from the repository.
 pub const MAX_VALUES_BYTES: u64 = 8 << 20;
 
@@ -383,7 +418,13 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let cluster_read = {
         let (target, ns, name, plan) =
             (target.clone(), release.namespace.clone(), release.name.clone(), input.mode == Mode::Plan);
+        let early = (!plan).then(|| take_prefetched(&target)).flatten();
         tokio::spawn(async move {
+            if let Some(early) = early
+                && let Ok(Ok((kube, api))) = early.await
+            {
+                return Some(Ok((kube, api, None)));
+            }
             let read = async move {
                 let kube = Kube::connect(&target).await?;
                 let (api, state) = if plan {
