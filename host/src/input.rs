@@ -748,6 +748,30 @@ const SYMLINK_REFUSED: &str = "it is (or lies below) a symlink, which prpod does
 /// file must be regular (checked on the handle, opened without blocking) and at most `max` bytes.
 /// `root` itself is prpod's own directory and trusted.
 pub fn read_repository_file(root: &Path, rel: &Path, max: u64, what: &str) -> Result<Option<Vec<u8>>, InputError> {
+    let Some((mut file, len)) = open_repository_file(root, rel, max, what)? else { return Ok(None) };
+    let shown = root.join(rel);
+    let io = |source| InputError::Io { what: what.to_string(), path: shown.clone(), source };
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.by_ref().take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(InputError::TooLarge { what: what.to_string(), path: shown, max: human(max) });
+    }
+    Ok(Some(bytes))
+}
+
+/// The checks of [`read_repository_file`] alone, reading nothing: for a file a tool reads itself
+/// (the builder's Dockerfile, Helm's values). `Ok(false)` when it does not exist.
+pub fn check_repository_file(root: &Path, rel: &Path, max: u64, what: &str) -> Result<bool, InputError> {
+    Ok(open_repository_file(root, rel, max, what)?.is_some())
+}
+
+/// Opens `rel` below `root` as [`read_repository_file`] describes; returns it with its size.
+fn open_repository_file(
+    root: &Path,
+    rel: &Path,
+    max: u64,
+    what: &str,
+) -> Result<Option<(std::fs::File, u64)>, InputError> {
     let shown = root.join(rel);
     let refused = |why: String| InputError::Refused { what: what.to_string(), path: rel.to_path_buf(), why };
     let io = |source| InputError::Io { what: what.to_string(), path: shown.clone(), source };
@@ -757,7 +781,7 @@ pub fn read_repository_file(root: &Path, rel: &Path, max: u64, what: &str) -> Re
         Err(e) if is_link_errno(&e) => return Err(refused(SYMLINK_REFUSED.into())),
         Err(e) => return Err(io(e)),
     };
-    let mut file = std::fs::File::from(fd);
+    let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(io)?;
     if !meta.file_type().is_file() {
         return Err(refused("it is not a regular file (a directory, a FIFO, a device or a socket)".into()));
@@ -765,12 +789,7 @@ pub fn read_repository_file(root: &Path, rel: &Path, max: u64, what: &str) -> Re
     if meta.len() > max {
         return Err(InputError::TooLarge { what: what.to_string(), path: shown.clone(), max: human(max) });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.by_ref().take(max + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > max {
-        return Err(InputError::TooLarge { what: what.to_string(), path: shown, max: human(max) });
-    }
-    Ok(Some(bytes))
+    Ok(Some((file, meta.len())))
 }
 
 /// Checks that `rel` inside `root` is a directory reached without following a symlink (the

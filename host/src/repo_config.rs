@@ -130,8 +130,9 @@ pub fn read(dir: &Path, allow_chart: bool) -> Result<Option<RepositoryConfig>, C
 pub fn parse(text: &str, path: &Path, allow_chart: bool) -> Result<RepositoryConfig, ConfigError> {
     let err = |why: String| ConfigError::File { path: path.to_path_buf(), why };
     let table: toml::Table = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-    // Unknown keys and wrong types are reported exactly as for the operator's file.
-    let _: crate::config::Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    // Unknown keys and wrong types are reported exactly as for the operator's file; the values
+    // are taken from this typed reading, the table says which keys the file set.
+    let typed: crate::config::Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
     for (section, value) in &table {
         if section == "app" {
             continue;
@@ -154,27 +155,18 @@ pub fn parse(text: &str, path: &Path, allow_chart: bool) -> Result<RepositoryCon
             }
         }
     }
-    let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).cloned();
-    let path_of = |v: Option<toml::Value>| v.and_then(|v| v.as_str().map(PathBuf::from));
-    let mut out = RepositoryConfig {
+    let set = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).is_some();
+    let (image, deploy) = (typed.image, typed.deploy);
+    Ok(RepositoryConfig {
         path: path.to_path_buf(),
         app: table.get("app").and_then(|a| a.as_table().cloned()),
-        context: path_of(get("image", "context")),
-        dockerfile: path_of(get("image", "dockerfile")),
-        chart: path_of(get("deploy", "chart")),
-        ..RepositoryConfig::default()
-    };
-    if let Some(args) = get("image", "build_args").and_then(|v| v.as_table().cloned()) {
-        for (k, v) in args {
-            // Checked as strings by the typed parse above.
-            out.build_args.insert(k, v.as_str().unwrap_or_default().to_string());
-        }
-    }
-    if let Some(values) = get("deploy", "values").and_then(|v| v.as_array().cloned()) {
-        out.values = Some(values.iter().filter_map(|v| v.as_str().map(PathBuf::from)).collect());
-    }
-    out.set = get("deploy", "set").and_then(|v| v.as_table().cloned());
-    Ok(out)
+        context: set("image", "context").then_some(image.context),
+        dockerfile: set("image", "dockerfile").then_some(image.dockerfile),
+        build_args: image.build_args,
+        chart: deploy.chart,
+        values: set("deploy", "values").then_some(deploy.values),
+        set: set("deploy", "set").then_some(deploy.set),
+    })
 }
 
 #[cfg(test)]

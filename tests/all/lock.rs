@@ -31,6 +31,14 @@ fn slow_preview(delay: u32, extra: &str) -> Preview {
     preview_with(false, &web_chart(delay, true, 0), extra)
 }
 
+/// Makes the slow preview's next revision become ready only after 60 s, so a test can act while
+/// Helm waits for it.
+fn slow_down_next_revision(p: &Preview) {
+    let template = p.dir.path().join("slow/templates/app.yaml");
+    let text = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(&template, text.replace("initialDelaySeconds: 1,", "initialDelaySeconds: 60,")).unwrap();
+}
+
 /// A preview (Helm 3 or 4) whose chart is `template` (see [`web_chart`]).
 fn preview_with(helm3: bool, template: &str, extra: &str) -> Preview {
     let p = Preview::new(helm3, "prpod-test/web", &format!("chart = \"slow\"\n{extra}"));
@@ -240,13 +248,7 @@ fn a_lost_lock_interrupts_helm() {
     let out = deploy_cmd(&p, &fake_sha("lost-1")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     // Revision 2 becomes ready only after 60 s: the lock is taken while Helm waits.
-    std::fs::write(
-        p.dir.path().join("slow/templates/app.yaml"),
-        std::fs::read_to_string(p.dir.path().join("slow/templates/app.yaml"))
-            .unwrap()
-            .replace("initialDelaySeconds: 1,", "initialDelaySeconds: 60,"),
-    )
-    .unwrap();
+    slow_down_next_revision(&p);
     let started = Instant::now();
     let child = deploy_cmd(&p, &fake_sha("lost-2")).spawn().unwrap();
     let rt = rt();
@@ -285,13 +287,7 @@ fn sigterm_during_a_deploy_stops_helm_releases_the_lock_and_exits_143() {
     let p = slow_preview(1, "");
     let out = deploy_cmd(&p, &fake_sha("term-1")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    std::fs::write(
-        p.dir.path().join("slow/templates/app.yaml"),
-        std::fs::read_to_string(p.dir.path().join("slow/templates/app.yaml"))
-            .unwrap()
-            .replace("initialDelaySeconds: 1,", "initialDelaySeconds: 60,"),
-    )
-    .unwrap();
+    slow_down_next_revision(&p);
     let tmp = TempDir::new("prpod-tmp");
     let mut cmd = deploy_cmd(&p, &fake_sha("term-2"));
     cmd.env("TMPDIR", tmp.path());

@@ -19,6 +19,27 @@ fn context_file(dir: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// The app in `app` published as a new repository, and a new image repository for it.
+struct Published {
+    url: String,
+    sha: String,
+    image: String,
+}
+
+impl Published {
+    fn new(app: &Path, name: &str) -> Published {
+        let w = world();
+        let (url, sha) = publish(w, app, &format!("trust/{}", unique_name(name)));
+        Published { url, sha, image: w.registry_tls.image(&format!("acme/{}", unique_name("web"))) }
+    }
+
+    /// `prpod build` of PR `pr` (branch `x`) by `runner`, `extra` appended.
+    fn build(&self, runner: &Runner, pr: &str, extra: &[&str]) -> std::process::Output {
+        let args = ["--repo-url", &self.url, "--pr", pr, "--branch", "x", "--sha", &self.sha, "--image", &self.image];
+        runner.build(&[&args[..], extra].concat())
+    }
+}
+
 /// `prpod ARGS` in `dir` with exactly `envs` (and PATH).
 fn prpod_in(dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prpod"))
@@ -48,22 +69,7 @@ fn repository_prpod_toml_may_not_set_operator_keys() {
         let marker = app.path().join("ran");
         std::fs::write(app.path().join("prpod.toml"), toml).unwrap();
         std::fs::write(app.path().join("evil.sh"), format!("#!/bin/sh\nenv > {}\n", marker.display())).unwrap();
-        let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("opkey")));
-        let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
-        let out = Runner::new(w).build(&[
-            "--repo-url",
-            &url,
-            "--pr",
-            "5",
-            "--branch",
-            "evil",
-            "--sha",
-            &sha,
-            "--image",
-            &image,
-            "--build-arg",
-            &base,
-        ]);
+        let out = Published::new(app.path(), "opkey").build(&Runner::new(w), "5", &["--build-arg", &base]);
         assert_eq!(out.status.code(), Some(2), "{key}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains(&format!("`{key}")) && err.contains("operator"), "{key}: {err}");
@@ -85,23 +91,8 @@ fn repository_prpod_toml_describes_the_app() {
         "[image]\ndockerfile = \"docker/Web.Dockerfile\"\n[app]\nport = 8080\n",
     )
     .unwrap();
-    let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("appkeys")));
-    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
     let base = format!("BASE={}", w.web_image_tls);
-    let out = Runner::new(w).build(&[
-        "--repo-url",
-        &url,
-        "--pr",
-        "6",
-        "--branch",
-        "x",
-        "--sha",
-        &sha,
-        "--image",
-        &image,
-        "--build-arg",
-        &base,
-    ]);
+    let out = Published::new(app.path(), "appkeys").build(&Runner::new(w), "6", &["--build-arg", &base]);
     let v = ok(&out);
     assert_eq!(v["backend"], "native");
     let err = stderr(&out);
@@ -176,23 +167,9 @@ fn a_dockerfile_symlinked_out_of_the_repository_is_not_read() {
     let app = app_copy();
     std::fs::remove_file(app.path().join("Dockerfile")).unwrap();
     std::os::unix::fs::symlink(&secret, app.path().join("Dockerfile")).unwrap();
-    let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("dflink")));
-    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let published = Published::new(app.path(), "dflink");
     for backend in ["native", "buildah"] {
-        let out = Runner::new(w).build(&[
-            "--repo-url",
-            &url,
-            "--pr",
-            "5",
-            "--branch",
-            "x",
-            "--sha",
-            &sha,
-            "--image",
-            &image,
-            "--backend",
-            backend,
-        ]);
+        let out = published.build(&Runner::new(w), "5", &["--backend", backend]);
         assert_eq!(out.status.code(), Some(2), "{backend}: {}", stderr(&out));
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         assert!(all.contains("symlink") && all.contains("Dockerfile"), "{backend}: {all}");
@@ -217,17 +194,14 @@ fn a_buildah_run_step_sees_neither_the_runners_processes_nor_its_network() {
         ),
     )
     .unwrap();
-    let (url, sha) = publish(w, app.path(), &format!("trust/{}", unique_name("procrun")));
-    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let published = Published::new(app.path(), "procrun");
     let base = format!("BASE={}", w.web_image_tls);
     let build = |pr: &str, isolation: Option<&str>| {
         let mut run = Runner::new(w);
         if let Some(i) = isolation {
             run.set("PRPOD_BUILDAH_ISOLATION", i);
         }
-        let args =
-            ["--repo-url", &url, "--pr", pr, "--branch", "x", "--sha", &sha, "--image", &image, "--backend", "buildah"];
-        run.build(&[&args[..], &["--build-arg", &base]].concat())
+        published.build(&run, pr, &["--backend", "buildah", "--build-arg", &base])
     };
     ok(&build("5", None));
     // The same step under the operator's `chroot` opt-in (a fresh machine and another PR's cache,

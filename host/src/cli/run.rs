@@ -198,10 +198,8 @@ async fn line(
         git_token: phases::source::token(&config.source, env)?,
         registry_password: if password_stdin { Some(read_stdin_secret()?) } else { None },
     };
-    if mode == Mode::Apply {
-        // The chart phase needs the cluster's discovery: read it while the build half runs.
-        phases::prefetch_cluster(&config.deploy.kube_target());
-    }
+    // The chart phase needs the cluster's discovery: read it while the build half runs.
+    let prefetched = (mode == Mode::Apply).then(|| phases::prefetch_cluster(&config.deploy.kube_target()));
     let inputs = Inputs { config, context: &context, env, secrets: &secrets, mode };
     let last = match start {
         Start::Build(_) => Phase::Push,
@@ -265,8 +263,9 @@ async fn line(
         replicas,
         pull_secret: pull,
         mode,
+        prefetched,
     };
-    let delivered = phases::deliver(config, &input, reporter).await?;
+    let delivered = phases::deliver(config, input, reporter).await?;
     report.chart = delivered.chart.clone();
     report.manifests = delivered.rendered.clone();
     report.revision = delivered.release.as_ref().map(|r| r.revision);

@@ -504,37 +504,7 @@ impl Kube {
 
     /// The namespace's labels, or `None` when it does not exist.
     pub async fn namespace_labels(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, KubeError> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns = api.get_opt(name).await.map_err(|e| KubeError::from_kube(format!("read namespace {name}"), e))?;
-        Ok(ns.map(|n| labels_of(&n.metadata)))
-    }
-
-    /// Creates namespace `name` with `labels` and `annotations`, or adds them to the existing
-    /// one (other labels are left alone).
-    pub async fn ensure_namespace(
-        &self,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-        annotations: &BTreeMap<String, String>,
-    ) -> Result<(), KubeError> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let what = format!("create namespace {name}");
-        let existing = api.get_opt(name).await.map_err(|e| KubeError::from_kube(&what, e))?;
-        match existing {
-            // Another run may create it between our read and our write: then label it.
-            None if self.create_namespace(name, labels, annotations).await? => Ok(()),
-            None => self.label_namespace(&api, name, labels, annotations).await,
-            Some(ns) => {
-                let have = labels_of(&ns.metadata);
-                let have_ann = ns.metadata.annotations.clone().unwrap_or_default();
-                if labels.iter().all(|(k, v)| have.get(k) == Some(v))
-                    && annotations.iter().all(|(k, v)| have_ann.get(k) == Some(v))
-                {
-                    return Ok(());
-                }
-                self.label_namespace(&api, name, labels, annotations).await
-            }
-        }
+        Ok(self.namespace_meta(name).await?.map(|(labels, _)| labels))
     }
 
     /// The labels and annotations of namespace `name`, or `None` when it does not exist.
@@ -583,13 +553,15 @@ impl Kube {
         Ok(!list.items.is_empty())
     }
 
-    async fn label_namespace(
+    /// Sets `labels` and `annotations` on namespace `name` (a merge: others stay). The caller
+    /// has decided the namespace is the preview's ([`crate::phases::preview`]).
+    pub async fn label_namespace(
         &self,
-        api: &Api<Namespace>,
         name: &str,
         labels: &BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
     ) -> Result<(), KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
         let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
         api.patch(
             name,
@@ -1297,7 +1269,7 @@ const HELM4_WAIT: &str = "Helm 4's --wait watches the release's objects";
 /// `tests/all/run.rs` deploys as a ServiceAccount whose Role holds only these rights.
 /// (`status --replicas` also needs `patch deployments.apps/scale`; it is not a deploy.)
 pub const RUN_RIGHTS: &[ApiRight] = &[
-    // the namespace ([`Kube::namespace_labels`], [`Kube::ensure_namespace`]); Helm is not asked
+    // the namespace ([`Kube::namespace_labels`], [`Kube::create_namespace`]); Helm is not asked
     // to create it
     right("get", "", "namespaces", &[], "the preview's namespace is read before anything is written"),
     right("create", "", "namespaces", &[Needed::NamespaceAbsent], "prpod creates the preview's namespace"),

@@ -371,13 +371,14 @@ pub const MAX_DOCKERFILE_BYTES: u64 = 1 << 20;
 /// Dockerfile and `.dockerignore` are reached without following a symlink (a Dockerfile linked to
 /// a file of the runner would be read, and quoted in errors, by the builder), and the files are
 /// regular and at most [`MAX_DOCKERFILE_BYTES`].
-fn check_repository_inputs(root: &Path, image: &ImageConfig) -> anyhow::Result<()> {
-    use crate::input::{check_repository_dir, read_repository_file};
+/// Returns whether the Dockerfile exists.
+fn check_repository_inputs(root: &Path, image: &ImageConfig) -> anyhow::Result<bool> {
+    use crate::input::{check_repository_dir, check_repository_file};
     check_repository_dir(root, &image.context, "the build context")?;
     let dockerfile = image.context.join(&image.dockerfile);
-    read_repository_file(root, &dockerfile, MAX_DOCKERFILE_BYTES, "the Dockerfile")?;
-    read_repository_file(root, &image.context.join(".dockerignore"), MAX_DOCKERFILE_BYTES, "the .dockerignore")?;
-    Ok(())
+    let exists = check_repository_file(root, &dockerfile, MAX_DOCKERFILE_BYTES, "the Dockerfile")?;
+    check_repository_file(root, &image.context.join(".dockerignore"), MAX_DOCKERFILE_BYTES, "the .dockerignore")?;
+    Ok(exists)
 }
 
 /// Builds the checkout into an image for `image` with the backend `config` picks.
@@ -392,8 +393,7 @@ pub async fn build(
 ) -> anyhow::Result<BuiltImage> {
     let context_dir = checkout.path.join(&config.image.context);
     let dockerfile = context_dir.join(&config.image.dockerfile);
-    check_repository_inputs(&checkout.path, &config.image)?;
-    if !dockerfile.is_file() {
+    if !check_repository_inputs(&checkout.path, &config.image)? {
         anyhow::bail!(
             "no Dockerfile at {} in {} at {}: set `[image] dockerfile` (relative to `image.context` = `{}`) or \
              pass --dockerfile",

@@ -24,7 +24,6 @@
 //! `pending-*` release that no prpod run left behind (no expired Lease) is not touched: the error
 //! says what to run.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -301,21 +300,6 @@ impl Classify for DeployError {
             DeployError::Kube(e) => e.failure_kind(),
         }
     }
-}
-
-/// Labels prpod puts on a preview's namespace ([`preview::labels`]).
-pub fn namespace_labels(ctx: &PrContext, release: &ReleaseTarget) -> BTreeMap<String, String> {
-    preview::labels(ctx, release)
-}
-
-/// Annotations on the namespace ([`preview::annotations`]).
-pub fn namespace_annotations(ctx: &PrContext) -> BTreeMap<String, String> {
-    preview::annotations(ctx)
-}
-
-/// `owner/name` as a label value ([`preview::label_value`]).
-pub fn label_value(s: &str) -> String {
-    preview::label_value(s)
 }
 
 /// Claims the namespace for this preview ([`preview::claim`]: created, ours, or refused naming
@@ -769,12 +753,6 @@ mod tests {
         assert_eq!(duration_text::parse("30").unwrap(), Duration::from_secs(30));
         assert!(duration_text::parse("5 minutes").is_err());
         assert!(duration_text::parse("0s").is_err());
-    }
-
-    #[test]
-    fn label_values() {
-        assert_eq!(label_value("acme/web"), "acme.web");
-        assert_eq!(label_value("Acme/Ünï"), "Acme..n");
     }
 
     #[test]

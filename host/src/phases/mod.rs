@@ -243,19 +243,29 @@ fn redact_secrets(inputs: &Inputs<'_>, reporter: &Reporter) {
     for s in inputs.secrets.all() {
         reporter.redact(s);
     }
-    let registry = &inputs.config.registry;
-    let vars =
-        ["PRPOD_REGISTRY_PASSWORD", "PRPOD_GIT_TOKEN", "GITHUB_TOKEN", "PRPOD_CACHE_KEY", "ACTIONS_RUNTIME_TOKEN"];
-    for var in vars.iter().copied().chain(registry.password_env.as_deref()) {
+    for var in ["PRPOD_GIT_TOKEN", "GITHUB_TOKEN", "PRPOD_CACHE_KEY", "ACTIONS_RUNTIME_TOKEN"] {
         if let Some(v) = inputs.env.get(var) {
             reporter.redact(&Secret::new(v));
         }
     }
-    if let Some(f) = &registry.password_file
-        && let Ok(text) = crate::input::read_text_file(f, 1 << 20, "registry password file")
-    {
-        reporter.redact(&Secret::new(text.trim()));
+    for secret in registry_secrets(inputs) {
+        reporter.redact(&secret);
     }
+}
+
+/// The registry passwords the operator's settings make reachable: push and pull, from their
+/// variables (the defaults, or the ones `[registry]` names) and files. Files are read as the
+/// credentials resolver reads them (bounded, trailing newline removed).
+fn registry_secrets(inputs: &Inputs<'_>) -> Vec<Secret> {
+    use crate::clients::registry::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, PasswordSource};
+    let r = &inputs.config.registry;
+    let vars = [DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV].into_iter();
+    let vars = vars.chain(r.password_env.as_deref()).chain(r.pull_password_env.as_deref());
+    let mut out: Vec<Secret> = vars.filter_map(|v| inputs.env.get(v)).map(Secret::new).collect();
+    for file in r.password_file.iter().chain(&r.pull_password_file) {
+        out.extend(PasswordSource::File(file.clone()).read().ok());
+    }
+    out
 }
 
 /// A pull request from a fork runs code and files its author controls: with secrets present (a
@@ -264,16 +274,11 @@ fn refuse_untrusted_fork(ctx: &PrContext, inputs: &Inputs<'_>) -> anyhow::Result
     if !ctx.fork || inputs.config.source.allow_forks {
         return Ok(());
     }
-    let registry = &inputs.config.registry;
     let mut held = Vec::new();
     if inputs.secrets.git_token.is_some() {
         held.push("a git token");
     }
-    if inputs.secrets.registry_password.is_some()
-        || inputs.env.get("PRPOD_REGISTRY_PASSWORD").is_some()
-        || registry.password_file.is_some()
-        || registry.password_env.as_deref().is_some_and(|v| inputs.env.get(v).is_some())
-    {
+    if inputs.secrets.registry_password.is_some() || !registry_secrets(inputs).is_empty() {
         held.push("registry credentials");
     }
     anyhow::ensure!(
@@ -315,39 +320,24 @@ async fn plan_build(
     Ok(run)
 }
 
-/// A connection and discovery started early ([`prefetch_cluster`]), for one target.
-type Prefetched = tokio::task::JoinHandle<
+/// A connection to the cluster and its discovery, started early ([`prefetch_cluster`]).
+pub type Prefetched = tokio::task::JoinHandle<
     Result<
         (crate::clients::kube::Kube, Result<chart::ClusterApi, crate::clients::kube::KubeError>),
         crate::clients::kube::KubeError,
     >,
 >;
 
-static PREFETCH: std::sync::Mutex<Option<(crate::clients::helm::KubeTarget, Prefetched)>> = std::sync::Mutex::new(None);
-
-/// Starts connecting to the cluster and reading its discovery documents now, so a `run` has
-/// them when its chart phase starts (the build half takes far longer than the ~60 ms they cost).
+/// Starts connecting to `target` and reading its discovery documents now, so a `run` has them
+/// when its chart phase starts (the build half takes far longer than the ~60 ms they cost).
 /// Nothing is written; a failure here is simply asked again by the chart phase.
-pub fn prefetch_cluster(target: &crate::clients::helm::KubeTarget) {
+pub fn prefetch_cluster(target: &crate::clients::helm::KubeTarget) -> Prefetched {
     let t = target.clone();
-    let handle = tokio::spawn(async move {
+    tokio::spawn(async move {
         let kube = crate::clients::kube::Kube::connect(&t).await?;
         let api = chart::ClusterApi::discover(&kube).await;
         Ok((kube, api))
-    });
-    *PREFETCH.lock().unwrap_or_else(|p| p.into_inner()) = Some((target.clone(), handle));
-}
-
-fn take_prefetched(target: &crate::clients::helm::KubeTarget) -> Option<Prefetched> {
-    let mut slot = PREFETCH.lock().unwrap_or_else(|p| p.into_inner());
-    match slot.take() {
-        Some((t, h)) if t == *target => Some(h),
-        Some((_, h)) => {
-            h.abort();
-            None
-        }
-        None => None,
-    }
+    })
 }
 
 /// Largest values file prpod hands Helm from the repository.
@@ -372,6 +362,9 @@ pub struct DeliverInputs<'a> {
     pub pull_secret: Option<Secret>,
     /// Apply, or only plan.
     pub mode: Mode,
+    /// The cluster's connection and discovery, when the caller started them early
+    /// ([`prefetch_cluster`]).
+    pub prefetched: Option<Prefetched>,
 }
 
 /// What the deploy half produced.
@@ -397,7 +390,7 @@ pub struct Delivered {
 /// `deploy` and `plan`. In [`Mode::Plan`] nothing is written anywhere: the chart is rendered and
 /// checked, and the deploy says what it would do (reading the release's current revision when
 /// the cluster answers).
-pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Reporter) -> anyhow::Result<Delivered> {
+pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &Reporter) -> anyhow::Result<Delivered> {
     use crate::clients::helm::Helm;
     use crate::clients::kube::Kube;
     use crate::model::DeployTarget;
@@ -418,7 +411,8 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     let cluster_read = {
         let (target, ns, name, plan) =
             (target.clone(), release.namespace.clone(), release.name.clone(), input.mode == Mode::Plan);
-        let early = (!plan).then(|| take_prefetched(&target)).flatten();
+        // A prefetch was made for the config's target, which is this one.
+        let early = if plan { None } else { input.prefetched.take() };
         tokio::spawn(async move {
             if let Some(early) = early
                 && let Ok(Ok((kube, api))) = early.await
@@ -469,7 +463,7 @@ pub async fn deliver(config: &Config, input: &DeliverInputs<'_>, reporter: &Repo
     // of the runner would be read by Helm into the manifests), regular, and bounded.
     if let Some(root) = input.chart_root {
         for v in &dc.values {
-            crate::input::read_repository_file(root, v, MAX_VALUES_BYTES, "the values file (`[deploy] values`)")?;
+            crate::input::check_repository_file(root, v, MAX_VALUES_BYTES, "the values file (`[deploy] values`)")?;
         }
     }
     let generator = match chart_dir {

@@ -167,6 +167,18 @@ pub fn owner_of(
     Owner::OtherPreview(what)
 }
 
+/// The refusal an owner other than this preview earns; `None` for ours, and for a namespace
+/// prpod did not create when the operator lets it be adopted.
+fn refusal(ctx: &PrContext, namespace: &str, owner: Owner, adopt: bool) -> Option<OwnershipError> {
+    let (namespace, us) = (namespace.to_string(), describe(ctx));
+    match owner {
+        Owner::Us => None,
+        Owner::OtherPreview(owner) => Some(OwnershipError::OtherPreview { namespace, owner, us }),
+        Owner::NotPrpods(owner) if !adopt => Some(OwnershipError::NotPrpods { namespace, owner, us }),
+        Owner::NotPrpods(_) => None,
+    }
+}
+
 fn describe(ctx: &PrContext) -> String {
     match ctx.number {
         Some(n) => format!("{} PR #{n}", ctx.repository),
@@ -200,29 +212,22 @@ pub async fn claim(kube: &Kube, ctx: &PrContext, release: &ReleaseTarget, adopt:
             }
             continue;
         };
-        return match owner_of(ctx, release, &have, &have_ann) {
-            Owner::Us => {
-                kube.ensure_namespace(ns, &labels, &annotations).await?;
-                Ok(Claimed::Ours)
-            }
-            Owner::OtherPreview(owner) => {
-                Err(OwnershipError::OtherPreview { namespace: ns.clone(), owner, us: describe(ctx) }.into())
-            }
-            Owner::NotPrpods(owner) if !adopt => {
-                Err(OwnershipError::NotPrpods { namespace: ns.clone(), owner, us: describe(ctx) }.into())
-            }
-            Owner::NotPrpods(_) => {
-                if kube.helm_release_exists(ns, &release.name).await? {
-                    return Err(OwnershipError::ForeignRelease {
-                        namespace: ns.clone(),
-                        release: release.name.clone(),
-                    }
-                    .into());
-                }
-                kube.ensure_namespace(ns, &labels, &annotations).await?;
-                Ok(Claimed::Adopted)
-            }
-        };
+        let owner = owner_of(ctx, release, &have, &have_ann);
+        let ours = owner == Owner::Us;
+        if let Some(refused) = refusal(ctx, ns, owner, adopt) {
+            return Err(refused.into());
+        }
+        // Adopting: only where no Helm release of this name was made by someone else.
+        if !ours && kube.helm_release_exists(ns, &release.name).await? {
+            return Err(OwnershipError::ForeignRelease { namespace: ns.clone(), release: release.name.clone() }.into());
+        }
+        // The commit annotation changes every run: write only what differs from what was read.
+        let current = labels.iter().all(|(k, v)| have.get(k) == Some(v))
+            && annotations.iter().all(|(k, v)| have_ann.get(k) == Some(v));
+        if !current {
+            kube.label_namespace(ns, &labels, &annotations).await?;
+        }
+        return Ok(if ours { Claimed::Ours } else { Claimed::Adopted });
     }
     anyhow::bail!("namespace {ns} kept changing while prpod created it; run again")
 }
@@ -237,16 +242,7 @@ pub async fn check(
 ) -> Result<Option<OwnershipError>, KubeError> {
     let ns = &release.namespace;
     let Some((have, have_ann)) = kube.namespace_meta(ns).await? else { return Ok(None) };
-    Ok(match owner_of(ctx, release, &have, &have_ann) {
-        Owner::Us => None,
-        Owner::OtherPreview(owner) => {
-            Some(OwnershipError::OtherPreview { namespace: ns.clone(), owner, us: describe(ctx) })
-        }
-        Owner::NotPrpods(owner) if !adopt => {
-            Some(OwnershipError::NotPrpods { namespace: ns.clone(), owner, us: describe(ctx) })
-        }
-        Owner::NotPrpods(_) => None,
-    })
+    Ok(refusal(ctx, ns, owner_of(ctx, release, &have, &have_ann), adopt))
 }
 
 #[cfg(test)]
@@ -296,6 +292,12 @@ mod tests {
         let (p, q) = (ctx("acme/x.y", Some(3)), ctx("acme.x/y", Some(3)));
         assert_eq!(label_value(&p.repository), label_value(&q.repository));
         assert!(matches!(owner_of(&q, &t, &labels(&p, &t), &annotations(&p)), Owner::OtherPreview(_)));
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value("acme/web"), "acme.web");
+        assert_eq!(label_value("Acme/Ünï"), "Acme..n");
     }
 
     #[test]

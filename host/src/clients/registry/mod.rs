@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::RegistryConfig;
+pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
 pub use credentials::{Access, CredentialResolver, Credentials, PasswordSource, PullSecret, Resolved, short_lived};
 pub use error::RegistryError;
 pub use layout::{BlobSource, OciImage};
