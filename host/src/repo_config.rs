@@ -155,6 +155,15 @@ pub fn parse(text: &str, path: &Path, allow_chart: bool) -> Result<RepositoryCon
             }
         }
     }
+    // prpod's own build arguments (`PRPOD_GIT_SHA`: the commit a page names) are not the pull
+    // request's to forge.
+    if let Some(name) = typed.image.build_args.keys().find(|k| k.starts_with("PRPOD_")) {
+        return Err(err(format!(
+            "`image.build_args.{name}` may not be set by the repository's prpod.toml: prpod sets its own \
+             `PRPOD_*` build arguments (PRPOD_GIT_SHA is the commit being built); only the operator's config \
+             or --build-arg may override them"
+        )));
+    }
     let set = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).is_some();
     let (image, deploy) = (typed.image, typed.deploy);
     Ok(RepositoryConfig {
@@ -209,6 +218,13 @@ mod tests {
             assert!(e.contains(&format!("`{key}")), "{key}: {e}");
             assert!(e.contains("--config") && e.contains("/repo/prpod.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn prpods_own_build_arguments_are_not_the_repositorys() {
+        let e = parse_ok("[image]\nbuild_args = { PRPOD_GIT_SHA = \"forged\" }\n", true).unwrap_err();
+        assert!(e.contains("image.build_args.PRPOD_GIT_SHA"), "{e}");
+        assert!(parse_ok("[image]\nbuild_args = { BASE = \"x\" }\n", true).is_ok());
     }
 
     #[test]
