@@ -154,6 +154,9 @@ pub struct Config {
     /// `[registry]`: registry credentials, TLS and push settings.
     #[serde(default)]
     pub registry: crate::clients::registry::RegistryConfig,
+    /// `[github]`: the GitHub API, its credentials, and which events `prpod event` acts on.
+    #[serde(default)]
+    pub github: crate::ops::event::GithubConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -234,6 +237,12 @@ impl Env {
     /// An environment of exactly these variables.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Env {
         Env { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// This environment with `name` set to `value` (a token prpod obtained itself, for the run).
+    pub fn with(mut self, name: &str, value: &str) -> Env {
+        self.vars.insert(name.into(), value.into());
+        self
     }
 
     /// The value of `name`, unless unset or empty.
@@ -386,6 +395,7 @@ impl Config {
         self.build.apply_env(env)?;
         self.deploy.apply_env(env)?;
         self.registry.apply_env(env)?;
+        self.github.apply_env(env)?;
         self.check()
     }
 
@@ -395,7 +405,8 @@ impl Config {
         self.image.check()?;
         self.build.check()?;
         self.deploy.check()?;
-        self.registry.check()
+        self.registry.check()?;
+        self.github.check()
     }
 
     /// `path` resolved against the config file's directory (relative paths in the file are

@@ -393,6 +393,43 @@ impl Reporter {
         Ok(())
     }
 
+    /// Prints `prpod event`'s document: JSON, or for people the decision, what GitHub was told
+    /// and the run's lines.
+    pub fn event_report(&self, report: &crate::ops::event::EventReport) -> anyhow::Result<()> {
+        if self.inner.format == Format::Json {
+            return self.result(report);
+        }
+        let mut out: Vec<u8> = Vec::new();
+        let action = serde_json::to_value(report.action)?;
+        writeln!(
+            out,
+            "event    {} {}: {} ({})",
+            report.event,
+            report.event_action.as_deref().unwrap_or(""),
+            action.as_str().unwrap_or(""),
+            report.why
+        )?;
+        if let Some(run) = &report.run {
+            self.write_run_report(&mut out, run)?;
+        }
+        if let Some(g) = &report.github {
+            if let Some(u) = &g.comment_url {
+                writeln!(out, "comment  {u}")?;
+            }
+            if let Some(e) = &g.environment_left_behind {
+                writeln!(out, "github   environment {e} left behind (the token cannot delete environments)")?;
+            }
+            for w in &g.warnings {
+                writeln!(out, "warning  {w}")?;
+            }
+            writeln!(out, "github   {} API calls", g.api_calls)?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(self.scrub(&String::from_utf8_lossy(&out)).as_bytes())?;
+        stdout.flush()?;
+        Ok(())
+    }
+
     /// Prints the result of a walk of the line: the JSON document, or for people the image, its
     /// digest and tags.
     pub fn run_report(&self, report: &RunReport) -> anyhow::Result<()> {
@@ -497,6 +534,16 @@ impl Reporter {
         }
         let causes: Vec<String> = err.chain().skip(1).map(|c| self.scrub(&c.to_string())).collect();
         self.error_line(&self.scrub(&err.to_string()), &causes);
+    }
+
+    /// A notice on stderr, in the form GitHub Actions shows as an annotation on the run
+    /// (`::notice::`): something people should see though nothing failed.
+    pub fn notice(&self, message: &str) {
+        let mut out = std::io::stderr().lock();
+        // Actions reads a workflow command up to the end of the line: one line, escaped as it
+        // documents (`%`, CR, LF).
+        let text = self.scrub(message).replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+        let _ = writeln!(out, "::notice title=prpod::{}", crate::untrusted::escape(&text));
     }
 
     fn error_line(&self, message: &str, causes: &[String]) {

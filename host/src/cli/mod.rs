@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod doctor;
+pub mod event;
 pub mod plugin;
 pub mod run;
 pub mod status;
@@ -49,6 +50,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Would a run work here? Tools, registry access, cluster access and rights.
     Doctor(doctor::DoctorArgs),
+    /// Act on the GitHub Actions event (`GITHUB_EVENT_PATH`): run, tear down or skip, and tell
+    /// the PR (one comment, a Deployment, the job summary).
+    Event(event::EventArgs),
 }
 
 impl Cli {
@@ -65,6 +69,7 @@ impl Cli {
             Command::Deploy(args) => run::deploy(args, config, &env, reporter).await,
             Command::Status(args) => status::run(args, config, &env, reporter).await,
             Command::Doctor(args) => doctor::run(args, config, &env, reporter).await,
+            Command::Event(args) => event::run(args, config, &env, reporter).await,
         }
     }
 }

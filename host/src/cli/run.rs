@@ -136,10 +136,50 @@ async fn execute(
     start: Start,
     mode: Mode,
     show_manifests: bool,
-    mut config: Config,
+    config: Config,
     env: &Env,
     reporter: &Reporter,
 ) -> anyhow::Result<u8> {
+    let outcome = collect(start, mode, show_manifests, config, env, reporter).await;
+    reporter.run_report(&outcome.report)?;
+    if let Some(err) = &outcome.error {
+        // The JSON report carries the error; the human line goes to stderr in both formats.
+        reporter.error_stderr(err);
+    }
+    Ok(outcome.code)
+}
+
+/// What a walk of the line ended with, for a caller that prints its own document.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The exit code the run means.
+    pub code: u8,
+    /// The run's report (its `error` set when it failed).
+    pub report: RunReport,
+    /// The failure, when it failed.
+    pub error: Option<anyhow::Error>,
+}
+
+/// `prpod run` with the context from the environment (GitHub Actions' event), without printing
+/// the report: `prpod event` embeds it in its own.
+pub async fn run_collected(config: Config, env: &Env, reporter: &Reporter) -> RunOutcome {
+    let args = RunArgs {
+        context: ContextFlags::default(),
+        build: super::build::BuildFlags::default(),
+        deploy: DeployFlags::default(),
+        registry_password_stdin: false,
+    };
+    collect(Start::Build(args), Mode::Apply, false, config, env, reporter).await
+}
+
+async fn collect(
+    start: Start,
+    mode: Mode,
+    show_manifests: bool,
+    mut config: Config,
+    env: &Env,
+    reporter: &Reporter,
+) -> RunOutcome {
     let mut report = RunReport::default();
     // SIGINT / SIGTERM end the run in a known state (see `crate::shutdown`): guards release the
     // deploy lock and remove temporary files, Helm is stopped and its rollback waited for.
@@ -156,16 +196,12 @@ async fn execute(
     }
     match result {
         Ok(delivered) => {
-            reporter.run_report(&report)?;
-            Ok(if delivered.blocked { EXIT_FINDINGS } else { EXIT_OK })
+            RunOutcome { code: if delivered.blocked { EXIT_FINDINGS } else { EXIT_OK }, report, error: None }
         }
         Err(err) => {
             let e = ErrorReport::of(&err);
             report.error = Some(e.clone());
-            reporter.run_report(&report)?;
-            // The JSON report carries the error; the human line goes to stderr in both formats.
-            reporter.error_stderr(&err);
-            Ok(e.exit_code)
+            RunOutcome { code: e.exit_code, report, error: Some(err) }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! does (git with a token), it uses prpod's own client code instead of a copy.
 
 mod fixtures;
+pub mod github_double;
 pub mod http_double;
 mod process;
 

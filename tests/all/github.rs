@@ -1,0 +1,278 @@
+//! prpod and GitHub, against the GitHub **double** of `prpod_test_support::github_double` (the
+//! real GitHub cannot be reached from here): the client's paging, rate-limit waits, 5xx retries
+//! and malformed answers; a GitHub App's key exchanged for an installation token that clones from
+//! the world's git server; `prpod event` deciding what an event means (and writing nothing for a
+//! skipped one); and, with the world, one comment per PR edited in place and the deployment's
+//! statuses in order.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use prpod::clients::github::{
+    AppCredentials, GithubClient, GithubError, GithubOptions, PackageOwner, PullState, TokenKind,
+};
+use prpod::secret::Secret;
+use prpod_test_support::github_double::{Fault, GithubDouble};
+use prpod_test_support::{TempDir, unique_name, world};
+
+/// The double's answer to a PAT: user `octocat`.
+const PAT: &str = "ghp_double0000000000000000000000000000";
+
+fn client(double: &GithubDouble) -> GithubClient {
+    let opts = GithubOptions {
+        api_url: double.url().parse().unwrap(),
+        initial_backoff: Duration::from_millis(20),
+        max_wait: Duration::from_secs(5),
+        ..Default::default()
+    };
+    GithubClient::with_token(opts, Secret::new(PAT)).unwrap()
+}
+
+fn double() -> GithubDouble {
+    let d = GithubDouble::start();
+    d.add_token(PAT, "octocat", false);
+    d
+}
+
+#[tokio::test]
+async fn double_comments_are_read_across_every_page() {
+    let d = double();
+    d.add_comments("acme/web", 7, "someone", 250, "hello");
+    let c = client(&d);
+    let all = c.list_issue_comments("acme/web", 7).await.unwrap();
+    assert_eq!(all.len(), 250);
+    assert_eq!(all[249].body, "hello 249");
+    let gets: Vec<String> = d.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    assert!(gets[0].starts_with("/repos/acme/web/issues/7/comments?per_page=100"), "{gets:?}");
+    // The next pages are the Link header's URLs, as GitHub sends them (by repository id).
+    assert!(gets[1].starts_with("/repositories/") && gets[1].ends_with("page=2"), "{gets:?}");
+    assert!(gets[2].ends_with("page=3"), "{gets:?}");
+    assert_eq!(c.api_calls(), 3);
+    assert_eq!(c.identity().await.unwrap().login, "octocat");
+    assert!(d.requests().iter().all(|r| r.header("authorization") == Some(&format!("Bearer {PAT}")[..])));
+}
+
+#[tokio::test]
+async fn double_secondary_rate_limit_is_waited_out() {
+    let d = double();
+    d.fail("/comments", Fault::RetryAfter(1));
+    let c = client(&d);
+    let t = Instant::now();
+    let made = c.create_issue_comment("acme/web", 7, "hi").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(1), "retry-after was not honoured: {:?}", t.elapsed());
+    assert_eq!(made.body, "hi");
+    assert_eq!(c.api_calls(), 2);
+    assert_eq!(d.comments("acme/web", 7).len(), 1);
+}
+
+#[tokio::test]
+async fn double_used_up_limit_is_waited_for_or_reported() {
+    let d = double();
+    // Resets in 1 s: waited for, then the call goes through.
+    d.fail("/user", Fault::Exhausted(1));
+    let c = client(&d);
+    let t = Instant::now();
+    assert_eq!(c.identity().await.unwrap().login, "octocat");
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    // Resets in an hour: longer than prpod waits, so it says when, with exit code 4.
+    d.fail("/user", Fault::Exhausted(3600));
+    let err = c.identity().await.unwrap_err();
+    assert!(matches!(err, GithubError::RateLimited { wait_secs, .. } if wait_secs > 3000), "{err}");
+    assert!(err.to_string().contains("rate limit is used up until"), "{err}");
+    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), prpod::error::EXIT_EXTERNAL);
+}
+
+#[tokio::test]
+async fn double_5xx_is_retried_a_bounded_number_of_times() {
+    let d = double();
+    d.fail("/pulls/3", Fault::Status(502));
+    d.fail("/pulls/3", Fault::Status(503));
+    d.set_pull("acme/web", 3, "merged");
+    let c = client(&d);
+    assert_eq!(c.pull_state("acme/web", 3).await.unwrap(), PullState::Merged);
+    assert_eq!(c.api_calls(), 3);
+    for _ in 0..4 {
+        d.fail("/pulls/3", Fault::Status(502));
+    }
+    let err = c.pull_state("acme/web", 3).await.unwrap_err();
+    assert!(matches!(err, GithubError::Unavailable { attempts: 4, .. }), "{err}");
+    assert_eq!(c.api_calls(), 7);
+}
+
+#[tokio::test]
+async fn double_malformed_answers_are_errors_never_guesses() {
+    let d = double();
+    d.set_pull("acme/web", 4, "closed");
+    let c = client(&d);
+    assert_eq!(c.pull_state("acme/web", 4).await.unwrap(), PullState::Closed);
+    d.fail("/pulls/4", Fault::Html);
+    let err = c.pull_state("acme/web", 4).await.unwrap_err();
+    assert!(matches!(err, GithubError::Malformed { .. }), "{err}");
+    d.fail("/pulls/4", Fault::WrongShape);
+    assert!(matches!(c.pull_state("acme/web", 4).await.unwrap_err(), GithubError::Malformed { .. }));
+    d.fail("/comments", Fault::WrongShape);
+    assert!(matches!(c.list_issue_comments("acme/web", 4).await.unwrap_err(), GithubError::Malformed { .. }));
+    // A 401 is the token's fault (exit 2), not GitHub's.
+    let bad = GithubClient::with_token(
+        GithubOptions { api_url: d.url().parse().unwrap(), ..Default::default() },
+        Secret::new("ghp_wrong"),
+    )
+    .unwrap();
+    let err = bad.pull_state("acme/web", 4).await.unwrap_err();
+    assert!(matches!(err, GithubError::Unauthorized { .. }), "{err}");
+    assert!(!err.to_string().contains("ghp_wrong"), "{err}");
+    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), prpod::error::EXIT_INPUT);
+}
+
+#[tokio::test]
+async fn double_ghcr_versions_are_listed_with_tags_and_deleted() {
+    let d = double();
+    let keep = d.add_package_version("web", "sha256:aa", &["main"]);
+    let gone = d.add_package_version("web", "sha256:bb", &["pr-7", "sha-0123456789ab"]);
+    let c = client(&d);
+    let owner = PackageOwner::Org("acme".into());
+    let versions = c.list_package_versions(&owner, "web").await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1].tags, ["pr-7", "sha-0123456789ab"]);
+    assert_eq!(versions[1].digest, "sha256:bb");
+    c.delete_package_version(&owner, "web", gone).await.unwrap();
+    // A second delete finds nothing and counts as done.
+    c.delete_package_version(&owner, "web", gone).await.unwrap();
+    let left: Vec<u64> = d.package_versions("web").iter().map(|v| v.0).collect();
+    assert_eq!(left, [keep]);
+}
+
+/// An RSA key pair made for the test: (private PEM, public PEM).
+fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("app.pem");
+    let out = Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048").output().unwrap();
+    assert!(out.status.success(), "openssl genrsa: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key).output().unwrap();
+    assert!(out.status.success(), "openssl rsa -pubout: {}", String::from_utf8_lossy(&out.stderr));
+    (key, String::from_utf8(out.stdout).unwrap())
+}
+
+/// A GitHub App's private key yields an installation token from the double (the JWT checked
+/// RS256 against the App's public key); the double hands out the world's git token as that
+/// installation token, so it clones from the world's git server (whose htpasswd user is the
+/// world's git user: the clone sends that name, where GitHub takes `x-access-token`).
+#[tokio::test]
+async fn double_app_key_yields_an_installation_token_that_clones() {
+    let w = world();
+    let dir = TempDir::new("gh-app");
+    let (key, public) = app_key(dir.path());
+    let d = GithubDouble::start();
+    d.add_app(4242, "prpod-previews", &public, w.git.token.expose());
+    let name = unique_name("app-clone");
+    let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
+    let slug = format!("acme/{name}");
+    let app = AppCredentials {
+        app_id: 4242,
+        private_key: Secret::new(std::fs::read_to_string(&key).unwrap()),
+        source_desc: key.display().to_string(),
+        installation_id: None,
+    };
+    let opts = GithubOptions { api_url: d.url().parse().unwrap(), ..Default::default() };
+    let c = GithubClient::for_app(opts.clone(), &app, &slug).await.unwrap();
+    assert_eq!(c.token_kind(), TokenKind::App);
+    assert_eq!(c.identity().await.unwrap().login, "prpod-previews[bot]");
+    assert_eq!(c.api_calls(), 3, "GET /app, the installation, the token");
+    let out =
+        w.git.git_with_token(c.token()).args(["clone", "-q", &url]).arg(dir.path().join("clone")).output().unwrap();
+    assert!(out.status.success(), "clone with the installation token: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("clone/Dockerfile").is_file());
+
+    // Another key (not the App's) is refused by the double, as GitHub refuses it.
+    let other = TempDir::new("gh-app-other");
+    let (wrong, _) = app_key(other.path());
+    let app = AppCredentials { private_key: Secret::new(std::fs::read_to_string(&wrong).unwrap()), ..app };
+    let err = GithubClient::for_app(opts, &app, &slug).await.unwrap_err();
+    assert!(matches!(err, GithubError::Unauthorized { .. }), "{err}");
+}
+
+/// `prpod ARGS` with the event payload `payload` (a `GITHUB_EVENT_NAME` of `event`), the
+/// double's URL and a token; no cluster, registry or git server in reach.
+fn prpod_event(dir: &Path, event: &str, payload: &serde_json::Value, extra_config: &str, api: &str) -> Output {
+    let path = dir.join("event.json");
+    std::fs::write(&path, payload.to_string()).unwrap();
+    let config = dir.join("prpod.toml");
+    std::fs::write(&config, format!("[github]\napi_url = \"{api}\"\n{extra_config}")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_prpod"))
+        .args(["--output", "json", "--config"])
+        .arg(&config)
+        .arg("event")
+        .current_dir(dir)
+        .env("GITHUB_EVENT_PATH", &path)
+        .env("GITHUB_EVENT_NAME", event)
+        .env("GITHUB_TOKEN", PAT)
+        .env_remove("PRPOD_GITHUB_TOKEN")
+        .env_remove("GITHUB_STEP_SUMMARY")
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+/// The repository's fixture payload `name`, with `edit` applied.
+fn payload(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let text = std::fs::read_to_string(crate::repo_root().join("tests/fixtures/github").join(name)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut v);
+    v
+}
+
+/// Skipped and refused events: a draft, a fork under `pull_request` (a notice, exit 0) and under
+/// `pull_request_target` (refused, exit 2), a label that is not the required one, a synchronize
+/// after the required label was applied at an earlier commit. None of them writes anything to
+/// the GitHub double, or reaches the cluster.
+#[test]
+fn double_skipped_events_write_nothing_to_github() {
+    let d = double();
+    let dir = TempDir::new("gh-event");
+    let url = d.url();
+    let case = |event: &str, p: serde_json::Value, config: &str| {
+        let out = prpod_event(dir.path(), event, &p, config, &url);
+        // The document, compact: `"action":"skip"` whatever the pretty-printing.
+        let text = serde_json::from_slice::<serde_json::Value>(&out.stdout).map(|v| v.to_string()).unwrap_or_default();
+        (out.status.code(), text, crate::stderr(&out))
+    };
+
+    let draft = payload("pull_request.opened.json", |v| v["pull_request"]["draft"] = true.into());
+    let (code, out, err) = case("pull_request", draft.clone(), "");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"action\":\"skip\"") && out.contains("draft"), "{out}");
+
+    let fork = payload("pull_request.fork.json", |_| {});
+    let (code, out, err) = case("pull_request", fork.clone(), "");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"action\":\"skip\"") && out.contains("fork"), "{out}");
+    assert!(err.contains("notice"), "a fork under pull_request says why it skipped: {err}");
+
+    let (code, out, err) = case("pull_request_target", fork, "");
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("allow_forks"), "{err}");
+
+    let labeled = payload("pull_request.opened.json", |v| {
+        v["action"] = "labeled".into();
+        v["label"] = serde_json::json!({"name": "docs"});
+    });
+    let (code, out, err) = case("pull_request", labeled, "require_label = \"preview\"\n");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"action\":\"skip\""), "{out}");
+
+    // The label is on the PR, but it was applied before this push: it does not count.
+    let pushed = payload("pull_request.synchronize.json", |v| {
+        v["pull_request"]["draft"] = false.into();
+        v["pull_request"]["labels"] = serde_json::json!([{"name": "preview"}]);
+    });
+    let (code, out, err) = case("pull_request", pushed, "require_label = \"preview\"\n");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"action\":\"skip\"") && out.contains("earlier commit"), "{out}");
+
+    let (code, out, err) = case("push", draft, "");
+    assert_eq!(code, Some(2), "{out}\n{err}");
+
+    assert_eq!(d.writes(), Vec::<String>::new(), "a skipped event wrote to GitHub");
+    assert!(d.requests().is_empty(), "a skipped event called GitHub: {:?}", d.requests().len());
+}
