@@ -154,6 +154,9 @@ pub struct Config {
     /// `[registry]`: registry credentials, TLS and push settings.
     #[serde(default)]
     pub registry: crate::clients::registry::RegistryConfig,
+    /// `[lifecycle]`: sleep, wake and collection of previews (teardown, gc).
+    #[serde(default)]
+    pub lifecycle: crate::phases::lifecycle::LifecycleConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -386,6 +389,7 @@ impl Config {
         self.build.apply_env(env)?;
         self.deploy.apply_env(env)?;
         self.registry.apply_env(env)?;
+        self.lifecycle.apply_env(env)?;
         self.check()
     }
 
@@ -395,6 +399,7 @@ impl Config {
         self.image.check()?;
         self.build.check()?;
         self.deploy.check()?;
+        self.lifecycle.check()?;
         self.registry.check()
     }
 

@@ -17,6 +17,7 @@ mod preview;
 mod push;
 mod run;
 mod sandbox;
+mod teardown;
 mod trust;
 
 use std::path::{Path, PathBuf};

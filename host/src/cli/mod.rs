@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod plugin;
 pub mod run;
 pub mod status;
+pub mod teardown;
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Would a run work here? Tools, registry access, cluster access and rights.
     Doctor(doctor::DoctorArgs),
+    /// Remove a PR's preview: release, namespace and its tags (never a digest in use).
+    Teardown(teardown::TeardownArgs),
 }
 
 impl Cli {
@@ -65,6 +68,7 @@ impl Cli {
             Command::Deploy(args) => run::deploy(args, config, &env, reporter).await,
             Command::Status(args) => status::run(args, config, &env, reporter).await,
             Command::Doctor(args) => doctor::run(args, config, &env, reporter).await,
+            Command::Teardown(args) => teardown::run(args, config, &env, reporter).await,
         }
     }
 }

@@ -1,0 +1,4 @@
+//! One function per command (`run`, `teardown`, `gc`, `wake`, ...): what the command does,
+//! below the command line (nothing here knows clap) and above the phases.
+
+pub mod teardown;
