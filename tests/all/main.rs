@@ -11,6 +11,7 @@ mod chart;
 mod cli;
 mod deploy;
 mod fault_proxy;
+mod gc;
 mod lock;
 mod plugins;
 mod preview;

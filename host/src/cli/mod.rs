@@ -3,10 +3,12 @@
 
 pub mod build;
 pub mod doctor;
+pub mod gc;
 pub mod plugin;
 pub mod run;
 pub mod status;
 pub mod teardown;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +54,10 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Remove a PR's preview: release, namespace and its tags (never a digest in use).
     Teardown(teardown::TeardownArgs),
+    /// Collect closed and expired previews, sleep idle ones, wake labelled ones (safe in a CronJob).
+    Gc(gc::GcArgs),
+    /// Wake a sleeping preview: its replicas restored, waiting for Ready.
+    Wake(wake::WakeArgs),
 }
 
 impl Cli {
@@ -69,6 +75,8 @@ impl Cli {
             Command::Status(args) => status::run(args, config, &env, reporter).await,
             Command::Doctor(args) => doctor::run(args, config, &env, reporter).await,
             Command::Teardown(args) => teardown::run(args, config, &env, reporter).await,
+            Command::Gc(args) => gc::run(args, config, &env, reporter).await,
+            Command::Wake(args) => wake::run(args, config, &env, reporter).await,
         }
     }
 }

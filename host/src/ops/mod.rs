@@ -1,4 +1,6 @@
 //! One function per command (`run`, `teardown`, `gc`, `wake`, ...): what the command does,
 //! below the command line (nothing here knows clap) and above the phases.
 
+pub mod gc;
 pub mod teardown;
+pub mod wake;

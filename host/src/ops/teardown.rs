@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::clients::helm::Helm;
 use crate::clients::kube::Kube;
+use crate::clients::kube::inuse::ImagesInUse;
 use crate::clients::registry::delete::Deleted;
 use crate::clients::registry::{ImageName, RegistryClient};
 use crate::config::Config;
@@ -45,6 +46,11 @@ pub trait TagDeleter: Send + Sync {
     /// Deletes `digest` (and with it every one of `tags`, which are all the tags on it);
     /// `Ok(false)` when it was gone already.
     async fn delete_digest(&self, digest: &str, tags: &[String]) -> anyhow::Result<bool>;
+    /// When the image `digest` was created (RFC 3339), for gc's `keep_tags_for`; `None` when
+    /// unknown (the image is then kept).
+    async fn created(&self, _digest: &str) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// A distribution (OCI) registry: `DELETE /v2/<name>/manifests/<digest>`.
@@ -67,6 +73,10 @@ impl TagDeleter for DistributionTags {
 
     async fn delete_digest(&self, digest: &str, _tags: &[String]) -> anyhow::Result<bool> {
         Ok(self.client.delete_manifest(&self.name, digest).await? == Deleted::Deleted)
+    }
+
+    async fn created(&self, digest: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.client.image_created(&self.name, digest).await?)
     }
 }
 
@@ -162,14 +172,16 @@ async fn release_of(config: &Config, req: &TeardownRequest) -> anyhow::Result<Re
 /// Tears down one PR's preview (see the module docs).
 pub async fn teardown(config: &Config, req: TeardownRequest, reporter: &Reporter) -> anyhow::Result<TeardownReport> {
     let kube = Kube::connect(&config.deploy.kube_target()).await?;
-    teardown_with(config, &kube, req, reporter).await
+    teardown_with(config, &kube, req, None, reporter).await
 }
 
-/// [`teardown`] on a connected cluster (gc tears down many through one connection).
+/// [`teardown`] on a connected cluster, with the images in use when the caller listed them
+/// already (gc tears down many previews through one connection and one listing).
 pub async fn teardown_with(
     config: &Config,
     kube: &Kube,
     mut req: TeardownRequest,
+    in_use: Option<&ImagesInUse>,
     _reporter: &Reporter,
 ) -> anyhow::Result<TeardownReport> {
     let started = Instant::now();
@@ -253,7 +265,8 @@ pub async fn teardown_with(
         None => report.notes.push("no `[image] repository`: no tags were considered".into()),
         Some(deleter) => {
             report.repository = Some(deleter.repository());
-            let plan = plan_pr_tags(config, &req.ctx, &commits, kube, &ns, deleter.as_ref(), &mut report).await?;
+            let plan =
+                plan_pr_tags(config, &req.ctx, &commits, kube, &ns, in_use, deleter.as_ref(), &mut report).await?;
             for d in &plan {
                 if !req.dry_run {
                     deleter.delete_digest(&d.digest, &d.tags).await.with_context(|| {
@@ -273,6 +286,7 @@ pub async fn teardown_with(
     }
     if let Some(l) = lock {
         // Its Lease went with the namespace: releasing finds nothing, which is fine.
+        report.kube_calls += 2;
         l.release().await;
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -281,12 +295,14 @@ pub async fn teardown_with(
 
 /// The PR's tags as the tag-policy names them (with the `sha-*` of every commit recorded), the
 /// base branch's cache protected, and the decision per digest.
+#[allow(clippy::too_many_arguments)]
 async fn plan_pr_tags(
     config: &Config,
     ctx: &PrContext,
     commits: &[String],
     kube: &Kube,
     ns: &str,
+    in_use: Option<&ImagesInUse>,
     deleter: &dyn TagDeleter,
     report: &mut TeardownReport,
 ) -> anyhow::Result<Vec<DigestDeletion>> {
@@ -310,7 +326,11 @@ async fn plan_pr_tags(
     let protected: BTreeSet<String> =
         tags.cache_from.iter().filter(|t| Some(*t) != tags.cache_to.as_ref()).cloned().collect();
     let (all, in_use) = tokio::try_join!(deleter.tag_digests(), async {
-        kube.images_in_use(Some(ns)).await.map_err(anyhow::Error::from)
+        match in_use {
+            // The preview's own pods are going with it.
+            Some(u) => Ok(u.without_namespace(ns)),
+            None => kube.images_in_use(Some(ns)).await.map_err(anyhow::Error::from),
+        }
     })?;
     report.kube_calls += in_use.calls;
     report.unreadable.extend(in_use.unreadable.iter().cloned());

@@ -260,6 +260,15 @@ pub enum Stop {
     /// The preview was closed while the run waited.
     #[error(transparent)]
     Closed(#[from] crate::phases::preview::OwnershipError),
+    /// The preview is asleep and `[lifecycle] wake_on_push = false`.
+    #[error(
+        "the preview in namespace {namespace} is asleep and `[lifecycle] wake_on_push = false`: nothing was \
+         deployed; wake it with `prpod wake --pr N` (or the `prpod.dev/wake` label), then run again"
+    )]
+    Asleep {
+        /// The namespace.
+        namespace: String,
+    },
     /// A descendant of this run's commit is deployed already.
     #[error(
         "superseded: commit {deployed} is deployed in namespace {namespace}, and this run's commit {ours} is its \
@@ -287,16 +296,27 @@ pub async fn check_current(
     release: &crate::model::ReleaseTarget,
     sha: &str,
     git_dir: Option<&std::path::Path>,
+    wake_on_push: bool,
 ) -> anyhow::Result<Option<String>> {
     let Some((_, ann)) = kube.namespace_meta(&release.namespace).await? else { return Ok(None) };
     if let Some(at) = ann.get(CLOSED) {
         let e = crate::phases::preview::OwnershipError::Closed { namespace: release.namespace.clone(), at: at.clone() };
         return Err(Stop::from(e).into());
     }
+    let mut notes = Vec::new();
+    if let Some(recorded) = ann.get(REPLICAS) {
+        // Asleep: the upgrade must find the workloads at their counts (Helm's server-side apply
+        // would not take `replicas` back from prpod's scale).
+        if !wake_on_push {
+            return Err(Stop::Asleep { namespace: release.namespace.clone() }.into());
+        }
+        restore_replicas(kube, &release.namespace, recorded).await?;
+        notes.push(format!("woke the preview (it was asleep): replicas {recorded}"));
+    }
     let Some(deployed) = ann.get(DEPLOYED_COMMIT).filter(|d| d.as_str() != sha && !sha.is_empty()) else {
-        return Ok(None);
+        return Ok((!notes.is_empty()).then(|| notes.join("; ")));
     };
-    let Some(dir) = git_dir else { return Ok(None) };
+    let Some(dir) = git_dir else { return Ok((!notes.is_empty()).then(|| notes.join("; "))) };
     match crate::clients::git::ancestry::is_ancestor(dir, sha, deployed).await {
         Some(true) => Err(Stop::Superseded {
             namespace: release.namespace.clone(),
@@ -305,12 +325,34 @@ pub async fn check_current(
             kind: crate::error::FailureKind::Superseded,
         }
         .into()),
-        Some(false) => Ok(None),
-        None => Ok(Some(format!(
-            "commit {deployed} is deployed; whether it descends from this commit is unknown (not in the clone \
-             cache's history: raise `[source] depth`), so this run deploys"
-        ))),
+        Some(false) => Ok((!notes.is_empty()).then(|| notes.join("; "))),
+        None => {
+            notes.push(format!(
+                "commit {deployed} is deployed; whether it descends from this commit is unknown (not in the clone \
+                 cache's history: raise `[source] depth`), so this run deploys"
+            ));
+            Ok(Some(notes.join("; ")))
+        }
     }
+}
+
+/// Scales each workload recorded in a [`REPLICAS`] annotation back to its count (one that is
+/// gone is skipped), without waiting; returns the counts.
+pub async fn restore_replicas(
+    kube: &crate::clients::kube::Kube,
+    namespace: &str,
+    recorded: &str,
+) -> Result<BTreeMap<String, u32>, crate::clients::kube::KubeError> {
+    let want: BTreeMap<String, u32> = serde_json::from_str(recorded).unwrap_or_default();
+    for (w, n) in &want {
+        let (kind, name) = w.split_once('/').unwrap_or(("Deployment", w));
+        match kube.scale_workload(namespace, kind, name, *n).await {
+            // Removed since (a deploy changed the chart): nothing to restore.
+            Err(e) if e.code() == Some(404) => {}
+            other => other?,
+        }
+    }
+    Ok(want)
 }
 
 /// After a deploy: records the commit (and when) on the namespace, for superseding, teardown's

@@ -591,8 +591,11 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
     crate::shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
     // Released on every path: explicitly below, by its drop on an error or a signal.
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
-    // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm.
-    if let Some(note) = lifecycle::check_current(&kube, release, &ctx.sha, input.chart_root).await? {
+    // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm (and wake a
+    // sleeping preview).
+    if let Some(note) =
+        lifecycle::check_current(&kube, release, &ctx.sha, input.chart_root, config.lifecycle.wake_on_push).await?
+    {
         phase.note(note);
     }
     let recovered = {

@@ -56,6 +56,25 @@ impl ImagesInUse {
         self.tagged.iter().filter(|(r, _)| r.ends_with(&suffix)).flat_map(|(_, w)| w.clone()).collect()
     }
 
+    /// The same without the objects of namespace `ns` (and with no calls counted).
+    pub fn without_namespace(&self, ns: &str) -> ImagesInUse {
+        let prefix = format!(" {ns}/");
+        let keep = |m: &BTreeMap<String, Vec<String>>| -> BTreeMap<String, Vec<String>> {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let v: Vec<String> = v.iter().filter(|u| !u.contains(&prefix)).cloned().collect();
+                    (!v.is_empty()).then(|| (k.clone(), v))
+                })
+                .collect()
+        };
+        ImagesInUse {
+            digests: keep(&self.digests),
+            tagged: keep(&self.tagged),
+            unreadable: self.unreadable.clone(),
+            calls: 0,
+        }
+    }
+
     fn add(&mut self, reference: &str, user: &str) {
         let push = |m: &mut BTreeMap<String, Vec<String>>, k: String| {
             let v = m.entry(k).or_default();
