@@ -157,6 +157,9 @@ pub struct Config {
     /// `[github]`: the GitHub API, its credentials, and which events `prpod event` acts on.
     #[serde(default)]
     pub github: crate::ops::event::GithubConfig,
+    /// `[lifecycle]`: sleep, wake and collection of previews (teardown, gc).
+    #[serde(default)]
+    pub lifecycle: crate::phases::lifecycle::LifecycleConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -396,6 +399,7 @@ impl Config {
         self.deploy.apply_env(env)?;
         self.registry.apply_env(env)?;
         self.github.apply_env(env)?;
+        self.lifecycle.apply_env(env)?;
         self.check()
     }
 
@@ -405,6 +409,7 @@ impl Config {
         self.image.check()?;
         self.build.check()?;
         self.deploy.check()?;
+        self.lifecycle.check()?;
         self.registry.check()?;
         self.github.check()
     }

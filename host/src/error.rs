@@ -9,6 +9,8 @@
 //! | 3 | a plugin failed: limit, crash, `err` result, invalid output |
 //! | 4 | an external system failed: git, a registry, a builder, Helm, the cluster |
 //! | 5 | the deploy failed and Helm rolled it back |
+//! | 6 | superseded: a newer commit of the PR (a descendant of this one) is already deployed |
+//! | 7 | gc refused: more than `[lifecycle] max_share` of the previews would go at once |
 //! | 70 | prpod itself failed (the WebAssembly engine, a bug): not the input's or the plugin's fault |
 //! | 130, 143 | SIGINT, SIGTERM stopped the run (the message says the state the release was left in) |
 
@@ -26,6 +28,10 @@ pub const EXIT_PLUGIN: u8 = 3;
 pub const EXIT_EXTERNAL: u8 = 4;
 /// Exit code: the deploy failed and was rolled back.
 pub const EXIT_ROLLED_BACK: u8 = 5;
+/// Exit code: a newer commit of the PR (a descendant of this run's) is already deployed.
+pub const EXIT_SUPERSEDED: u8 = 6;
+/// Exit code: gc refused to act (more than `[lifecycle] max_share` would go at once).
+pub const EXIT_GC_REFUSED: u8 = 7;
 /// Exit code: prpod itself failed (the engine, a bug); `EX_SOFTWARE` of sysexits.h.
 pub const EXIT_INTERNAL: u8 = 70;
 
@@ -39,6 +45,12 @@ pub enum FailureKind {
     /// The deploy failed and Helm rolled it back (exit 5).
     #[error("the deploy failed and was rolled back")]
     RolledBack,
+    /// A newer commit is deployed already (exit 6).
+    #[error("superseded")]
+    Superseded,
+    /// gc refused to act (exit 7).
+    #[error("gc refused")]
+    GcRefused,
     /// prpod itself failed (exit 70).
     #[error("internal error")]
     Internal,
@@ -53,6 +65,8 @@ impl FailureKind {
         match self {
             FailureKind::External => EXIT_EXTERNAL,
             FailureKind::RolledBack => EXIT_ROLLED_BACK,
+            FailureKind::Superseded => EXIT_SUPERSEDED,
+            FailureKind::GcRefused => EXIT_GC_REFUSED,
             FailureKind::Internal => EXIT_INTERNAL,
             FailureKind::Interrupted(s) => s.exit_code(),
         }

@@ -875,6 +875,18 @@ impl Reporter {
         Ok(())
     }
 
+    /// Prints a command's result: `value` as JSON, or `lines` for people (teardown, gc, wake).
+    pub fn lines_or_json<T: Serialize>(&self, value: &T, lines: &[String]) -> anyhow::Result<()> {
+        if self.inner.format == Format::Json {
+            return self.result(value);
+        }
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            writeln!(out, "{}", crate::untrusted::escape(l))?;
+        }
+        Ok(())
+    }
+
     /// Prints `prpod doctor`: JSON, or one line per check with its fix.
     pub fn doctor_report(&self, r: &DoctorReport) -> anyhow::Result<()> {
         if self.inner.format == Format::Json {

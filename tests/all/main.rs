@@ -12,12 +12,14 @@ mod cli;
 mod deploy;
 mod fault_proxy;
 mod github;
+mod gc;
 mod lock;
 mod plugins;
 mod preview;
 mod push;
 mod run;
 mod sandbox;
+mod teardown;
 mod trust;
 
 use std::path::{Path, PathBuf};

@@ -270,7 +270,7 @@ pub fn explain(out: &Output) -> String {
 }
 
 /// `GET /` on every Ready pod of the namespace (from the host, by pod IP).
-fn pages(ns: &str) -> Vec<String> {
+pub fn pages(ns: &str) -> Vec<String> {
     let w = world();
     let pods: Value = serde_json::from_str(&w.kubectl_ok(["get", "pods", "-n", ns, "-o", "json"])).unwrap();
     let mut out = Vec::new();

@@ -4,9 +4,12 @@
 pub mod build;
 pub mod doctor;
 pub mod event;
+pub mod gc;
 pub mod plugin;
 pub mod run;
 pub mod status;
+pub mod teardown;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +56,12 @@ pub enum Command {
     /// Act on the GitHub Actions event (`GITHUB_EVENT_PATH`): run, tear down or skip, and tell
     /// the PR (one comment, a Deployment, the job summary).
     Event(event::EventArgs),
+    /// Remove a PR's preview: release, namespace and its tags (never a digest in use).
+    Teardown(teardown::TeardownArgs),
+    /// Collect closed and expired previews, sleep idle ones, wake labelled ones (safe in a CronJob).
+    Gc(gc::GcArgs),
+    /// Wake a sleeping preview: its replicas restored, waiting for Ready.
+    Wake(wake::WakeArgs),
 }
 
 impl Cli {
@@ -70,6 +79,9 @@ impl Cli {
             Command::Status(args) => status::run(args, config, &env, reporter).await,
             Command::Doctor(args) => doctor::run(args, config, &env, reporter).await,
             Command::Event(args) => event::run(args, config, &env, reporter).await,
+            Command::Teardown(args) => teardown::run(args, config, &env, reporter).await,
+            Command::Gc(args) => gc::run(args, config, &env, reporter).await,
+            Command::Wake(args) => wake::run(args, config, &env, reporter).await,
         }
     }
 }

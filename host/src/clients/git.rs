@@ -22,6 +22,8 @@
 //! clone URL with a redirect to another host fails the fetch with [`GitError::Redirected`]
 //! instead of receiving the token.
 
+pub mod ancestry;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -8,6 +8,10 @@
 //! `networking.k8s.io/v1`); fields newer than 1.20 are optional and simply absent there. Watches
 //! use kube's list-then-watch mode (streaming lists need 1.27+).
 
+pub mod inuse;
+pub mod lifecycle;
+pub mod scale;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,3 +1,7 @@
-//! One function per command, below `cli/` (which parses) and above `phases/` (the line).
+//! One function per command (`run`, `teardown`, `gc`, `wake`, ...): what the command does,
+//! below the command line (nothing here knows clap) and above the phases.
 
 pub mod event;
+pub mod gc;
+pub mod teardown;
+pub mod wake;

@@ -11,6 +11,7 @@ pub mod build;
 pub mod chart;
 pub mod context;
 pub mod deploy;
+pub mod lifecycle;
 pub mod lock;
 pub mod preview;
 pub mod push;
@@ -590,6 +591,13 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
     crate::shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
     // Released on every path: explicitly below, by its drop on an error or a signal.
     let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
+    // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm (and wake a
+    // sleeping preview).
+    if let Some(note) =
+        lifecycle::check_current(&kube, release, &ctx.sha, input.chart_root, config.lifecycle.wake_on_push).await?
+    {
+        phase.note(note);
+    }
     let recovered = {
         // A Helm rollback runs to its end, even when a signal comes meanwhile.
         let _deferred = crate::shutdown::defer();
@@ -612,6 +620,10 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
         "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
         deployed.revision
     ));
+    // The commit and time, for superseding, teardown's tags and gc (a failure costs only those).
+    if let Err(e) = lifecycle::record_deployed(&kube, ns, &ctx.sha).await {
+        phase.note(format!("the deployed commit was not recorded on the namespace: {e}"));
+    }
     phase.finish(format!(
         "release {} revision {} in namespace {} ({})",
         deployed.name, deployed.revision, deployed.namespace, deployed.chart

@@ -72,6 +72,17 @@ pub enum OwnershipError {
         /// This run's preview.
         us: String,
     },
+    /// The PR's preview was closed (torn down, or being torn down).
+    #[error(
+        "the preview in namespace {namespace} was closed at {at} (teardown ran: the PR is closed): refusing to \
+         deploy into it; reopen the PR after the teardown finished to get a new preview"
+    )]
+    Closed {
+        /// The namespace.
+        namespace: String,
+        /// When it was closed.
+        at: String,
+    },
     /// A Helm release prpod did not make, in a namespace being adopted.
     #[error(
         "namespace {namespace} holds a Helm release {release} that prpod did not make: refusing to adopt the \
@@ -216,6 +227,9 @@ pub async fn claim(kube: &Kube, ctx: &PrContext, release: &ReleaseTarget, adopt:
         let ours = owner == Owner::Us;
         if let Some(refused) = refusal(ctx, ns, owner, adopt) {
             return Err(refused.into());
+        }
+        if let Some(at) = have_ann.get(crate::phases::lifecycle::CLOSED) {
+            return Err(OwnershipError::Closed { namespace: ns.clone(), at: at.clone() }.into());
         }
         // Adopting: only where no Helm release of this name was made by someone else.
         if !ours && kube.helm_release_exists(ns, &release.name).await? {

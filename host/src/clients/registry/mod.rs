@@ -24,6 +24,7 @@
 
 mod config;
 mod credentials;
+pub mod delete;
 mod error;
 mod layout;
 mod push;
