@@ -276,3 +276,169 @@ fn double_skipped_events_write_nothing_to_github() {
     assert_eq!(d.writes(), Vec::<String>::new(), "a skipped event wrote to GitHub");
     assert!(d.requests().is_empty(), "a skipped event called GitHub: {:?}", d.requests().len());
 }
+
+/// The example PR driven by events against the world and the GitHub double, as a GitHub App
+/// (whose installation token, handed out by the double, is what clones): `opened` deploys and
+/// comments once among 250 other comments (an impostor's comment carrying prpod's marker is left
+/// untouched); `synchronize` edits that one comment in place (a duplicate of prpod's own is
+/// deleted), and each run's Deployment goes `in_progress` then `success` with the preview's URL;
+/// `closed` tears the preview down, marks the Deployment `inactive` and reports the environment
+/// left behind (an installation token cannot delete environments). Every event's document
+/// counts exactly the GitHub requests the double saw.
+#[test]
+fn double_events_drive_one_comment_and_deployments_through_a_preview() {
+    use crate::run::{Preview, explain, pages};
+    let w = world();
+    let name = unique_name("acme/hello-web");
+    let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
+    let slug = format!("acme/{name}");
+    let work = TempDir::new("gh-pr-branch");
+    let git = |args: &[&str]| {
+        let out = w
+            .git
+            .git_with_token(&w.git.token)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["clone", "-q", &url, "."]);
+    git(&["checkout", "-q", "-b", "feature/greeting"]);
+    let commit = |text: &str| {
+        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", text]);
+        git(&["push", "-q", "-f", "origin", "feature/greeting"]);
+        git(&["rev-parse", "HEAD"])
+    };
+    let repo = unique_name("prpod-test/event");
+    let p = Preview::new(false, &repo, "").of_repository(&slug);
+    let d = GithubDouble::start();
+    let keys = TempDir::new("gh-app-key");
+    let (key, public) = app_key(keys.path());
+    d.add_app(77, "prpod-previews", &public, w.git.token.expose());
+    let me = "prpod-previews[bot]";
+    let marker = format!("<!-- prpod:preview repository={slug} pr={} instance=prpod -->", p.pr);
+    d.add_comments(&slug, p.pr, "reviewer", 250, "looks good");
+    let impostor = d.add_comment(&slug, p.pr, "mallory", &format!("{marker}\nPreview: https://evil.example"));
+    std::fs::write(
+        p.dir.path().join("prpod.toml"),
+        format!(
+            "[source]\nusername = \"{}\"\n\n[image]\nrepository = \"{}\"\nbuild_args = {{ BASE = \"{}\" }}\n\n\
+             [build]\nbackend = \"native\"\n\n[deploy]\ntimeout = \"90s\"\nset = {{ terminationGracePeriodSeconds = 1 }}\n\n\
+             [github]\napi_url = \"{}\"\n",
+            w.git.user,
+            p.repository,
+            w.web_image_tls.replacen(&w.registry_tls.host, &w.registry_tls.host_pod, 1),
+            d.url()
+        ),
+    )
+    .unwrap();
+    let summary = p.dir.path().join("summary.md");
+    let event = |action: &str, sha: &str| {
+        let payload = payload("pull_request.opened.json", |v| {
+            v["action"] = action.into();
+            v["number"] = p.pr.into();
+            let pr = &mut v["pull_request"];
+            pr["number"] = p.pr.into();
+            pr["draft"] = false.into();
+            pr["labels"] = serde_json::json!([]);
+            pr["head"]["sha"] = sha.into();
+            pr["head"]["ref"] = "feature/greeting".into();
+            pr["base"]["ref"] = "main".into();
+            for side in ["head", "base"] {
+                pr[side]["repo"]["full_name"] = slug.clone().into();
+                pr[side]["repo"]["clone_url"] = url.clone().into();
+            }
+        });
+        let path = p.dir.path().join("event.json");
+        std::fs::write(&path, payload.to_string()).unwrap();
+        let before = d.requests().len();
+        let out = p
+            .command(&["--output", "json", "event"])
+            .env_remove("PRPOD_GIT_TOKEN")
+            .env_remove("GITHUB_TOKEN")
+            .env("GITHUB_EVENT_NAME", "pull_request")
+            .env("GITHUB_EVENT_PATH", &path)
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("PRPOD_GITHUB_APP_ID", "77")
+            .env("PRPOD_GITHUB_APP_PRIVATE_KEY_FILE", &key)
+            .output()
+            .unwrap();
+        crate::run::assert_no_secrets(&out.stdout, "stdout");
+        crate::run::assert_no_secrets(&out.stderr, "stderr");
+        let calls = (d.requests().len() - before) as u64;
+        (out, calls)
+    };
+    let ours = || -> Vec<_> { d.comments(&slug, p.pr).into_iter().filter(|c| c.login == me).collect() };
+
+    let sha1 = commit("hello");
+    let (out, calls) = event("opened", &sha1);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = crate::json(&out);
+    assert_eq!(r["action"], "run", "{r}");
+    assert_eq!(r["run"]["revision"], 1, "{r}");
+    assert_eq!(r["github"]["api_calls"], calls, "{r}");
+    assert_eq!(r["github"]["identity"], me);
+    let mine = ours();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    let first = mine[0].id;
+    assert!(mine[0].body.starts_with(&marker) && mine[0].body.contains(&sha1), "{}", mine[0].body);
+    let digest1 = r["run"]["image"]["digest"].as_str().unwrap().to_string();
+    assert!(mine[0].body.contains(&digest1), "{}", mine[0].body);
+    let served = pages(&p.ns);
+    assert!(served.iter().any(|s| s.contains(&sha1)), "{served:?}");
+    let annotation =
+        w.kubectl_ok(["get", "namespace", &p.ns, "-o", "jsonpath={.metadata.annotations.prpod\\.dev/github-comment}"]);
+    assert_eq!(annotation.trim(), first.to_string());
+
+    // A duplicate of prpod's own comment (a run that died between create and annotate).
+    let dup = d.add_comment(&slug, p.pr, me, &format!("{marker}\nold"));
+    let sha2 = commit("hello again");
+    let (out, calls) = event("synchronize", &sha2);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = crate::json(&out);
+    assert_eq!(r["run"]["revision"], 2, "{r}");
+    assert_eq!(r["github"]["api_calls"], calls, "{r}");
+    assert_eq!(r["github"]["duplicates_deleted"], 1, "{r}");
+    let mine = ours();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!((mine[0].id, mine[0].edits), (first, 1), "the first comment, edited once");
+    assert!(mine[0].body.contains(&sha2) && !mine[0].body.contains(&sha1), "{}", mine[0].body);
+    assert!(mine.iter().all(|c| c.id != dup));
+    let all = d.comments(&slug, p.pr);
+    assert_eq!(all.len(), 252, "250 + the impostor's + prpod's one");
+    let evil = all.iter().find(|c| c.id == impostor).unwrap();
+    assert_eq!(evil.edits, 0, "the impostor's comment was edited");
+    assert!(evil.body.contains("evil.example"));
+
+    let deployments = d.deployments();
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
+    let environment = format!("preview/pr-{}", p.pr);
+    for (dep, sha) in deployments.iter().zip([&sha1, &sha2]) {
+        assert_eq!((&dep.sha, &dep.environment, dep.transient), (sha, &environment, true), "{dep:?}");
+        let states: Vec<&str> = dep.statuses.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(states, ["in_progress", "success"], "{dep:?}");
+        let page = dep.statuses[1].1.as_deref().expect("success carries environment_url");
+        assert!(page.starts_with("http"), "{page}");
+    }
+    let text = std::fs::read_to_string(&summary).unwrap();
+    assert_eq!(text.matches("prpod preview: ready").count(), 2, "{text}");
+
+    let (out, calls) = event("closed", &sha2);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = crate::json(&out);
+    assert_eq!(r["action"], "teardown", "{r}");
+    assert_eq!(r["github"]["api_calls"], calls, "{r}");
+    assert_eq!(r["github"]["environment_left_behind"], environment.as_str(), "{r}");
+    let states: Vec<String> = d.deployments()[1].statuses.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(states, ["in_progress", "success", "inactive"]);
+    let mine = ours();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].body.contains("torn down"), "{}", mine[0].body);
+    let gone = w.kubectl(["get", "namespace", &p.ns]);
+    assert!(!gone.status.success() || String::from_utf8_lossy(&gone.stdout).contains("Terminating"));
+}

@@ -11,6 +11,9 @@
 //!   refused unless `[github] allow_forks`; under `pull_request` a fork has no secrets, so it is
 //!   skipped with a notice and exit 0.
 //!
+//! A closed PR is torn down by [`crate::ops::teardown`] (a GHCR repository's tags through GitHub
+//! Packages, [`crate::ops::github_sources::GhcrTags`]).
+//!
 //! A run or a teardown is framed by what GitHub shows ([`run_event`]): a Deployment of the PR's
 //! environment (`preview/pr-<n>`, transient) with statuses `in_progress`, then `success` with the
 //! preview's URL or `failure`, and `inactive` on teardown; one comment per PR, found again by a
@@ -505,7 +508,7 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
         }
         Action::Teardown => {
             // The one call into the teardown path.
-            let result = teardown_preview(&config, &run_env, reporter).await;
+            let result = teardown_preview(&config, &run_env, &github.client, reporter).await;
             let ok = result.is_ok();
             if ok && let Some(e) = &environment {
                 github.retire_environment(e, &mut gh).await;
@@ -536,18 +539,28 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
     Ok(EventOutcome { report, code, error })
 }
 
-/// The teardown of the PR's preview.
-// TODO(merge wip/life): call `crate::ops::teardown::teardown` here; until then this is the single
-// place a closed PR would tear its preview down, and it says so instead of pretending.
+/// The teardown of the PR's preview ([`crate::ops::teardown`]), the PR named by the event. A
+/// GHCR repository's tags are deleted through GitHub Packages with `client`'s token.
 async fn teardown_preview(
-    _config: &Config,
-    _env: &Env,
-    _reporter: &Reporter,
+    config: &Config,
+    env: &Env,
+    client: &GithubClient,
+    reporter: &Reporter,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    anyhow::bail!(
-        "this prpod has no `teardown` yet: the preview of the closed PR is left running; remove it with \
-         `helm uninstall` and `kubectl delete namespace`"
-    )
+    use anyhow::Context;
+    let flags = crate::phases::context::ContextFlags::default();
+    let (release, ctx) = crate::cli::status::release_target(None, None, &flags, config, env).await?;
+    let ctx = ctx.context("the event names no pull request to tear down")?;
+    let tags: Option<Box<dyn crate::ops::teardown::TagDeleter>> = match config.image.repository.as_deref() {
+        Some(repo) => crate::ops::github_sources::GhcrTags::for_repository(client.clone(), repo)
+            .await?
+            .map(|t| Box::new(t) as Box<dyn crate::ops::teardown::TagDeleter>),
+        None => None,
+    };
+    let req = crate::ops::teardown::TeardownRequest { ctx, release: Some(release), dry_run: false, tags };
+    let report = crate::ops::teardown::teardown(config, req, reporter).await;
+    crate::phases::lock::finish_releases().await;
+    Ok(Some(serde_json::to_value(report?)?))
 }
 
 /// A connected GitHub client and who it is.
@@ -558,33 +571,46 @@ struct Github {
     instance: String,
 }
 
+/// A GitHub client from `[github]`: a GitHub App's installation (on `repository`, unless
+/// `installation_id` names it), else the token ([`github_token`]).
+pub async fn github_client(config: &GithubConfig, env: &Env, repository: Option<&str>) -> anyhow::Result<GithubClient> {
+    use anyhow::Context;
+    let api = config.api_url.as_deref().unwrap_or(crate::clients::github::DEFAULT_API_URL);
+    let options = GithubOptions {
+        api_url: url::Url::parse(api).with_context(|| format!("`github.api_url` `{api}` is not a URL"))?,
+        ..Default::default()
+    };
+    let client = match (&config.app_id, &config.app_private_key_file) {
+        (Some(id), Some(file)) => {
+            let key = crate::input::read_text_file(file, crate::input::MAX_SECRET_BYTES, "GitHub App key")
+                .with_context(|| {
+                    format!(
+                        "failed to read the GitHub App's private key {} (`github.app_private_key_file`)",
+                        file.display()
+                    )
+                })?;
+            let app = AppCredentials {
+                app_id: *id,
+                private_key: Secret::new(key),
+                source_desc: format!("`github.app_private_key_file` = {}", file.display()),
+                installation_id: config.installation_id,
+            };
+            let repository = repository.filter(|_| app.installation_id.is_none()).unwrap_or_default();
+            if app.installation_id.is_none() && repository.is_empty() {
+                anyhow::bail!(
+                    "a GitHub App needs its installation: set `github.installation_id` (or name the repository)"
+                );
+            }
+            GithubClient::for_app(options, &app, repository).await?
+        }
+        _ => GithubClient::with_token(options, github_token(config, env)?)?,
+    };
+    Ok(client)
+}
+
 impl Github {
     async fn connect(config: &GithubConfig, env: &Env, repository: &str) -> anyhow::Result<Github> {
-        use anyhow::Context;
-        let api = config.api_url.as_deref().unwrap_or(crate::clients::github::DEFAULT_API_URL);
-        let options = GithubOptions {
-            api_url: url::Url::parse(api).with_context(|| format!("`github.api_url` `{api}` is not a URL"))?,
-            ..Default::default()
-        };
-        let client = match (&config.app_id, &config.app_private_key_file) {
-            (Some(id), Some(file)) => {
-                let key = crate::input::read_text_file(file, crate::input::MAX_SECRET_BYTES * 16, "GitHub App key")
-                    .with_context(|| {
-                        format!(
-                            "failed to read the GitHub App's private key {} (`github.app_private_key_file`)",
-                            file.display()
-                        )
-                    })?;
-                let app = AppCredentials {
-                    app_id: *id,
-                    private_key: Secret::new(key),
-                    source_desc: format!("`github.app_private_key_file` = {}", file.display()),
-                    installation_id: config.installation_id,
-                };
-                GithubClient::for_app(options, &app, repository).await?
-            }
-            _ => GithubClient::with_token(options, github_token(config, env)?)?,
-        };
+        let client = github_client(config, env, Some(repository)).await?;
         let identity = client.identity().await?.login;
         Ok(Github { client, identity, repository: repository.into(), instance: config.instance.clone() })
     }

@@ -157,6 +157,9 @@ pub struct GcReport {
     pub unreadable: Vec<String>,
     /// Kubernetes API calls made in all.
     pub kube_calls: u32,
+    /// GitHub API calls made in all (`--closed-from-github`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_calls: Option<u64>,
     /// Wall time, seconds.
     pub seconds: f64,
 }

@@ -3,5 +3,6 @@
 
 pub mod event;
 pub mod gc;
+pub mod github_sources;
 pub mod teardown;
 pub mod wake;
