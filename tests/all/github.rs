@@ -391,6 +391,21 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
     assert!(mine[0].body.contains(&digest1), "{}", mine[0].body);
     let served = pages(&p.ns);
     assert!(served.iter().any(|s| s.contains(&sha1)), "{served:?}");
+    // The image names its repository, so GHCR links the package to it.
+    let reg = &w.registry_tls;
+    let image = format!("{}@{digest1}", p.repository);
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--config", "--cert-dir"])
+        .arg(reg.cert_dir.as_ref().unwrap())
+        .arg("--authfile")
+        .arg(reg.authfile.as_ref().unwrap())
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "skopeo: {}", String::from_utf8_lossy(&inspect.stderr));
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let source = &config["config"]["Labels"]["org.opencontainers.image.source"];
+    assert_eq!(source, url.trim_end_matches(".git"), "{config}");
     let annotation =
         w.kubectl_ok(["get", "namespace", &p.ns, "-o", "jsonpath={.metadata.annotations.prpod\\.dev/github-comment}"]);
     assert_eq!(annotation.trim(), first.to_string());
@@ -441,4 +456,82 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
     assert!(mine[0].body.contains("torn down"), "{}", mine[0].body);
     let gone = w.kubectl(["get", "namespace", &p.ns]);
     assert!(!gone.status.success() || String::from_utf8_lossy(&gone.stdout).contains("Terminating"));
+}
+
+/// `doctor` names the GitHub credential's kind and checks it with the double; with the image on
+/// GHCR it fails an installation token (`ghs_`) given to the registry outside Actions (a GitHub
+/// App's, which GHCR refuses) and warns that an App's token does not serve GHCR.
+#[test]
+fn double_doctor_names_the_token_kind_and_the_ghcr_limit() {
+    let d = double();
+    let dir = TempDir::new("gh-doctor");
+    let keys = TempDir::new("gh-doctor-key");
+    let (key, public) = app_key(keys.path());
+    d.add_app(91, "prpod-doctor", &public, "ghs_installation0000000000000000000");
+    std::fs::write(
+        dir.path().join("prpod.toml"),
+        format!("[image]\nrepository = \"ghcr.io/acme/web\"\n\n[github]\napi_url = \"{}\"\n", d.url()),
+    )
+    .unwrap();
+    // Each doctor spends ~15 s on the unreachable ghcr.io (its registry checks retry): the four
+    // run side by side.
+    let doctor = |envs: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_prpod"));
+        c.args(["--output", "json", "--config"])
+            .arg(dir.path().join("prpod.toml"))
+            .args(["doctor", "--namespace", "default"])
+            .current_dir(dir.path())
+            .env("KUBECONFIG", "/nonexistent")
+            .env("PRPOD_REGISTRY_USER", "x-access-token")
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("PRPOD_GITHUB_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let checks_of = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let r = crate::json(&out);
+        let checks: Vec<serde_json::Value> = r["checks"].as_array().unwrap().clone();
+        let find = |name: &str| checks.iter().find(|c| c["name"] == name).cloned();
+        (find("github"), find("ghcr token"))
+    };
+    let key = key.display().to_string();
+    let pat = doctor(&[("GITHUB_TOKEN", PAT), ("PRPOD_REGISTRY_PASSWORD", "ghs_fromanapp0000000000000000")]);
+    // In Actions a ghs_ token is the workflow's GITHUB_TOKEN, which GHCR takes.
+    let actions = doctor(&[
+        ("GITHUB_TOKEN", PAT),
+        ("GITHUB_ACTIONS", "true"),
+        ("PRPOD_REGISTRY_PASSWORD", "ghs_workflow00000000000000000000"),
+    ]);
+    let app = doctor(&[
+        ("PRPOD_GITHUB_APP_ID", "91"),
+        ("PRPOD_GITHUB_APP_PRIVATE_KEY_FILE", &key),
+        ("GITHUB_REPOSITORY", "acme/web"),
+        ("PRPOD_REGISTRY_PASSWORD", PAT),
+    ]);
+    let revoked = doctor(&[("GITHUB_TOKEN", "ghp_revoked")]);
+
+    let (github, ghcr) = checks_of(pat);
+    let github = github.expect("a github check");
+    assert_eq!(github["status"], "ok", "{github}");
+    assert!(github["detail"].as_str().unwrap().contains("classic personal access token (ghp_) as octocat"), "{github}");
+    let ghcr = ghcr.expect("a ghcr check");
+    assert_eq!(ghcr["status"], "fail", "{ghcr}");
+    assert!(ghcr["detail"].as_str().unwrap().contains("GHCR refuses App installation tokens"), "{ghcr}");
+
+    let (_, ghcr) = checks_of(actions);
+    assert!(ghcr.is_none(), "{ghcr:?}");
+    let (github, ghcr) = checks_of(app);
+    let github = github.unwrap();
+    assert_eq!(github["status"], "ok", "{github}");
+    assert!(github["detail"].as_str().unwrap().contains("as prpod-doctor[bot]"), "{github}");
+    assert_eq!(ghcr.unwrap()["status"], "warn");
+
+    let (github, _) = checks_of(revoked);
+    assert_eq!(github.unwrap()["status"], "fail");
 }

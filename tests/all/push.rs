@@ -96,6 +96,7 @@ fn request(context: &Path, out: &Path, base: &str) -> NativeBuildRequest {
         context_dir: context.to_path_buf(),
         dockerfile: "Dockerfile".into(),
         build_args: BTreeMap::from([("BASE".into(), base.into()), ("GREETING".into(), "hi".into())]),
+        labels: BTreeMap::new(),
         platform: None,
         out_dir: out.to_path_buf(),
         source_date_epoch: None,

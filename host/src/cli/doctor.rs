@@ -161,6 +161,9 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
         },
     }
 
+    // --- GitHub -----------------------------------------------------------------------------
+    checks.extend(crate::ops::event::doctor_checks(&config, env).await);
+
     let ok_all = checks.iter().all(|c| c.status != CheckStatus::Fail);
     reporter.doctor_report(&DoctorReport { checks, ok: ok_all })?;
     // 1, like error findings: a check failed; the report says which and how to fix it.

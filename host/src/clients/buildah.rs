@@ -77,6 +77,8 @@ pub struct BuildRequest {
     pub dockerfile: PathBuf,
     /// `--build-arg NAME=VALUE`, sorted.
     pub build_args: BTreeMap<String, String>,
+    /// `--label NAME=VALUE`, sorted.
+    pub labels: BTreeMap<String, String>,
     /// `--platform`.
     pub platform: String,
     /// `-t` for the built image (local name).
@@ -218,6 +220,9 @@ impl Buildah {
         a.extend(["--file".into(), req.dockerfile.clone().into()]);
         for (k, v) in &req.build_args {
             a.extend(["--build-arg".into(), format!("{k}={v}").into()]);
+        }
+        for (k, v) in &req.labels {
+            a.extend(["--label".into(), format!("{k}={v}").into()]);
         }
         if let Some(r) = &req.cache_from {
             a.extend(["--cache-from".into(), r.into()]);
@@ -426,6 +431,7 @@ mod tests {
             context_dir: "/src".into(),
             dockerfile: "/src/Dockerfile".into(),
             build_args: [("B".to_string(), "2".to_string()), ("A".to_string(), "1".to_string())].into(),
+            labels: [("org.opencontainers.image.source".to_string(), "https://github.com/acme/web".to_string())].into(),
             platform: "linux/amd64".into(),
             tag: "localhost/prpod-build:abc".into(),
             cache_from: Some("reg/web/cache/cache-main".into()),
@@ -438,7 +444,7 @@ mod tests {
             argv.join(" "),
             "--root /r --runroot /rr --storage-driver vfs build --layers --isolation oci --network none --authfile /tmp/p/auth.json \
              --cert-dir /tmp/p/certs --platform linux/amd64 --file /src/Dockerfile --build-arg A=1 --build-arg B=2 \
-             --cache-from reg/web/cache/cache-main --cache-to reg/web/cache/cache-x --iidfile /tmp/p/iid \
+             --label org.opencontainers.image.source=https://github.com/acme/web --cache-from reg/web/cache/cache-main --cache-to reg/web/cache/cache-x --iidfile /tmp/p/iid \
              --tag localhost/prpod-build:abc /src"
         );
     }

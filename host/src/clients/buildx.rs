@@ -41,6 +41,8 @@ pub struct BuildRequest {
     pub dockerfile: PathBuf,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
+    /// `--label`s.
+    pub labels: BTreeMap<String, String>,
     /// `--platform`.
     pub platform: String,
     /// Repository, registry host included.
@@ -140,6 +142,9 @@ pub fn build_argv(b: &Builder, r: &BuildRequest) -> Vec<OsString> {
             for (k, v) in &r.build_args {
                 a.extend([s("--build-arg"), s(format!("{k}={v}"))]);
             }
+            for (k, v) in &r.labels {
+                a.extend([s("--label"), s(format!("{k}={v}"))]);
+            }
             for c in &cache_from {
                 a.extend([s("--cache-from"), s(c)]);
             }
@@ -159,6 +164,9 @@ pub fn build_argv(b: &Builder, r: &BuildRequest) -> Vec<OsString> {
             a.extend([s("--set"), s(format!("*.platform={}", r.platform))]);
             for (k, v) in &r.build_args {
                 a.extend([s("--set"), s(format!("*.args.{k}={v}"))]);
+            }
+            for (k, v) in &r.labels {
+                a.extend([s("--set"), s(format!("*.labels.{k}={v}"))]);
             }
             for c in &cache_from {
                 a.extend([s("--set"), s(format!("*.cache-from={c}"))]);
@@ -326,6 +334,7 @@ mod tests {
             context_dir: "/ci/checkout".into(),
             dockerfile: "/ci/checkout/Dockerfile".into(),
             build_args: [("PRPOD_GIT_SHA".to_string(), "0123456789abcdef0123456789abcdef01234567".to_string())].into(),
+            labels: [("org.opencontainers.image.source".to_string(), "https://github.com/acme/web".to_string())].into(),
             platform: "linux/amd64".into(),
             repository: "ghcr.io/acme/web".into(),
             tags: vec!["pr-7".into(), "pr-feature-login".into(), "sha-0123456789ab".into()],

@@ -111,6 +111,8 @@ pub struct NativeBuildRequest {
     pub dockerfile: PathBuf,
     /// `--build-arg` values (only ARGs the Dockerfile declares are used, as in docker).
     pub build_args: BTreeMap<String, String>,
+    /// Labels set on the image after the Dockerfile's own (prpod's `org.opencontainers.image.source`).
+    pub labels: BTreeMap<String, String>,
     /// `os/arch[/variant]` to pick from a multi-platform base (default: this machine's, linux).
     pub platform: Option<String>,
     /// Where to write the OCI image layout (emptied first).
@@ -334,6 +336,18 @@ pub async fn build(
         }
     } else {
         cfg["Env"] = json!(state.env_order.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>());
+    }
+    if !req.labels.is_empty() {
+        // Like `docker build --label`: over whatever the Dockerfile's LABELs said.
+        let cfg = state.config.entry("config").or_insert_with(|| json!({}));
+        let labels = cfg.as_object_mut().expect("object").entry("Labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        for (k, v) in &req.labels {
+            labels[k.as_str()] = json!(v);
+        }
+        sort_object(labels);
     }
     state.config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": state.diff_ids}));
     state.config.insert("history".into(), Value::Array(state.history));

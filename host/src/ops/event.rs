@@ -737,6 +737,92 @@ impl Github {
     }
 }
 
+/// `doctor`'s GitHub checks: which credential `[github]` resolves to (its kind by prefix, or a
+/// GitHub App) and whether GitHub accepts it (one identity call, or the App's token exchange);
+/// and, when the image goes to GHCR, whether its registry credential can work there: GHCR
+/// refuses GitHub App installation tokens, for pushes and for pulls of private packages.
+pub async fn doctor_checks(config: &Config, env: &Env) -> Vec<crate::report::Check> {
+    use crate::report::{Check, CheckStatus};
+    let check = |name: &str, status, detail: String, fix: Option<&str>| Check {
+        name: name.into(),
+        status,
+        detail,
+        fix: fix.map(str::to_string),
+    };
+    let mut out = Vec::new();
+    let g = &config.github;
+    let app = g.app_id.is_some();
+    let token = if app { None } else { github_token(g, env).ok() };
+    let kind = match (&token, app) {
+        (_, true) => Some(TokenKind::App),
+        (Some(t), false) => Some(TokenKind::of(t)),
+        (None, false) => None,
+    };
+    match kind {
+        None => out.push(check(
+            "github",
+            CheckStatus::Ok,
+            "no GitHub credentials (only `prpod event` and `gc --closed-from-github` need them)".into(),
+            None,
+        )),
+        Some(kind) => {
+            let repository = env.get("GITHUB_REPOSITORY");
+            let who = match github_client(g, env, repository).await {
+                Ok(c) => c.identity().await.map(|i| i.login).map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            out.push(match who {
+                Ok(login) => check("github", CheckStatus::Ok, format!("{} as {login}", kind.describe()), None),
+                Err(e) => check(
+                    "github",
+                    CheckStatus::Fail,
+                    format!("{}: {e:#}", kind.describe()),
+                    Some("check `[github]` (token_file, PRPOD_GITHUB_TOKEN / GITHUB_TOKEN, or app_id + app_private_key_file)"),
+                ),
+            });
+        }
+    }
+    let ghcr = config.image.repository.as_deref().is_some_and(|r| r.starts_with("ghcr.io/"));
+    if ghcr {
+        let registry = crate::phases::registry_config(config);
+        let password = match registry.credentials("ghcr.io", None) {
+            Ok(r) => match r.resolve("ghcr.io").await {
+                Ok(r) => match r.credentials {
+                    crate::clients::registry::Credentials::Basic { password, .. } => Some(password),
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        // Outside Actions a `ghs_` token cannot be the workflow's GITHUB_TOKEN: it is an App's.
+        let in_actions = env.get("GITHUB_ACTIONS") == Some("true");
+        let app_token = password.as_ref().is_some_and(|p| TokenKind::of(p) == TokenKind::Installation) && !in_actions;
+        const FIX: &str = "give the registry GITHUB_TOKEN (`permissions: packages: write`) or a classic PAT with \
+                           write:packages; a GitHub App serves the API and the clone only";
+        if app_token {
+            out.push(check(
+                "ghcr token",
+                CheckStatus::Fail,
+                "the registry credential for ghcr.io is an installation token (ghs_) outside GitHub Actions, i.e. a \
+                 GitHub App's: GHCR refuses App installation tokens for pushes and for pulls of private packages"
+                    .into(),
+                Some(FIX),
+            ));
+        } else if app {
+            out.push(check(
+                "ghcr token",
+                CheckStatus::Warn,
+                "`[github]` uses a GitHub App: its installation token is not used for ghcr.io (GHCR refuses App \
+                 installation tokens); the registry needs its own credential"
+                    .into(),
+                Some(FIX),
+            ));
+        }
+    }
+    out
+}
+
 /// The API token: `[github] token_file`, else `PRPOD_GITHUB_TOKEN`, else `GITHUB_TOKEN`.
 pub fn github_token(config: &GithubConfig, env: &Env) -> anyhow::Result<Secret> {
     use anyhow::Context;

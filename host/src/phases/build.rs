@@ -310,6 +310,15 @@ impl Registry {
     }
 }
 
+/// The labels prpod puts on every image it builds: `org.opencontainers.image.source`, the
+/// repository's web URL (its clone URL without `.git`), by which GHCR links the package to the
+/// repository (and its permissions). Docker's `--label` rule: over the Dockerfile's own LABEL.
+pub fn image_labels(ctx: &PrContext) -> BTreeMap<String, String> {
+    let url = ctx.repository_url.trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    BTreeMap::from([("org.opencontainers.image.source".to_string(), url.to_string())])
+}
+
 /// The build arguments of a run: `[image] build_args` (and `--build-arg`), plus `PRPOD_GIT_SHA`
 /// (the full commit SHA) unless the user set it. Unused ones are ignored, as by docker.
 pub fn build_args(image: &ImageConfig, ctx: &PrContext) -> BTreeMap<String, String> {
@@ -407,6 +416,7 @@ pub async fn build(
         anyhow::bail!("the build context `{}` is not a directory of the repository", config.image.context.display());
     }
     let args = build_args(&config.image, ctx);
+    let labels = image_labels(ctx);
     let platform = config.image.platform();
     let work =
         Arc::new(tempfile::Builder::new().prefix("prpod-build-").tempdir().context("failed to create a temp dir")?);
@@ -421,6 +431,7 @@ pub async fn build(
                 // Relative, so errors name the Dockerfile as the user wrote it.
                 dockerfile: config.image.dockerfile.clone(),
                 build_args: args,
+                labels,
                 platform: Some(platform),
                 out_dir: out_dir.clone(),
                 source_date_epoch: None,
@@ -441,6 +452,7 @@ pub async fn build(
                 context_dir: &context_dir,
                 dockerfile: &dockerfile,
                 args,
+                labels,
                 platform,
                 image,
                 tags,
@@ -543,6 +555,7 @@ struct BackendJob<'a> {
     context_dir: &'a Path,
     dockerfile: &'a Path,
     args: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     platform: String,
     image: &'a ImageName,
     tags: &'a TagSet,
@@ -554,7 +567,8 @@ struct BackendJob<'a> {
 }
 
 async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
-    let BackendJob { context_dir, dockerfile, args, platform, image, tags, config, registry, work, phase } = job;
+    let BackendJob { context_dir, dockerfile, args, labels, platform, image, tags, config, registry, work, phase } =
+        job;
     let hosts = registry_hosts(dockerfile, &args, image);
     let access = registry_files(work, &hosts, registry, &config.registry).await?;
     let b = &config.build.buildah;
@@ -594,6 +608,7 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         context_dir: context_dir.to_path_buf(),
         dockerfile: dockerfile.to_path_buf(),
         build_args: args,
+        labels,
         platform,
         tag: local,
         cache_from,
@@ -616,7 +631,8 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
 }
 
 async fn build_buildx(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
-    let BackendJob { context_dir, dockerfile, args, platform, image, tags, config, registry, work, phase } = job;
+    let BackendJob { context_dir, dockerfile, args, labels, platform, image, tags, config, registry, work, phase } =
+        job;
     let x = &config.build.buildx;
     let hosts = registry_hosts(dockerfile, &args, image);
     let docker_config = docker_config_dir(work, &hosts, registry).await?;
@@ -634,6 +650,7 @@ async fn build_buildx(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         context_dir: context_dir.to_path_buf(),
         dockerfile: dockerfile.to_path_buf(),
         build_args: args,
+        labels,
         platform,
         repository: image.to_string(),
         tags: std::iter::once(&tags.primary).chain(&tags.extra).cloned().collect(),
