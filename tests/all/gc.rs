@@ -15,7 +15,7 @@ use crate::run::{Preview, build_example, explain, fake_sha, pages};
 
 /// `n` preview namespaces of repository `repo` made directly (no Helm), updated `age_hours`
 /// ago, as prpod labels and annotates them. Returns their names (deleted on drop).
-fn previews(repo: &str, first_pr: u64, n: u64, age_hours: i64) -> Vec<NamespaceGuard> {
+pub fn previews(repo: &str, first_pr: u64, n: u64, age_hours: i64) -> Vec<NamespaceGuard> {
     let w = world();
     let updated = k8s_openapi::jiff::Timestamp::now()
         .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(age_hours))

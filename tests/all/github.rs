@@ -535,3 +535,49 @@ fn double_doctor_names_the_token_kind_and_the_ghcr_limit() {
     let (github, _) = checks_of(revoked);
     assert_eq!(github.unwrap()["status"], "fail");
 }
+
+/// `gc --closed-from-github` against the double: an answer that is a 502 (after every retry), a
+/// 401, an HTML page or `[]` leaves the PR's state unknown, so nothing is collected and the exit
+/// code says so (8); a real answer collects exactly the closed PR, and the report counts the
+/// GitHub calls.
+#[test]
+fn double_gc_acts_only_on_prs_github_positively_said_are_closed() {
+    use crate::run::{Preview, explain};
+    let d = double();
+    let slug = format!("acme/{}", unique_name("gc-gh"));
+    let p = Preview::new(false, &slug, &format!("\n[github]\napi_url = \"{}\"\n", d.url()));
+    let ns = crate::gc::previews(&slug, 1, 3, 1);
+    d.set_pull(&slug, 1, "open");
+    d.set_pull(&slug, 2, "merged");
+    d.set_pull(&slug, 3, "open");
+    let exists = |ns: &str| {
+        let out = world().kubectl(["get", "ns", ns, "-o", "jsonpath={.status.phase}"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "Active"
+    };
+    let gc = |token: &str| {
+        let out = p
+            .command(&["--output", "json", "gc", "--repository", &slug, "--closed-from-github"])
+            .env("GITHUB_TOKEN", token)
+            .output()
+            .unwrap();
+        let r = crate::json(&out);
+        (out, r)
+    };
+    for (what, fault, n) in [("502", Fault::Status(502), 12), ("HTML", Fault::Html, 3), ("[]", Fault::WrongShape, 3)] {
+        for _ in 0..n {
+            d.fail("/pulls/", fault.clone());
+        }
+        let (out, r) = gc(PAT);
+        assert_eq!(out.status.code(), Some(8), "{what}: {}", explain(&out));
+        assert_eq!(r["unknown"].as_array().map(Vec::len), Some(3), "{what}: {r}");
+        assert!(ns.iter().all(|n| exists(&n.0)), "{what}: a preview was collected");
+    }
+    let (out, _) = gc("ghp_unknown_to_github");
+    assert_eq!(out.status.code(), Some(8), "401: {}", explain(&out));
+    assert!(ns.iter().all(|n| exists(&n.0)));
+
+    let (out, r2) = gc(PAT);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(exists(&ns[0].0) && !exists(&ns[1].0) && exists(&ns[2].0), "{r2}");
+    assert_eq!(r2["github_calls"], 3, "{r2}");
+}

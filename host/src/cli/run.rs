@@ -160,11 +160,11 @@ pub struct RunOutcome {
     pub error: Option<anyhow::Error>,
 }
 
-/// `prpod run` with the context from the environment (GitHub Actions' event), without printing
+/// `prpod run` with `context` over the environment's (GitHub Actions' event), without printing
 /// the report: `prpod event` embeds it in its own.
-pub async fn run_collected(config: Config, env: &Env, reporter: &Reporter) -> RunOutcome {
+pub async fn run_collected(context: ContextFlags, config: Config, env: &Env, reporter: &Reporter) -> RunOutcome {
     let args = RunArgs {
-        context: ContextFlags::default(),
+        context,
         build: super::build::BuildFlags::default(),
         deploy: DeployFlags::default(),
         registry_password_stdin: false,

@@ -479,6 +479,9 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
         ..Default::default()
     };
     let environment = number.map(|n| config.github.environment.replace("{number}", &n.to_string()));
+    // A workflow_dispatch names its PR in an input; a PR event's payload names it to the run.
+    let flags =
+        crate::phases::context::ContextFlags { pr: if pr.is_none() { number } else { None }, ..Default::default() };
     gh.environment = environment.clone();
 
     let (code, error) = match decision.action {
@@ -488,7 +491,7 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
                 _ => None,
             };
             // The one call into the run path.
-            let outcome = crate::cli::run::run_collected(config.clone(), &run_env, reporter).await;
+            let outcome = crate::cli::run::run_collected(flags.clone(), config.clone(), &run_env, reporter).await;
             let ok = outcome.error.is_none() && outcome.code == crate::error::EXIT_OK;
             if let Some(id) = deployment {
                 let (state, url) = match (&outcome.report.preview_url, ok) {
@@ -508,7 +511,7 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
         }
         Action::Teardown => {
             // The one call into the teardown path.
-            let result = teardown_preview(&config, &run_env, &github.client, reporter).await;
+            let result = teardown_preview(&config, &run_env, &flags, &github.client, reporter).await;
             let ok = result.is_ok();
             if ok && let Some(e) = &environment {
                 github.retire_environment(e, &mut gh).await;
@@ -544,12 +547,12 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
 async fn teardown_preview(
     config: &Config,
     env: &Env,
+    flags: &crate::phases::context::ContextFlags,
     client: &GithubClient,
     reporter: &Reporter,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     use anyhow::Context;
-    let flags = crate::phases::context::ContextFlags::default();
-    let (release, ctx) = crate::cli::status::release_target(None, None, &flags, config, env).await?;
+    let (release, ctx) = crate::cli::status::release_target(None, None, flags, config, env).await?;
     let ctx = ctx.context("the event names no pull request to tear down")?;
     let tags: Option<Box<dyn crate::ops::teardown::TagDeleter>> = match config.image.repository.as_deref() {
         Some(repo) => crate::ops::github_sources::GhcrTags::for_repository(client.clone(), repo)
