@@ -101,6 +101,7 @@ fn belongs(section: &str, key: &str) -> String {
         ("deploy", _) => "it decides how and where previews are deployed",
         ("build", _) => "it decides the build backend and the programs it runs",
         ("plugins" | "limits", _) => "it decides the policy plugins and their limits",
+        ("github", _) => "it decides which events run with the repository's secrets and what prpod writes to GitHub",
         _ => "it is an operator setting",
     };
     format!(

@@ -581,3 +581,25 @@ fn double_gc_acts_only_on_prs_github_positively_said_are_closed() {
     assert!(exists(&ns[0].0) && !exists(&ns[1].0) && exists(&ns[2].0), "{r2}");
     assert_eq!(r2["github_calls"], 3, "{r2}");
 }
+
+/// Teardown's tag deleter for GHCR, through GitHub Packages on the double: the tags and their
+/// digests as the package versions list them; deleting a digest deletes its version; a
+/// repository on another registry gets no GHCR deleter.
+#[tokio::test]
+async fn double_ghcr_tag_deleter_works_on_package_versions() {
+    use prpod::ops::github_sources::GhcrTags;
+    use prpod::ops::teardown::TagDeleter;
+    let d = double();
+    d.add_package_version("web", "sha256:aa", &["main", "cache-main"]);
+    d.add_package_version("web", "sha256:bb", &["pr-7", "sha-0123456789ab"]);
+    let tags = GhcrTags::for_repository(client(&d), "ghcr.io/acme/web").await.unwrap().expect("a GHCR repository");
+    assert_eq!(tags.repository(), "ghcr.io/acme/web");
+    let map = tags.tag_digests().await.unwrap();
+    assert_eq!(map.get("pr-7").map(String::as_str), Some("sha256:bb"));
+    assert_eq!(map.get("main").map(String::as_str), Some("sha256:aa"));
+    assert!(tags.delete_digest("sha256:bb", &["pr-7".into()]).await.unwrap());
+    assert!(!tags.delete_digest("sha256:bb", &["pr-7".into()]).await.unwrap(), "gone already");
+    let left: Vec<String> = d.package_versions("web").into_iter().map(|v| v.1).collect();
+    assert_eq!(left, ["sha256:aa"]);
+    assert!(GhcrTags::for_repository(client(&d), "registry.example/acme/web").await.unwrap().is_none());
+}

@@ -107,6 +107,11 @@ impl Section for GithubConfig {
             &mut self.app_private_key_file,
         )?;
         env.apply_opt("PRPOD_GITHUB_INSTALLATION_ID", "github.installation_id", &mut self.installation_id)?;
+        env.apply("PRPOD_GITHUB_PREVIEWS_FOR_DRAFTS", "github.previews_for_drafts", &mut self.previews_for_drafts)?;
+        env.apply_opt("PRPOD_GITHUB_REQUIRE_LABEL", "github.require_label", &mut self.require_label)?;
+        env.apply("PRPOD_GITHUB_ALLOW_FORKS", "github.allow_forks", &mut self.allow_forks)?;
+        env.apply("PRPOD_GITHUB_ENVIRONMENT", "github.environment", &mut self.environment)?;
+        env.apply("PRPOD_GITHUB_INSTANCE", "github.instance", &mut self.instance)?;
         Ok(())
     }
 
@@ -1009,6 +1014,26 @@ mod tests {
         let mut removed = pr("unlabeled", false, false, &[]);
         removed.label = Some(Label { name: "preview".into() });
         assert_eq!(decide("pull_request", &removed, &c).unwrap().action, Action::Teardown);
+    }
+
+    #[test]
+    fn env_sets_the_event_keys_and_the_checks_name_the_key() {
+        let mut c = GithubConfig::default();
+        let env = Env::from_pairs([
+            ("GITHUB_API_URL", "https://ghe.example/api/v3"),
+            ("PRPOD_GITHUB_REQUIRE_LABEL", "preview"),
+            ("PRPOD_GITHUB_PREVIEWS_FOR_DRAFTS", "true"),
+        ]);
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.api_url.as_deref(), Some("https://ghe.example/api/v3"));
+        assert_eq!(c.require_label.as_deref(), Some("preview"));
+        assert!(c.previews_for_drafts && !c.allow_forks);
+        c.app_id = Some(1);
+        assert!(c.check().unwrap_err().to_string().contains("app_private_key_file"));
+        // The file's api_url beats Actions' GITHUB_API_URL (always set in a workflow).
+        let mut c = GithubConfig { api_url: Some("http://127.0.0.1:9".into()), ..Default::default() };
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.api_url.as_deref(), Some("http://127.0.0.1:9"));
     }
 
     #[test]
