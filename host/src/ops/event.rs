@@ -973,6 +973,15 @@ mod tests {
     }
 
     #[test]
+    fn workflow_dispatch_runs_or_tears_down_as_its_input_says() {
+        let c = GithubConfig::default();
+        let mut p = Payload::default();
+        assert_eq!(decide("workflow_dispatch", &p, &c).unwrap().action, Action::Run);
+        p.inputs.insert("action".into(), serde_json::json!("teardown"));
+        assert_eq!(decide("workflow_dispatch", &p, &c).unwrap().action, Action::Teardown);
+    }
+
+    #[test]
     fn drafts_are_skipped_unless_asked_for() {
         let mut c = GithubConfig::default();
         assert_eq!(decide("pull_request", &pr("opened", true, false, &[]), &c).unwrap().action, Action::Skip);
