@@ -176,4 +176,16 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert!(served.len() == 2 && served.iter().all(|s| s.contains(&sha)), "{served:?}");
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
+
+    // Asleep again; the next deploy (wake_on_push, the default) wakes it before Helm.
+    w.kubectl_ok(["annotate", "ns", &p.ns, "--overwrite", &format!("prpod.dev/updated={then}")]);
+    let (_, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(entry(&r, &p.ns)["action"], "sleep", "{r}");
+    assert_eq!(replicas(), "0");
+    let out = p.deploy(&image, &sha, &["--replicas", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(replicas(), "2");
+    let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
+    assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
+    assert_eq!(pages(&p.ns).len(), 2);
 }

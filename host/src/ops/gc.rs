@@ -75,7 +75,7 @@ impl ClosedList {
         for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
             for item in line.split([',', ' ', '\t']).map(str::trim).filter(|s| !s.is_empty()) {
                 let bad = || anyhow::anyhow!("closed PR `{item}` is not a number nor owner/repo#N");
-                match item.rsplit_once('#') {
+                match item.rsplit_once('#').filter(|(repo, _)| !repo.is_empty()) {
                     Some((repo, n)) => {
                         l.qualified.insert((repo.to_string(), n.trim_start_matches('#').parse().map_err(|_| bad())?));
                     }
@@ -499,4 +499,48 @@ async fn old_sha_tags(
 
 async fn deleter_created(deleter: &dyn TagDeleter, digest: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     deleter.created(digest).await.ok().flatten()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(labels: &[(&str, &str)], updated_hours_ago: i64) -> NamespaceView {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let t = now.checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(updated_hours_ago)).unwrap();
+        NamespaceView {
+            name: "web-pr-1".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: BTreeMap::from([(lifecycle::UPDATED.to_string(), t.to_string())]),
+            created: None,
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn what_gc_does_with_one_preview() {
+        let mut config = Config::default();
+        config.lifecycle.ttl = Some(std::time::Duration::from_secs(7 * 86_400));
+        config.lifecycle.sleep_after = Some(std::time::Duration::from_secs(8 * 3600));
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let d = |v: &NamespaceView, s: Option<&PrState>| decide(v, s, &config, now).0;
+        assert_eq!(d(&ns(&[], 1), None), Action::Keep);
+        assert_eq!(d(&ns(&[], 9), None), Action::Sleep);
+        assert_eq!(d(&ns(&[(lifecycle::ASLEEP, "true")], 9), None), Action::Keep);
+        assert_eq!(d(&ns(&[], 24 * 8), None), Action::Collect);
+        assert_eq!(d(&ns(&[(lifecycle::TTL, "30d")], 24 * 8), None), Action::Sleep);
+        assert_eq!(d(&ns(&[(lifecycle::KEEP, "true")], 24 * 8), None), Action::Keep);
+        // Closed beats keep; unknown is not closed.
+        assert_eq!(d(&ns(&[(lifecycle::KEEP, "true")], 1), Some(&PrState::Closed)), Action::Collect);
+        assert_eq!(d(&ns(&[], 1), Some(&PrState::Unknown("502".into()))), Action::Keep);
+        assert_eq!(d(&ns(&[(lifecycle::WAKE, "")], 1), None), Action::Wake);
+    }
+
+    #[test]
+    fn closed_lists() {
+        let l = ClosedList::parse("1, 2\n# comment\nacme/web#3 #4").unwrap();
+        assert_eq!(l.numbers, BTreeSet::from([1, 2, 4]));
+        assert!(l.qualified.contains(&("acme/web".to_string(), 3)));
+        assert!(ClosedList::parse("one").is_err());
+    }
 }
