@@ -151,6 +151,11 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let replicas = || w.kubectl_ok(["get", "deploy", "-n", &p.ns, "-o", "jsonpath={.items[0].spec.replicas}"]);
     assert_eq!(replicas(), "2");
+    let mut status = vec!["--output".to_string(), "json".into(), "status".into()];
+    status.extend(p.pr_flags());
+    let out = p.prpod(&status.iter().map(String::as_str).collect::<Vec<_>>());
+    let l = &json(&out)["lifecycle"];
+    assert!(l["state"] == "awake" && l["sleeps_at"].is_string() && l["collected_at"].is_null(), "{l}");
     // Nobody updated it for two hours.
     let then =
         k8s_openapi::jiff::Timestamp::now().checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(2)).unwrap();
@@ -162,6 +167,14 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert_eq!(replicas(), "0");
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(labels.contains(r#""prpod.dev/asleep":"true""#), "{labels}");
+    // `status` says so.
+    let mut args = vec!["--output".to_string(), "json".into(), "status".into()];
+    args.extend(p.pr_flags());
+    let out = p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let l = &json(&out)["lifecycle"];
+    assert_eq!(l["state"], "asleep", "{l}");
+    assert!(l["updated"].as_str().is_some() && l["sleeps_at"].is_null(), "{l}");
     // A second sweep leaves a sleeping preview alone.
     let (_, r) = gc(&p, &git_repo, &[]);
     assert_eq!(entry(&r, &p.ns)["why"], "asleep", "{r}");

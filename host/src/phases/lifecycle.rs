@@ -375,6 +375,65 @@ pub async fn record_deployed(
     kube.patch_namespace_meta(namespace, &labels, &ann).await
 }
 
+/// A preview's place in its life, for `prpod status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleStatus {
+    /// `awake` or `asleep`.
+    pub state: String,
+    /// When it was last deployed (RFC 3339), when known.
+    pub updated: Option<String>,
+    /// When gc will put it to sleep (`sleep_after` after the update), if it will.
+    pub sleeps_at: Option<String>,
+    /// When gc will collect it (the TTL after the update), if it will.
+    pub collected_at: Option<String>,
+    /// Labelled `prpod.dev/keep`: never slept nor collected by age.
+    pub kept: bool,
+}
+
+impl LifecycleStatus {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let mut s = self.state.clone();
+        if let Some(u) = &self.updated {
+            s.push_str(&format!(", updated {u}"));
+        }
+        if self.kept {
+            s.push_str(", kept (prpod.dev/keep)");
+        }
+        if let Some(t) = &self.sleeps_at {
+            s.push_str(&format!(", sleeps at {t}"));
+        }
+        if let Some(t) = &self.collected_at {
+            s.push_str(&format!(", collected at {t}"));
+        }
+        s
+    }
+}
+
+/// Where the preview with these `labels` and `annotations` (created at `created`) stands.
+pub fn status_of(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    config: &LifecycleConfig,
+) -> LifecycleStatus {
+    let updated = annotations.get(UPDATED).and_then(|u| u.parse::<k8s_openapi::jiff::Timestamp>().ok()).or(created);
+    let asleep = labels.get(ASLEEP).map(String::as_str) == Some("true");
+    let kept = labels.get(KEEP).is_some_and(|k| k != "false");
+    let ttl = labels.get(TTL).and_then(|t| parse_duration(t).ok()).or(config.ttl);
+    let at = |d: Option<Duration>| {
+        let (u, d) = (updated?, d?);
+        u.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(d.as_secs() as i64)).ok().map(|t| t.to_string())
+    };
+    LifecycleStatus {
+        state: if asleep { "asleep" } else { "awake" }.into(),
+        updated: updated.map(|u| u.to_string()),
+        sleeps_at: if asleep || kept { None } else { at(config.sleep_after) },
+        collected_at: if kept { None } else { at(ttl) },
+        kept,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
