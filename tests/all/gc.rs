@@ -179,6 +179,24 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     let (_, r) = gc(&p, &git_repo, &[]);
     assert_eq!(entry(&r, &p.ns)["why"], "asleep", "{r}");
 
+    // Someone labels it: the next sweep wakes it.
+    w.kubectl_ok(["label", "ns", &p.ns, "prpod.dev/wake="]);
+    let (out, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(
+        (entry(&r, &p.ns)["action"].as_str(), entry(&r, &p.ns)["outcome"].as_str()),
+        (Some("wake"), Some("done"))
+    );
+    assert_eq!(replicas(), "2");
+    assert_eq!(pages(&p.ns).len(), 2);
+    let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
+    assert!(!labels.contains("prpod.dev/wake") && !labels.contains("prpod.dev/asleep"), "{labels}");
+    // And to sleep again, for `prpod wake`.
+    w.kubectl_ok(["annotate", "ns", &p.ns, "--overwrite", &format!("prpod.dev/updated={then}")]);
+    let (_, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(entry(&r, &p.ns)["action"], "sleep", "{r}");
+    assert_eq!(replicas(), "0");
+
     let mut args = vec!["--output".to_string(), "json".into(), "wake".into()];
     args.extend(p.pr_flags());
     let out = p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -201,4 +219,32 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
     assert_eq!(pages(&p.ns).len(), 2);
+}
+
+/// A closed-PR source that cannot answer (the GitHub API down): nothing is collected for being
+/// closed, the PRs are listed as unknown, exit 8.
+#[test]
+fn gc_acts_on_no_pr_whose_state_is_unknown() {
+    use std::collections::BTreeMap;
+
+    use prpod::ops::gc::{ClosedPrs, GcRequest, PrState};
+
+    struct Down;
+    #[async_trait::async_trait]
+    impl ClosedPrs for Down {
+        async fn states(&self, prs: &[(String, u64)]) -> BTreeMap<(String, u64), PrState> {
+            prs.iter().map(|p| (p.clone(), PrState::Unknown("HTTP 502 from the API".into()))).collect()
+        }
+    }
+    let repo = unique_name("prpod-test/gc-unknown");
+    let ns = previews(&repo, 1, 3, 1);
+    let mut config = prpod::config::Config::default();
+    config.deploy.kubeconfig = Some(world().kubeconfig.clone());
+    let req = GcRequest { repository: Some(repo), closed: Some(Box::new(Down)), dry_run: false, tags: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let r = rt.block_on(prpod::ops::gc::gc(&config, req, &prpod::report::Reporter::capture())).unwrap();
+    assert_eq!(r.exit_code(), 8, "{r:?}");
+    assert_eq!(r.unknown.len(), 3, "{r:?}");
+    assert!(r.previews.iter().all(|e| e.action == "keep"), "{r:?}");
+    assert!(ns.iter().all(|n| exists(&n.0)));
 }

@@ -27,7 +27,7 @@ use crate::clients::kube::inuse::ImagesInUse;
 use crate::clients::kube::lifecycle::NamespaceView;
 use crate::config::Config;
 use crate::model::{Event, PrContext, ReleaseTarget};
-use crate::ops::teardown::{DistributionTags, TagDeleter, TeardownRequest, teardown_with};
+use crate::ops::teardown::{TagDeleter, TeardownRequest, default_deleter, teardown_with};
 use crate::ops::wake::{sleep_namespace, wake_namespace};
 use crate::phases::lifecycle::{self, parse_duration};
 use crate::phases::preview::{self, MANAGED_BY, PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
@@ -342,7 +342,7 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     };
     let deleter: Option<Arc<dyn TagDeleter>> = match &req.tags {
         Some(d) => Some(d.clone()),
-        None => DistributionTags::from_config(config, None)?.map(|d| Arc::new(d) as Arc<dyn TagDeleter>),
+        None => default_deleter(config)?.ok().map(|d| Arc::new(d) as Arc<dyn TagDeleter>),
     };
 
     let refused = report.refused.is_some();

@@ -92,6 +92,20 @@ impl DistributionTags {
     }
 }
 
+/// The tag deleter of `[image] repository` on its distribution registry, or why there is none
+/// (no repository; GHCR, whose package versions the GitHub client deletes).
+pub fn default_deleter(config: &Config) -> anyhow::Result<Result<DistributionTags, String>> {
+    Ok(match DistributionTags::from_config(config, None)? {
+        Some(d) if d.name.api_host() == "ghcr.io" => Err(format!(
+            "{}: GHCR deletes tags through the GitHub Packages API (the GitHub client's TagDeleter, used by \
+             `prpod event`); no tags were deleted here",
+            d.name
+        )),
+        Some(d) => Ok(d),
+        None => Err("no `[image] repository`: no tags were considered".into()),
+    })
+}
+
 /// What to tear down.
 pub struct TeardownRequest {
     /// The PR: repository and number (branch and SHA are read from the namespace when empty).
@@ -259,10 +273,16 @@ pub async fn teardown_with(
     // 5. The tags.
     let deleter = match req.tags.take() {
         Some(d) => Some(d),
-        None => DistributionTags::from_config(config, None)?.map(|d| Box::new(d) as Box<dyn TagDeleter>),
+        None => match default_deleter(config)? {
+            Ok(d) => Some(Box::new(d) as Box<dyn TagDeleter>),
+            Err(why) => {
+                report.notes.push(why);
+                None
+            }
+        },
     };
     match deleter {
-        None => report.notes.push("no `[image] repository`: no tags were considered".into()),
+        None => {}
         Some(deleter) => {
             report.repository = Some(deleter.repository());
             let plan =

@@ -355,23 +355,27 @@ pub async fn restore_replicas(
     Ok(want)
 }
 
-/// After a deploy: records the commit (and when) on the namespace, for superseding, teardown's
-/// `sha-*` tags and gc's age.
+/// After a verified deploy (`verified`): records the commit as deployed, and when, on the
+/// namespace, for superseding, teardown's `sha-*` tags and gc's age; the preview is awake (Helm
+/// put the chart's replica counts back). After a deploy that was rolled back: records only that
+/// the commit's tags are the PR's.
 pub async fn record_deployed(
     kube: &crate::clients::kube::Kube,
     namespace: &str,
     sha: &str,
+    verified: bool,
 ) -> Result<(), crate::clients::kube::KubeError> {
     let commits = kube.namespace_meta(namespace).await?.and_then(|(_, a)| a.get(COMMITS).cloned());
     let short = &sha[..sha.len().min(12)];
-    let ann = BTreeMap::from([
-        (DEPLOYED_COMMIT.to_string(), Some(sha.to_string())),
-        (COMMITS.to_string(), Some(commits_with(commits.as_deref(), short))),
-        (UPDATED.to_string(), Some(k8s_openapi::jiff::Timestamp::now().to_string())),
-        // Helm's upgrade put the chart's replica counts back: the preview is awake.
-        (REPLICAS.to_string(), None),
-    ]);
-    let labels = BTreeMap::from([(ASLEEP.to_string(), None), (WAKE.to_string(), None)]);
+    let mut ann = BTreeMap::from([(COMMITS.to_string(), Some(commits_with(commits.as_deref(), short)))]);
+    let mut labels = BTreeMap::new();
+    if verified {
+        ann.insert(DEPLOYED_COMMIT.to_string(), Some(sha.to_string()));
+        ann.insert(UPDATED.to_string(), Some(k8s_openapi::jiff::Timestamp::now().to_string()));
+        ann.insert(REPLICAS.to_string(), None);
+        labels.insert(ASLEEP.to_string(), None);
+        labels.insert(WAKE.to_string(), None);
+    }
     kube.patch_namespace_meta(namespace, &labels, &ann).await
 }
 
