@@ -257,9 +257,9 @@ pub async fn teardown_with(
     }
 
     // 4. The release.
-    report.kube_calls += 1;
-    let has_release =
-        view.as_ref().is_some_and(|v| !v.deleting) && kube.helm_release_exists(&ns, &release.name).await?;
+    let live = view.as_ref().is_some_and(|v| !v.deleting);
+    report.kube_calls += u32::from(live);
+    let has_release = live && kube.helm_release_exists(&ns, &release.name).await?;
     report.helm_release = match (has_release, req.dry_run) {
         (false, _) => "absent".into(),
         (true, true) => "would uninstall".into(),
