@@ -248,3 +248,58 @@ fn gc_acts_on_no_pr_whose_state_is_unknown() {
     assert!(r.previews.iter().all(|e| e.action == "keep"), "{r:?}");
     assert!(ns.iter().all(|n| exists(&n.0)));
 }
+
+/// `keep_tags_for`: `sha-*` digests older than it that no other tag and no workload uses are
+/// deleted; one shared with a PR's primary tag and one a pod runs stay; younger ones stay.
+#[test]
+fn gc_deletes_old_sha_tags_nothing_uses() {
+    use prpod::clients::registry::ImageName;
+
+    use crate::teardown::{registry, variant};
+    let w = world();
+    let repo = unique_name("prpod-test/old-tags");
+    let p = Preview::new(false, &repo, "\n[lifecycle]\nkeep_tags_for = \"1d\"\n");
+    let sha = fake_sha("old-tags");
+    let image = build_example(w, &repo, &sha, false);
+    let digest = image.rsplit_once('@').unwrap().1.to_string();
+    let name = ImageName::parse(&format!("{}/{repo}", w.registry_tls.host_pod)).unwrap().value;
+    let client = registry();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let running = rt.block_on(async {
+        variant(&client, &name, &digest, "a", &["sha-aaaaaaaaaaaa"]).await;
+        variant(&client, &name, &digest, "b", &["sha-bbbbbbbbbbbb", "pr-9"]).await;
+        variant(&client, &name, &digest, "c", &["sha-cccccccccccc"]).await
+    });
+    let user = unique_name("old-tags-user");
+    let _guard = NamespaceGuard(user.clone());
+    w.kubectl_ok(["create", "namespace", &user]);
+    w.kubectl_apply(
+        &user,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: runs-c\nspec:\n  terminationGracePeriodSeconds: 0\n  \
+             containers:\n  - name: web\n    image: {}/{repo}@{running}\n",
+            w.registry_tls.host_pod
+        ),
+    );
+    let tags = |rt: &tokio::runtime::Runtime| -> Vec<String> {
+        rt.block_on(client.tag_digests(&name)).unwrap().into_keys().collect()
+    };
+    // Younger than a day: all stay.
+    let (out, r) = gc(&p, &repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(r["old_tags"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(tags(&rt).len(), 5);
+    // Older than a second: the two nothing uses go.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = p
+        .command(&["--output", "json", "gc", "--repository", &repo])
+        .env("PRPOD_LIFECYCLE_KEEP_TAGS_FOR", "1s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = json(&out);
+    assert_eq!(r["old_tags"].as_array().unwrap().len(), 2, "{r}");
+    let mut want = vec!["pr-9", "sha-bbbbbbbbbbbb", "sha-cccccccccccc"];
+    want.sort();
+    assert_eq!(tags(&rt), want);
+}
