@@ -30,7 +30,7 @@ use crate::model::{Event, PrContext, ReleaseTarget};
 use crate::ops::teardown::{TagDeleter, TeardownRequest, default_deleter, teardown_with};
 use crate::ops::wake::{sleep_namespace, wake_namespace};
 use crate::phases::lifecycle::{self, parse_duration};
-use crate::phases::preview::{self, MANAGED_BY, PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
+use crate::phases::preview::{PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
 use crate::report::Reporter;
 
 /// Exit code of a gc that could not tell some PRs' state (it acted on none of those).
@@ -269,22 +269,8 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     let started = Instant::now();
     let kube = Kube::connect(&config.deploy.kube_target()).await?;
     let mut report = GcReport { dry_run: req.dry_run, ..GcReport::default() };
-    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    if let Some(r) = &req.repository {
-        selector.push_str(&format!(",{REPOSITORY_LABEL}={}", preview::label_value(r)));
-    }
-    let (found, calls) = kube.namespaces_labelled(&selector).await?;
+    let (previews, calls) = lifecycle::list_previews(&kube, req.repository.as_deref()).await?;
     report.kube_calls += calls;
-    // Labels alone cannot tell `acme/x.y` from `acme.x/y`: the annotation can.
-    let previews: Vec<NamespaceView> = found
-        .into_iter()
-        .filter(|v| !v.deleting)
-        .filter(|v| {
-            req.repository
-                .as_ref()
-                .is_none_or(|r| identity(v).0 == *r || !v.annotations.contains_key(REPOSITORY_ANNOTATION))
-        })
-        .collect();
     report.tracked = previews.len();
 
     // The PRs' states, in one question.
@@ -333,7 +319,7 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     // What the cluster runs, once for the sweep.
     let needs_tags = plan.iter().any(|(_, a, _)| *a == Action::Collect) && report.refused.is_none();
     let in_use = if needs_tags || config.lifecycle.keep_tags_for.is_some() {
-        let u = kube.images_in_use(None).await?;
+        let u = crate::phases::teardown::images_in_use(&kube, None).await?;
         report.kube_calls += u.calls;
         report.unreadable.extend(u.unreadable.iter().cloned());
         Some(Arc::new(u))

@@ -336,6 +336,27 @@ pub async fn check_current(
     }
 }
 
+/// prpod's previews on the cluster (namespaces with its ownership labels; one repository's
+/// when `repository` is given), not counting those being deleted; and the list calls made.
+pub async fn list_previews(
+    kube: &crate::clients::kube::Kube,
+    repository: Option<&str>,
+) -> Result<(Vec<crate::clients::kube::lifecycle::NamespaceView>, u32), crate::clients::kube::KubeError> {
+    use crate::phases::preview::{MANAGED_BY, REPOSITORY_ANNOTATION, REPOSITORY_LABEL, label_value};
+    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    if let Some(r) = repository {
+        selector.push_str(&format!(",{REPOSITORY_LABEL}={}", label_value(r)));
+    }
+    let (found, calls) = kube.namespaces_labelled(&selector).await?;
+    // Labels alone cannot tell `acme/x.y` from `acme.x/y`: the annotation can.
+    let previews = found
+        .into_iter()
+        .filter(|v| !v.deleting)
+        .filter(|v| repository.is_none_or(|r| v.annotations.get(REPOSITORY_ANNOTATION).is_none_or(|a| a.as_str() == r)))
+        .collect();
+    Ok((previews, calls))
+}
+
 /// Scales each workload recorded in a [`REPLICAS`] annotation back to its count (one that is
 /// gone is skipped), without waiting; returns the counts.
 pub async fn restore_replicas(

@@ -16,7 +16,9 @@ pub mod lock;
 pub mod preview;
 pub mod push;
 pub mod rollout;
+pub mod sleep;
 pub mod source;
+pub mod teardown;
 pub mod verify;
 
 use serde::Serialize;
