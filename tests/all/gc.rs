@@ -208,11 +208,23 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
 
-    // Asleep again; the next deploy (wake_on_push, the default) wakes it before Helm.
+    // Asleep again; with `wake_on_push = false` a deploy refuses, changing nothing ...
     w.kubectl_ok(["annotate", "ns", &p.ns, "--overwrite", &format!("prpod.dev/updated={then}")]);
     let (_, r) = gc(&p, &git_repo, &[]);
     assert_eq!(entry(&r, &p.ns)["action"], "sleep", "{r}");
     assert_eq!(replicas(), "0");
+    let mut deploy = vec!["--output".to_string(), "json".into(), "deploy".into()];
+    deploy.extend(p.context(&sha));
+    deploy.extend(["--image".into(), image.clone()]);
+    let out = p
+        .command(&deploy.iter().map(String::as_str).collect::<Vec<_>>())
+        .env("PRPOD_LIFECYCLE_WAKE_ON_PUSH", "false")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    assert!(crate::stderr(&out).contains("wake_on_push = false"), "{}", explain(&out));
+    assert_eq!(replicas(), "0");
+    // ... and by default (wake_on_push) the next deploy wakes it before Helm.
     let out = p.deploy(&image, &sha, &["--replicas", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(replicas(), "2");
