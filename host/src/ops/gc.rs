@@ -228,11 +228,11 @@ fn decide(
     now: k8s_openapi::jiff::Timestamp,
 ) -> (Action, String) {
     let lc = &config.lifecycle;
-    if v.labels.contains_key(lifecycle::WAKE) {
-        return (Action::Wake, "labelled prpod.dev/wake".into());
-    }
     if state == Some(&PrState::Closed) {
         return (Action::Collect, "its PR is closed".into());
+    }
+    if v.labels.contains_key(lifecycle::WAKE) {
+        return (Action::Wake, "labelled prpod.dev/wake".into());
     }
     if v.labels.get(lifecycle::KEEP).is_some_and(|k| k != "false") {
         return (Action::Keep, "labelled prpod.dev/keep".into());
@@ -520,6 +520,7 @@ mod tests {
         assert_eq!(d(&ns(&[(lifecycle::KEEP, "true")], 1), Some(&PrState::Closed)), Action::Collect);
         assert_eq!(d(&ns(&[], 1), Some(&PrState::Unknown("502".into()))), Action::Keep);
         assert_eq!(d(&ns(&[(lifecycle::WAKE, "")], 1), None), Action::Wake);
+        assert_eq!(d(&ns(&[(lifecycle::WAKE, "")], 1), Some(&PrState::Closed)), Action::Collect);
     }
 
     #[test]
