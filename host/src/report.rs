@@ -748,6 +748,9 @@ pub struct StatusReport {
     /// What `--replicas` did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scaled: Option<String>,
+    /// Awake or asleep, the last update, and when gc will sleep or collect it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<crate::phases::lifecycle::LifecycleStatus>,
 }
 
 /// One workload in `prpod status`.
@@ -852,6 +855,9 @@ impl Reporter {
         }
         if let Some(s) = &r.scaled {
             writeln!(out, "scaled   {s}")?;
+        }
+        if let Some(l) = &r.lifecycle {
+            writeln!(out, "state    {}", l.summary())?;
         }
         for w in &r.workloads {
             writeln!(out, "{:<8} {} {}/{} ready, {} available", w.kind, w.name, w.ready, w.desired, w.available)?;

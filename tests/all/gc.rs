@@ -151,6 +151,11 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let replicas = || w.kubectl_ok(["get", "deploy", "-n", &p.ns, "-o", "jsonpath={.items[0].spec.replicas}"]);
     assert_eq!(replicas(), "2");
+    let mut status = vec!["--output".to_string(), "json".into(), "status".into()];
+    status.extend(p.pr_flags());
+    let out = p.prpod(&status.iter().map(String::as_str).collect::<Vec<_>>());
+    let l = &json(&out)["lifecycle"];
+    assert!(l["state"] == "awake" && l["sleeps_at"].is_string() && l["collected_at"].is_null(), "{l}");
     // Nobody updated it for two hours.
     let then =
         k8s_openapi::jiff::Timestamp::now().checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(2)).unwrap();
@@ -162,9 +167,35 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert_eq!(replicas(), "0");
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(labels.contains(r#""prpod.dev/asleep":"true""#), "{labels}");
+    // `status` says so.
+    let mut args = vec!["--output".to_string(), "json".into(), "status".into()];
+    args.extend(p.pr_flags());
+    let out = p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let l = &json(&out)["lifecycle"];
+    assert_eq!(l["state"], "asleep", "{l}");
+    assert!(l["updated"].as_str().is_some() && l["sleeps_at"].is_null(), "{l}");
     // A second sweep leaves a sleeping preview alone.
     let (_, r) = gc(&p, &git_repo, &[]);
     assert_eq!(entry(&r, &p.ns)["why"], "asleep", "{r}");
+
+    // Someone labels it: the next sweep wakes it.
+    w.kubectl_ok(["label", "ns", &p.ns, "prpod.dev/wake="]);
+    let (out, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(
+        (entry(&r, &p.ns)["action"].as_str(), entry(&r, &p.ns)["outcome"].as_str()),
+        (Some("wake"), Some("done"))
+    );
+    assert_eq!(replicas(), "2");
+    assert_eq!(pages(&p.ns).len(), 2);
+    let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
+    assert!(!labels.contains("prpod.dev/wake") && !labels.contains("prpod.dev/asleep"), "{labels}");
+    // And to sleep again, for `prpod wake`.
+    w.kubectl_ok(["annotate", "ns", &p.ns, "--overwrite", &format!("prpod.dev/updated={then}")]);
+    let (_, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(entry(&r, &p.ns)["action"], "sleep", "{r}");
+    assert_eq!(replicas(), "0");
 
     let mut args = vec!["--output".to_string(), "json".into(), "wake".into()];
     args.extend(p.pr_flags());
@@ -176,4 +207,111 @@ fn sleep_then_wake_restores_the_replicas_and_the_page_answers() {
     assert!(served.len() == 2 && served.iter().all(|s| s.contains(&sha)), "{served:?}");
     let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
     assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
+
+    // Asleep again; with `wake_on_push = false` a deploy refuses, changing nothing ...
+    w.kubectl_ok(["annotate", "ns", &p.ns, "--overwrite", &format!("prpod.dev/updated={then}")]);
+    let (_, r) = gc(&p, &git_repo, &[]);
+    assert_eq!(entry(&r, &p.ns)["action"], "sleep", "{r}");
+    assert_eq!(replicas(), "0");
+    let mut deploy = vec!["--output".to_string(), "json".into(), "deploy".into()];
+    deploy.extend(p.context(&sha));
+    deploy.extend(["--image".into(), image.clone()]);
+    let out = p
+        .command(&deploy.iter().map(String::as_str).collect::<Vec<_>>())
+        .env("PRPOD_LIFECYCLE_WAKE_ON_PUSH", "false")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    assert!(crate::stderr(&out).contains("wake_on_push = false"), "{}", explain(&out));
+    assert_eq!(replicas(), "0");
+    // ... and by default (wake_on_push) the next deploy wakes it before Helm.
+    let out = p.deploy(&image, &sha, &["--replicas", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(replicas(), "2");
+    let labels = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.labels}"]);
+    assert!(!labels.contains("prpod.dev/asleep"), "{labels}");
+    assert_eq!(pages(&p.ns).len(), 2);
+}
+
+/// A closed-PR source that cannot answer (the GitHub API down): nothing is collected for being
+/// closed, the PRs are listed as unknown, exit 8.
+#[test]
+fn gc_acts_on_no_pr_whose_state_is_unknown() {
+    use std::collections::BTreeMap;
+
+    use prpod::ops::gc::{ClosedPrs, GcRequest, PrState};
+
+    struct Down;
+    #[async_trait::async_trait]
+    impl ClosedPrs for Down {
+        async fn states(&self, prs: &[(String, u64)]) -> BTreeMap<(String, u64), PrState> {
+            prs.iter().map(|p| (p.clone(), PrState::Unknown("HTTP 502 from the API".into()))).collect()
+        }
+    }
+    let repo = unique_name("prpod-test/gc-unknown");
+    let ns = previews(&repo, 1, 3, 1);
+    let mut config = prpod::config::Config::default();
+    config.deploy.kubeconfig = Some(world().kubeconfig.clone());
+    let req = GcRequest { repository: Some(repo), closed: Some(Box::new(Down)), dry_run: false, tags: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let r = rt.block_on(prpod::ops::gc::gc(&config, req, &prpod::report::Reporter::capture())).unwrap();
+    assert_eq!(r.exit_code(), 8, "{r:?}");
+    assert_eq!(r.unknown.len(), 3, "{r:?}");
+    assert!(r.previews.iter().all(|e| e.action == "keep"), "{r:?}");
+    assert!(ns.iter().all(|n| exists(&n.0)));
+}
+
+/// `keep_tags_for`: `sha-*` digests older than it that no other tag and no workload uses are
+/// deleted; one shared with a PR's primary tag and one a pod runs stay; younger ones stay.
+#[test]
+fn gc_deletes_old_sha_tags_nothing_uses() {
+    use prpod::clients::registry::ImageName;
+
+    use crate::teardown::{registry, variant};
+    let w = world();
+    let repo = unique_name("prpod-test/old-tags");
+    let p = Preview::new(false, &repo, "\n[lifecycle]\nkeep_tags_for = \"1d\"\n");
+    let sha = fake_sha("old-tags");
+    let image = build_example(w, &repo, &sha, false);
+    let digest = image.rsplit_once('@').unwrap().1.to_string();
+    let name = ImageName::parse(&format!("{}/{repo}", w.registry_tls.host_pod)).unwrap().value;
+    let client = registry();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let running = rt.block_on(async {
+        variant(&client, &name, &digest, "a", &["sha-aaaaaaaaaaaa"]).await;
+        variant(&client, &name, &digest, "b", &["sha-bbbbbbbbbbbb", "pr-9"]).await;
+        variant(&client, &name, &digest, "c", &["sha-cccccccccccc"]).await
+    });
+    let user = unique_name("old-tags-user");
+    let _guard = NamespaceGuard(user.clone());
+    w.kubectl_ok(["create", "namespace", &user]);
+    w.kubectl_apply(
+        &user,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: runs-c\nspec:\n  terminationGracePeriodSeconds: 0\n  \
+             containers:\n  - name: web\n    image: {}/{repo}@{running}\n",
+            w.registry_tls.host_pod
+        ),
+    );
+    let tags = |rt: &tokio::runtime::Runtime| -> Vec<String> {
+        rt.block_on(client.tag_digests(&name)).unwrap().into_keys().collect()
+    };
+    // Younger than a day: all stay.
+    let (out, r) = gc(&p, &repo, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(r["old_tags"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(tags(&rt).len(), 5);
+    // Older than a second: the two nothing uses go.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = p
+        .command(&["--output", "json", "gc", "--repository", &repo])
+        .env("PRPOD_LIFECYCLE_KEEP_TAGS_FOR", "1s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = json(&out);
+    assert_eq!(r["old_tags"].as_array().unwrap().len(), 2, "{r}");
+    let mut want = vec!["pr-9", "sha-bbbbbbbbbbbb", "sha-cccccccccccc"];
+    want.sort();
+    assert_eq!(tags(&rt), want);
 }

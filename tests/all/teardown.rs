@@ -9,6 +9,7 @@ use prpod::clients::registry::{
     CredentialResolver, ImageName, ImageReference, RawManifest, RegistryClient, RegistryOptions, sha256_digest,
 };
 use prpod_test_support::{unique_name, world};
+use serde_json::Value;
 
 use crate::deploy::NamespaceGuard;
 use crate::json;
@@ -166,4 +167,102 @@ fn teardown_refuses_another_repositorys_namespace() {
     assert!(crate::stderr(&out).contains("acme.hello-web PR #"), "{}", explain(&out));
     let ann = w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.annotations}"]);
     assert!(!ann.contains("prpod.dev/closed"), "nothing was written: {ann}");
+}
+
+#[test]
+fn a_closed_preview_refuses_a_late_run() {
+    use prpod::clients::helm::KubeTarget;
+    use prpod::clients::kube::Kube;
+    use prpod::model::ReleaseTarget;
+    use prpod::phases::deploy::{self, DeployConfig};
+    let w = world();
+    let ns = unique_name("closed");
+    let _guard = NamespaceGuard(ns.clone());
+    let release = ReleaseTarget { name: ns.clone(), namespace: ns.clone() };
+    let ctx = crate::context(Some(5), "feature/x");
+    rt().block_on(async {
+        let kube = Kube::connect(&KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None }).await.unwrap();
+        deploy::prepare_namespace(&kube, &ctx, &release, None, &DeployConfig::default()).await.unwrap();
+        w.kubectl_ok(["annotate", "ns", &ns, "prpod.dev/closed=2026-01-01T00:00:00Z"]);
+        let e = deploy::prepare_namespace(&kube, &ctx, &release, None, &DeployConfig::default()).await.unwrap_err();
+        assert!(format!("{e:#}").contains("was closed at 2026-01-01T00:00:00Z"), "{e:#}");
+        assert_eq!(prpod::error::exit_code_for(&e), 2);
+    });
+}
+
+/// synchronize(B), then synchronize(A) with A the parent of B: A exits superseded (6) before
+/// Helm, and the release history holds B's install only.
+#[test]
+fn an_older_commit_of_the_pr_is_superseded_by_ancestry() {
+    let w = world();
+    let name = format!("acme/{}", unique_name("superseded"));
+    let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
+    let work = prpod_test_support::TempDir::new("pr-branch");
+    let git = |args: &[&str]| {
+        let out = w
+            .git
+            .git_with_token(&w.git.token)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["clone", "-q", &url, "."]);
+    git(&["checkout", "-q", "-b", "feature/s"]);
+    let commit = |text: &str| {
+        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", text]);
+        git(&["rev-parse", "HEAD"])
+    };
+    let a = commit("A");
+    let b = commit("B");
+    git(&["push", "-q", "-f", "origin", "feature/s"]);
+    let repo = unique_name("prpod-test/superseded");
+    let p = Preview::new(false, &repo, "").of_repository(&name);
+    // A clone cache of the test's own, and history enough to see A below B.
+    std::fs::write(
+        p.dir.path().join("prpod.toml"),
+        format!(
+            "[source]\nusername = \"{}\"\ndepth = 10\n\n[image]\nrepository = \"{}\"\nbuild_args = {{ BASE = \"{}\" }}\n\n\
+             [build]\nbackend = \"native\"\n\n[deploy]\ntimeout = \"90s\"\nset = {{ terminationGracePeriodSeconds = 1 }}\n",
+            w.git.user,
+            p.repository,
+            w.web_image_tls.replacen(&w.registry_tls.host, &w.registry_tls.host_pod, 1)
+        ),
+    )
+    .unwrap();
+    let cache = prpod_test_support::TempDir::new("clone-cache");
+    let run = |sha: &str| {
+        let mut args = vec!["--output".to_string(), "json".into(), "run".into(), "--repo-url".into(), url.clone()];
+        args.extend(["--pr".into(), p.pr.to_string(), "--branch".into(), "feature/s".into(), "--sha".into()]);
+        args.push(sha.into());
+        let out = p
+            .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .env("PRPOD_CACHE_DIR", cache.path())
+            .output()
+            .unwrap();
+        crate::run::assert_no_secrets(&out.stdout, "stdout");
+        crate::run::assert_no_secrets(&out.stderr, "stderr");
+        out
+    };
+    let out = run(&b);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let out = run(&a);
+    assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    assert!(crate::stderr(&out).contains("superseded"), "{}", explain(&out));
+    let home = prpod_test_support::HelmHome::new();
+    let hist = home
+        .command(&w.helm, &w.kubeconfig)
+        .args(["history", &p.ns, "--namespace", &p.ns, "--output", "json"])
+        .output()
+        .unwrap();
+    let h: Value = serde_json::from_slice(&hist.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+    let deployed =
+        w.kubectl_ok(["get", "ns", &p.ns, "-o", "jsonpath={.metadata.annotations.prpod\\.dev/deployed-commit}"]);
+    assert_eq!(deployed, b);
 }

@@ -188,6 +188,10 @@ pub async fn run(args: StatusArgs, mut config: Config, env: &Env, reporter: &Rep
     pods.dedup_by(|a, b| a.name == b.name);
     report.pods = pods;
     report.preview_url = verify::preview_url(&kube, &release).await?;
+    if let Some(v) = kube.namespace_view(&release.namespace).await? {
+        report.lifecycle =
+            Some(crate::phases::lifecycle::status_of(&v.labels, &v.annotations, v.created, &config.lifecycle));
+    }
     reporter.status_report(&report)?;
     Ok(EXIT_OK)
 }

@@ -27,10 +27,10 @@ use crate::clients::kube::inuse::ImagesInUse;
 use crate::clients::kube::lifecycle::NamespaceView;
 use crate::config::Config;
 use crate::model::{Event, PrContext, ReleaseTarget};
-use crate::ops::teardown::{DistributionTags, TagDeleter, TeardownRequest, teardown_with};
+use crate::ops::teardown::{TagDeleter, TeardownRequest, default_deleter, teardown_with};
 use crate::ops::wake::{sleep_namespace, wake_namespace};
 use crate::phases::lifecycle::{self, parse_duration};
-use crate::phases::preview::{self, MANAGED_BY, PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
+use crate::phases::preview::{PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
 use crate::report::Reporter;
 
 /// Exit code of a gc that could not tell some PRs' state (it acted on none of those).
@@ -75,7 +75,7 @@ impl ClosedList {
         for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
             for item in line.split([',', ' ', '\t']).map(str::trim).filter(|s| !s.is_empty()) {
                 let bad = || anyhow::anyhow!("closed PR `{item}` is not a number nor owner/repo#N");
-                match item.rsplit_once('#') {
+                match item.rsplit_once('#').filter(|(repo, _)| !repo.is_empty()) {
                     Some((repo, n)) => {
                         l.qualified.insert((repo.to_string(), n.trim_start_matches('#').parse().map_err(|_| bad())?));
                     }
@@ -231,11 +231,11 @@ fn decide(
     now: k8s_openapi::jiff::Timestamp,
 ) -> (Action, String) {
     let lc = &config.lifecycle;
-    if v.labels.contains_key(lifecycle::WAKE) {
-        return (Action::Wake, "labelled prpod.dev/wake".into());
-    }
     if state == Some(&PrState::Closed) {
         return (Action::Collect, "its PR is closed".into());
+    }
+    if v.labels.contains_key(lifecycle::WAKE) {
+        return (Action::Wake, "labelled prpod.dev/wake".into());
     }
     if v.labels.get(lifecycle::KEEP).is_some_and(|k| k != "false") {
         return (Action::Keep, "labelled prpod.dev/keep".into());
@@ -272,22 +272,8 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     let started = Instant::now();
     let kube = Kube::connect(&config.deploy.kube_target()).await?;
     let mut report = GcReport { dry_run: req.dry_run, ..GcReport::default() };
-    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    if let Some(r) = &req.repository {
-        selector.push_str(&format!(",{REPOSITORY_LABEL}={}", preview::label_value(r)));
-    }
-    let (found, calls) = kube.namespaces_labelled(&selector).await?;
+    let (previews, calls) = lifecycle::list_previews(&kube, req.repository.as_deref()).await?;
     report.kube_calls += calls;
-    // Labels alone cannot tell `acme/x.y` from `acme.x/y`: the annotation can.
-    let previews: Vec<NamespaceView> = found
-        .into_iter()
-        .filter(|v| !v.deleting)
-        .filter(|v| {
-            req.repository
-                .as_ref()
-                .is_none_or(|r| identity(v).0 == *r || !v.annotations.contains_key(REPOSITORY_ANNOTATION))
-        })
-        .collect();
     report.tracked = previews.len();
 
     // The PRs' states, in one question.
@@ -336,7 +322,7 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     // What the cluster runs, once for the sweep.
     let needs_tags = plan.iter().any(|(_, a, _)| *a == Action::Collect) && report.refused.is_none();
     let in_use = if needs_tags || config.lifecycle.keep_tags_for.is_some() {
-        let u = kube.images_in_use(None).await?;
+        let u = crate::phases::teardown::images_in_use(&kube, None).await?;
         report.kube_calls += u.calls;
         report.unreadable.extend(u.unreadable.iter().cloned());
         Some(Arc::new(u))
@@ -345,7 +331,7 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     };
     let deleter: Option<Arc<dyn TagDeleter>> = match &req.tags {
         Some(d) => Some(d.clone()),
-        None => DistributionTags::from_config(config, None)?.map(|d| Arc::new(d) as Arc<dyn TagDeleter>),
+        None => default_deleter(config)?.ok().map(|d| Arc::new(d) as Arc<dyn TagDeleter>),
     };
 
     let refused = report.refused.is_some();
@@ -502,4 +488,49 @@ async fn old_sha_tags(
 
 async fn deleter_created(deleter: &dyn TagDeleter, digest: &str) -> Option<k8s_openapi::jiff::Timestamp> {
     deleter.created(digest).await.ok().flatten()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(labels: &[(&str, &str)], updated_hours_ago: i64) -> NamespaceView {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let t = now.checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(updated_hours_ago)).unwrap();
+        NamespaceView {
+            name: "web-pr-1".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: BTreeMap::from([(lifecycle::UPDATED.to_string(), t.to_string())]),
+            created: None,
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn what_gc_does_with_one_preview() {
+        let mut config = Config::default();
+        config.lifecycle.ttl = Some(std::time::Duration::from_secs(7 * 86_400));
+        config.lifecycle.sleep_after = Some(std::time::Duration::from_secs(8 * 3600));
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let d = |v: &NamespaceView, s: Option<&PrState>| decide(v, s, &config, now).0;
+        assert_eq!(d(&ns(&[], 1), None), Action::Keep);
+        assert_eq!(d(&ns(&[], 9), None), Action::Sleep);
+        assert_eq!(d(&ns(&[(lifecycle::ASLEEP, "true")], 9), None), Action::Keep);
+        assert_eq!(d(&ns(&[], 24 * 8), None), Action::Collect);
+        assert_eq!(d(&ns(&[(lifecycle::TTL, "30d")], 24 * 8), None), Action::Sleep);
+        assert_eq!(d(&ns(&[(lifecycle::KEEP, "true")], 24 * 8), None), Action::Keep);
+        // Closed beats keep; unknown is not closed.
+        assert_eq!(d(&ns(&[(lifecycle::KEEP, "true")], 1), Some(&PrState::Closed)), Action::Collect);
+        assert_eq!(d(&ns(&[], 1), Some(&PrState::Unknown("502".into()))), Action::Keep);
+        assert_eq!(d(&ns(&[(lifecycle::WAKE, "")], 1), None), Action::Wake);
+        assert_eq!(d(&ns(&[(lifecycle::WAKE, "")], 1), Some(&PrState::Closed)), Action::Collect);
+    }
+
+    #[test]
+    fn closed_lists() {
+        let l = ClosedList::parse("1, 2\n# comment\nacme/web#3 #4").unwrap();
+        assert_eq!(l.numbers, BTreeSet::from([1, 2, 4]));
+        assert!(l.qualified.contains(&("acme/web".to_string(), 3)));
+        assert!(ClosedList::parse("one").is_err());
+    }
 }

@@ -3,94 +3,33 @@
 //! In order, each step safe to repeat (a teardown killed half-way is finished by the next):
 //! 1. the ownership check: the namespace must be this repository's and this PR's preview
 //!    ([`preview::owner_of`]); anything else is refused naming its owner;
-//! 2. the namespace is annotated [`lifecycle::CLOSED`], so a run that starts now refuses;
+//! 2. the namespace is annotated [`crate::phases::lifecycle::CLOSED`], so a run that starts now refuses;
 //! 3. the deploy Lease is taken ([`DeployLock`]), so teardown never races a run of the PR;
 //! 4. `helm uninstall`;
 //! 5. the PR's tags: primary, branch, cache (never the base branch's), and the `sha-*` tags of
 //!    the commits it deployed. A registry deletes a digest with every tag on it, so a digest
 //!    goes only when all its tags are the PR's and no workload in any namespace readable runs it
-//!    ([`lifecycle::plan_tags`]); kept tags are reported with the reason;
+//!    ([`crate::phases::lifecycle::plan_tags`]); kept tags are reported with the reason;
 //! 6. the namespace is deleted (last: its annotations are what the next teardown reads).
 //!
 //! `dry_run` reads everything and writes nothing: the report lists what would go and why each
 //! kept thing stays.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use anyhow::Context;
 use serde::Serialize;
 
-use crate::clients::helm::Helm;
 use crate::clients::kube::Kube;
 use crate::clients::kube::inuse::ImagesInUse;
-use crate::clients::registry::delete::Deleted;
-use crate::clients::registry::{ImageName, RegistryClient};
 use crate::config::Config;
 use crate::model::{PrContext, ReleaseTarget};
-use crate::phases::lifecycle::{self, DigestDeletion, KeptTag};
+use crate::phases::lifecycle::{DigestDeletion, KeptTag};
 use crate::phases::lock::DeployLock;
-use crate::phases::preview::{self, Owner};
+use crate::phases::{preview, teardown};
 use crate::plugins::{PluginHost, World};
 use crate::report::Reporter;
-use crate::secret::Secret;
 
-/// Where a PR's tags live and how they are deleted: distribution's manifest API
-/// ([`DistributionTags`]), or GHCR's package versions (the GitHub client's implementation).
-#[async_trait::async_trait]
-pub trait TagDeleter: Send + Sync {
-    /// The repository, for messages (`ghcr.io/acme/web`).
-    fn repository(&self) -> String;
-    /// Every tag of the repository and the digest it points at.
-    async fn tag_digests(&self) -> anyhow::Result<BTreeMap<String, String>>;
-    /// Deletes `digest` (and with it every one of `tags`, which are all the tags on it);
-    /// `Ok(false)` when it was gone already.
-    async fn delete_digest(&self, digest: &str, tags: &[String]) -> anyhow::Result<bool>;
-    /// When the image `digest` was created (RFC 3339), for gc's `keep_tags_for`; `None` when
-    /// unknown (the image is then kept).
-    async fn created(&self, _digest: &str) -> anyhow::Result<Option<String>> {
-        Ok(None)
-    }
-}
-
-/// A distribution (OCI) registry: `DELETE /v2/<name>/manifests/<digest>`.
-pub struct DistributionTags {
-    /// The client, with credentials that may delete.
-    pub client: RegistryClient,
-    /// The repository.
-    pub name: ImageName,
-}
-
-#[async_trait::async_trait]
-impl TagDeleter for DistributionTags {
-    fn repository(&self) -> String {
-        self.name.to_string()
-    }
-
-    async fn tag_digests(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        Ok(self.client.tag_digests(&self.name).await?)
-    }
-
-    async fn delete_digest(&self, digest: &str, _tags: &[String]) -> anyhow::Result<bool> {
-        Ok(self.client.delete_manifest(&self.name, digest).await? == Deleted::Deleted)
-    }
-
-    async fn created(&self, digest: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.client.image_created(&self.name, digest).await?)
-    }
-}
-
-impl DistributionTags {
-    /// The repository of `[image] repository`, with `[registry]`'s credentials (and
-    /// `password`, from `--registry-password-stdin`).
-    pub fn from_config(config: &Config, password: Option<Secret>) -> anyhow::Result<Option<DistributionTags>> {
-        let Some(repo) = config.image.repository.as_deref() else { return Ok(None) };
-        let name = ImageName::parse(repo).context("`image.repository` is not usable")?.value;
-        let registry = crate::phases::registry_config(config);
-        let creds = registry.credentials(name.api_host(), password)?;
-        Ok(Some(DistributionTags { client: RegistryClient::new(registry.options()?, creds)?, name }))
-    }
-}
+pub use crate::phases::teardown::{DistributionTags, TagDeleter, default_deleter};
 
 /// What to tear down.
 pub struct TeardownRequest {
@@ -192,96 +131,61 @@ pub async fn teardown_with(
 
     // 1. Whose is it?
     report.kube_calls += 1;
-    let view = kube.namespace_view(&ns).await?;
-    let mut commits = Vec::new();
-    if let Some(v) = &view {
-        match preview::owner_of(&req.ctx, &release, &v.labels, &v.annotations) {
-            Owner::Us => {}
-            Owner::OtherPreview(owner) | Owner::NotPrpods(owner) => anyhow::bail!(
-                "namespace {ns} belongs to {owner}, not to {} PR #{}: teardown refuses to touch it (nothing was \
-                 changed); tear it down as its owner, or check --repo-url and --pr",
-                req.ctx.repository,
-                req.ctx.number.map_or("?".into(), |n| n.to_string())
-            ),
-        }
-        // The branch and commits the preview recorded name its tags.
-        if req.ctx.branch.is_empty()
-            && let Some(b) = v.annotations.get("prpod.dev/branch")
-        {
-            req.ctx.branch = b.clone();
-        }
-        if req.ctx.sha.is_empty()
-            && let Some(s) = v.annotations.get(lifecycle::DEPLOYED_COMMIT).or(v.annotations.get("prpod.dev/commit"))
-        {
-            req.ctx.sha = s.clone();
-        }
-        commits = v
-            .annotations
-            .get(lifecycle::COMMITS)
-            .map(|c| c.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default();
-    }
+    let view = teardown::find_preview(kube, &mut req.ctx, &release, "teardown").await?;
+    let commits = view.as_ref().map(teardown::recorded_commits).unwrap_or_default();
+    let live = view.as_ref().is_some_and(|v| !v.deleting);
 
     // 2 + 3. Closed, then the Lease (a namespace being deleted takes no new Lease).
     let mut lock = None;
-    match &view {
-        Some(v) if v.deleting => report.namespace = "deleting".into(),
-        Some(_) if req.dry_run => report.namespace = "would delete".into(),
+    report.namespace = match &view {
+        None => "absent",
+        Some(v) if v.deleting => "deleting",
+        Some(_) if req.dry_run => "would delete",
         Some(_) => {
-            let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            report.kube_calls += 1;
-            kube.patch_namespace_meta(
-                &ns,
-                &BTreeMap::new(),
-                &BTreeMap::from([(lifecycle::CLOSED.to_string(), Some(now))]),
-            )
-            .await?;
-            report.kube_calls += 2;
+            teardown::mark_closed(kube, &ns).await?;
             lock = Some(DeployLock::acquire(kube, &req.ctx, &release, config.deploy.timeout).await?);
+            report.kube_calls += 3;
+            "closed"
         }
-        None => report.namespace = "absent".into(),
     }
+    .into();
 
     // 4. The release.
-    report.kube_calls += 1;
-    let has_release =
-        view.as_ref().is_some_and(|v| !v.deleting) && kube.helm_release_exists(&ns, &release.name).await?;
-    report.helm_release = match (has_release, req.dry_run) {
-        (false, _) => "absent".into(),
-        (true, true) => "would uninstall".into(),
-        (true, false) => {
-            let helm = Helm::detect(&config.deploy.helm, config.deploy.kube_target()).await?;
-            helm.uninstall(&release.name, &ns, config.deploy.timeout).await?;
-            "uninstalled".into()
-        }
-    };
+    report.helm_release = if live {
+        report.kube_calls += 1;
+        teardown::uninstall(&config.deploy, kube, &release, req.dry_run).await?
+    } else {
+        "absent"
+    }
+    .into();
 
     // 5. The tags.
     let deleter = match req.tags.take() {
         Some(d) => Some(d),
-        None => DistributionTags::from_config(config, None)?.map(|d| Box::new(d) as Box<dyn TagDeleter>),
-    };
-    match deleter {
-        None => report.notes.push("no `[image] repository`: no tags were considered".into()),
-        Some(deleter) => {
-            report.repository = Some(deleter.repository());
-            let plan =
-                plan_pr_tags(config, &req.ctx, &commits, kube, &ns, in_use, deleter.as_ref(), &mut report).await?;
-            for d in &plan {
-                if !req.dry_run {
-                    deleter.delete_digest(&d.digest, &d.tags).await.with_context(|| {
-                        format!("failed to delete {} ({}) from {}", d.digest, d.tags.join(", "), deleter.repository())
-                    })?;
-                }
+        None => match default_deleter(config)? {
+            Ok(d) => Some(Box::new(d) as Box<dyn TagDeleter>),
+            Err(why) => {
+                report.notes.push(why);
+                None
             }
-            report.deleted = plan;
+        },
+    };
+    if let Some(deleter) = deleter {
+        report.repository = Some(deleter.repository());
+        let plan = teardown::plan_pr_tags(config, &req.ctx, &commits, kube, &ns, in_use, deleter.as_ref()).await?;
+        report.kube_calls += plan.kube_calls;
+        report.unreadable.extend(plan.unreadable);
+        report.kept.extend(plan.kept);
+        if !req.dry_run {
+            teardown::delete_tags(deleter.as_ref(), &plan.delete).await?;
         }
+        report.deleted = plan.delete;
     }
 
     // 6. The namespace, last.
-    if view.as_ref().is_some_and(|v| !v.deleting) && !req.dry_run {
+    if live && !req.dry_run {
         report.kube_calls += 1;
-        kube.delete_namespace(&ns).await?;
+        teardown::delete_namespace(kube, &ns).await?;
         report.namespace = "deleted".into();
     }
     if let Some(l) = lock {
@@ -291,51 +195,4 @@ pub async fn teardown_with(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// The PR's tags as the tag-policy names them (with the `sha-*` of every commit recorded), the
-/// base branch's cache protected, and the decision per digest.
-#[allow(clippy::too_many_arguments)]
-async fn plan_pr_tags(
-    config: &Config,
-    ctx: &PrContext,
-    commits: &[String],
-    kube: &Kube,
-    ns: &str,
-    in_use: Option<&ImagesInUse>,
-    deleter: &dyn TagDeleter,
-    report: &mut TeardownReport,
-) -> anyhow::Result<Vec<DigestDeletion>> {
-    let mut ctx = ctx.clone();
-    if ctx.sha.len() < 7 {
-        // The tag-policy wants a commit; none is known (the namespace is gone): the primary,
-        // branch and cache tags do not depend on it.
-        ctx.sha = "0".repeat(40);
-    }
-    let repository = deleter.repository();
-    let plugin = PluginHost::shared()?
-        .load(&config.plugin_ref(World::TagPolicy))?
-        .with_limits(config.limits_for(World::TagPolicy));
-    let tags = plugin.compute_tags(&ctx, &repository).await?;
-    let mut ours: BTreeSet<String> = std::iter::once(tags.primary.clone())
-        .chain(tags.extra.iter().cloned())
-        .chain(tags.cache_to.iter().cloned())
-        .collect();
-    ours.extend(commits.iter().map(|c| format!("sha-{c}")));
-    ours.remove(&format!("sha-{}", &"0".repeat(12)));
-    let protected: BTreeSet<String> =
-        tags.cache_from.iter().filter(|t| Some(*t) != tags.cache_to.as_ref()).cloned().collect();
-    let (all, in_use) = tokio::try_join!(deleter.tag_digests(), async {
-        match in_use {
-            // The preview's own pods are going with it.
-            Some(u) => Ok(u.without_namespace(ns)),
-            None => kube.images_in_use(Some(ns)).await.map_err(anyhow::Error::from),
-        }
-    })?;
-    report.kube_calls += in_use.calls;
-    report.unreadable.extend(in_use.unreadable.iter().cloned());
-    let path = repository.split_once('/').map_or(repository.as_str(), |(_, p)| p);
-    let plan = lifecycle::plan_tags(&all, &ours, &protected, &in_use, path);
-    report.kept.extend(plan.kept);
-    Ok(plan.delete)
 }

@@ -336,6 +336,27 @@ pub async fn check_current(
     }
 }
 
+/// prpod's previews on the cluster (namespaces with its ownership labels; one repository's
+/// when `repository` is given), not counting those being deleted; and the list calls made.
+pub async fn list_previews(
+    kube: &crate::clients::kube::Kube,
+    repository: Option<&str>,
+) -> Result<(Vec<crate::clients::kube::lifecycle::NamespaceView>, u32), crate::clients::kube::KubeError> {
+    use crate::phases::preview::{MANAGED_BY, REPOSITORY_ANNOTATION, REPOSITORY_LABEL, label_value};
+    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    if let Some(r) = repository {
+        selector.push_str(&format!(",{REPOSITORY_LABEL}={}", label_value(r)));
+    }
+    let (found, calls) = kube.namespaces_labelled(&selector).await?;
+    // Labels alone cannot tell `acme/x.y` from `acme.x/y`: the annotation can.
+    let previews = found
+        .into_iter()
+        .filter(|v| !v.deleting)
+        .filter(|v| repository.is_none_or(|r| v.annotations.get(REPOSITORY_ANNOTATION).is_none_or(|a| a.as_str() == r)))
+        .collect();
+    Ok((previews, calls))
+}
+
 /// Scales each workload recorded in a [`REPLICAS`] annotation back to its count (one that is
 /// gone is skipped), without waiting; returns the counts.
 pub async fn restore_replicas(
@@ -355,24 +376,87 @@ pub async fn restore_replicas(
     Ok(want)
 }
 
-/// After a deploy: records the commit (and when) on the namespace, for superseding, teardown's
-/// `sha-*` tags and gc's age.
+/// After a verified deploy (`verified`): records the commit as deployed, and when, on the
+/// namespace, for superseding, teardown's `sha-*` tags and gc's age; the preview is awake (Helm
+/// put the chart's replica counts back). After a deploy that was rolled back: records only that
+/// the commit's tags are the PR's.
 pub async fn record_deployed(
     kube: &crate::clients::kube::Kube,
     namespace: &str,
     sha: &str,
+    verified: bool,
 ) -> Result<(), crate::clients::kube::KubeError> {
     let commits = kube.namespace_meta(namespace).await?.and_then(|(_, a)| a.get(COMMITS).cloned());
     let short = &sha[..sha.len().min(12)];
-    let ann = BTreeMap::from([
-        (DEPLOYED_COMMIT.to_string(), Some(sha.to_string())),
-        (COMMITS.to_string(), Some(commits_with(commits.as_deref(), short))),
-        (UPDATED.to_string(), Some(k8s_openapi::jiff::Timestamp::now().to_string())),
-        // Helm's upgrade put the chart's replica counts back: the preview is awake.
-        (REPLICAS.to_string(), None),
-    ]);
-    let labels = BTreeMap::from([(ASLEEP.to_string(), None), (WAKE.to_string(), None)]);
+    let mut ann = BTreeMap::from([(COMMITS.to_string(), Some(commits_with(commits.as_deref(), short)))]);
+    let mut labels = BTreeMap::new();
+    if verified {
+        ann.insert(DEPLOYED_COMMIT.to_string(), Some(sha.to_string()));
+        ann.insert(UPDATED.to_string(), Some(k8s_openapi::jiff::Timestamp::now().to_string()));
+        ann.insert(REPLICAS.to_string(), None);
+        labels.insert(ASLEEP.to_string(), None);
+        labels.insert(WAKE.to_string(), None);
+    }
     kube.patch_namespace_meta(namespace, &labels, &ann).await
+}
+
+/// A preview's place in its life, for `prpod status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleStatus {
+    /// `awake` or `asleep`.
+    pub state: String,
+    /// When it was last deployed (RFC 3339), when known.
+    pub updated: Option<String>,
+    /// When gc will put it to sleep (`sleep_after` after the update), if it will.
+    pub sleeps_at: Option<String>,
+    /// When gc will collect it (the TTL after the update), if it will.
+    pub collected_at: Option<String>,
+    /// Labelled `prpod.dev/keep`: never slept nor collected by age.
+    pub kept: bool,
+}
+
+impl LifecycleStatus {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let mut s = self.state.clone();
+        if let Some(u) = &self.updated {
+            s.push_str(&format!(", updated {u}"));
+        }
+        if self.kept {
+            s.push_str(", kept (prpod.dev/keep)");
+        }
+        if let Some(t) = &self.sleeps_at {
+            s.push_str(&format!(", sleeps at {t}"));
+        }
+        if let Some(t) = &self.collected_at {
+            s.push_str(&format!(", collected at {t}"));
+        }
+        s
+    }
+}
+
+/// Where the preview with these `labels` and `annotations` (created at `created`) stands.
+pub fn status_of(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    config: &LifecycleConfig,
+) -> LifecycleStatus {
+    let updated = annotations.get(UPDATED).and_then(|u| u.parse::<k8s_openapi::jiff::Timestamp>().ok()).or(created);
+    let asleep = labels.get(ASLEEP).map(String::as_str) == Some("true");
+    let kept = labels.get(KEEP).is_some_and(|k| k != "false");
+    let ttl = labels.get(TTL).and_then(|t| parse_duration(t).ok()).or(config.ttl);
+    let at = |d: Option<Duration>| {
+        let (u, d) = (updated?, d?);
+        u.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(d.as_secs() as i64)).ok().map(|t| t.to_string())
+    };
+    LifecycleStatus {
+        state: if asleep { "asleep" } else { "awake" }.into(),
+        updated: updated.map(|u| u.to_string()),
+        sleeps_at: if asleep || kept { None } else { at(config.sleep_after) },
+        collected_at: if kept { None } else { at(ttl) },
+        kept,
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ pub mod lock;
 pub mod preview;
 pub mod push;
 pub mod rollout;
+pub mod sleep;
 pub mod source;
+pub mod teardown;
 pub mod verify;
 
 use serde::Serialize;
@@ -620,10 +622,6 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
         "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
         deployed.revision
     ));
-    // The commit and time, for superseding, teardown's tags and gc (a failure costs only those).
-    if let Err(e) = lifecycle::record_deployed(&kube, ns, &ctx.sha).await {
-        phase.note(format!("the deployed commit was not recorded on the namespace: {e}"));
-    }
     phase.finish(format!(
         "release {} revision {} in namespace {} ({})",
         deployed.name, deployed.revision, deployed.namespace, deployed.chart
@@ -667,6 +665,8 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
         };
         crate::shutdown::note_release(format!("release {name} in namespace {ns}: its verify failed and it was {back}"));
         phase.note(back);
+        // Not deployed, but its `sha-*` tag is the PR's: teardown deletes it too.
+        let _ = lifecycle::record_deployed(&kube, ns, &ctx.sha, false).await;
         lock.release().await;
         if !failures.is_empty() {
             return Err(deploy::rolled_back(
@@ -681,6 +681,11 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
         out.blocked = true;
         out.release = None;
         return Ok(out);
+    }
+    // Verified: the commit and time, for superseding, teardown's tags and gc (recorded under the
+    // Lease; a failure costs only those).
+    if let Err(e) = lifecycle::record_deployed(&kube, ns, &ctx.sha, true).await {
+        phase.note(format!("the deployed commit was not recorded on the namespace: {e}"));
     }
     lock.release().await;
     if settled.settled {
