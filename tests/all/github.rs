@@ -282,7 +282,8 @@ fn double_skipped_events_write_nothing_to_github() {
 /// comments once among 250 other comments (an impostor's comment carrying prpod's marker is left
 /// untouched); `synchronize` edits that one comment in place (a duplicate of prpod's own is
 /// deleted), and each run's Deployment goes `in_progress` then `success` with the preview's URL;
-/// `closed` tears the preview down, marks the Deployment `inactive` and reports the environment
+/// with `require_label`, a push after the label is skipped (no call to GitHub) and `labeled` runs
+/// that commit; `closed` tears the preview down, marks the Deployment `inactive` and reports the environment
 /// left behind (an installation token cannot delete environments). Every event's document
 /// counts exactly the GitHub requests the double saw.
 #[test]
@@ -338,14 +339,18 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
     )
     .unwrap();
     let summary = p.dir.path().join("summary.md");
-    let event = |action: &str, sha: &str| {
+    // `label`: the PR carries it, and a `labeled` event names it; `require`: `require_label`.
+    let labelled_event = |action: &str, sha: &str, label: Option<&str>, require: Option<&str>| {
         let payload = payload("pull_request.opened.json", |v| {
             v["action"] = action.into();
             v["number"] = p.pr.into();
+            if let Some(l) = label {
+                v["label"] = serde_json::json!({"name": l});
+            }
             let pr = &mut v["pull_request"];
             pr["number"] = p.pr.into();
             pr["draft"] = false.into();
-            pr["labels"] = serde_json::json!([]);
+            pr["labels"] = serde_json::json!(label.map(|l| vec![serde_json::json!({"name": l})]).unwrap_or_default());
             pr["head"]["sha"] = sha.into();
             pr["head"]["ref"] = "feature/greeting".into();
             pr["base"]["ref"] = "main".into();
@@ -366,6 +371,7 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
             .env("GITHUB_STEP_SUMMARY", &summary)
             .env("PRPOD_GITHUB_APP_ID", "77")
             .env("PRPOD_GITHUB_APP_PRIVATE_KEY_FILE", &key)
+            .env("PRPOD_GITHUB_REQUIRE_LABEL", require.unwrap_or(""))
             .output()
             .unwrap();
         crate::run::assert_no_secrets(&out.stdout, "stdout");
@@ -373,6 +379,7 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
         let calls = (d.requests().len() - before) as u64;
         (out, calls)
     };
+    let event = |action: &str, sha: &str| labelled_event(action, sha, None, None);
     let ours = || -> Vec<_> { d.comments(&slug, p.pr).into_iter().filter(|c| c.login == me).collect() };
 
     let sha1 = commit("hello");
@@ -443,13 +450,30 @@ fn double_events_drive_one_comment_and_deployments_through_a_preview() {
     let text = std::fs::read_to_string(&summary).unwrap();
     assert_eq!(text.matches("prpod preview: ready").count(), 2, "{text}");
 
-    let (out, calls) = event("closed", &sha2);
+    // With `require_label = "safe"`: a push after the label was applied is skipped, writing and
+    // asking nothing; applying the label again runs that exact commit.
+    let sha3 = commit("hello, labelled");
+    let (out, calls) = labelled_event("synchronize", &sha3, Some("safe"), Some("safe"));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(crate::json(&out)["action"], "skip");
+    assert_eq!(calls, 0, "a skipped event called GitHub");
+    assert_eq!(d.deployments().len(), 2);
+    let (out, _) = labelled_event("labeled", &sha3, Some("safe"), Some("safe"));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = crate::json(&out);
+    assert_eq!((&r["action"], &r["run"]["revision"]), (&"run".into(), &3.into()), "{r}");
+    assert_eq!(d.deployments()[2].sha, sha3);
+    let mine = ours();
+    assert_eq!((mine.len(), mine[0].id, mine[0].edits), (1, first, 2), "{mine:?}");
+    assert!(mine[0].body.contains(&sha3));
+
+    let (out, calls) = event("closed", &sha3);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let r = crate::json(&out);
     assert_eq!(r["action"], "teardown", "{r}");
     assert_eq!(r["github"]["api_calls"], calls, "{r}");
     assert_eq!(r["github"]["environment_left_behind"], environment.as_str(), "{r}");
-    let states: Vec<String> = d.deployments()[1].statuses.iter().map(|(s, _)| s.clone()).collect();
+    let states: Vec<String> = d.deployments()[2].statuses.iter().map(|(s, _)| s.clone()).collect();
     assert_eq!(states, ["in_progress", "success", "inactive"]);
     let mine = ours();
     assert_eq!(mine.len(), 1);
