@@ -506,11 +506,13 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
                 github.set_status(id, state, url.as_deref(), &mut gh).await;
             }
             if let (Some(n), true) = (number, config.github.comment) {
-                let body = comment_body(&github.marker(n), &outcome.report, outcome.error.as_ref(), ok);
+                // The reporter's last line of defence against a secret in text from outside.
+                let body =
+                    reporter.scrub(&comment_body(&github.marker(n), &outcome.report, outcome.error.as_ref(), ok));
                 let ns = outcome.report.release.as_ref().map(|r| r.namespace.clone());
                 github.upsert_comment(n, &body, ns.as_deref(), &config, &mut gh).await;
             }
-            summary(env, &job_summary(&outcome.report, ok));
+            summary(env, &reporter.scrub(&job_summary(&outcome.report, ok)));
             report.run = Some(outcome.report);
             (outcome.code, outcome.error)
         }
@@ -850,8 +852,11 @@ pub fn github_token(config: &GithubConfig, env: &Env) -> anyhow::Result<Secret> 
     Ok(token)
 }
 
-/// Markdown-safe text from a run (branch names and findings come from the PR's author).
+/// Markdown-safe text from a run (branch names and findings come from the PR's author), at most
+/// 300 characters (GitHub caps a comment at 65536).
 fn md(text: &str) -> String {
+    let text: String =
+        if text.chars().count() > 300 { text.chars().take(300).chain(['…']).collect() } else { text.into() };
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -1068,5 +1073,6 @@ mod tests {
         assert!(!body.contains("<!-- prpod:preview -->"), "{body}");
         assert!(!body.contains("@admins"), "{body}");
         assert!(body.starts_with("<!-- m -->\n"));
+        assert!(md(&"x".repeat(5000)).chars().count() <= 301);
     }
 }
