@@ -156,7 +156,7 @@ pub struct Config {
     pub registry: crate::clients::registry::RegistryConfig,
     /// `[github]`: the GitHub API, its credentials, and which events `prpod event` acts on.
     #[serde(default)]
-    pub github: crate::ops::event::GithubConfig,
+    pub github: crate::phases::github::GithubConfig,
     /// `[lifecycle]`: sleep, wake and collection of previews (teardown, gc).
     #[serde(default)]
     pub lifecycle: crate::phases::lifecycle::LifecycleConfig,

@@ -162,7 +162,7 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
     }
 
     // --- GitHub -----------------------------------------------------------------------------
-    checks.extend(crate::ops::event::doctor_checks(&config, env).await);
+    checks.extend(crate::phases::github::doctor_checks(&config, env).await);
 
     let ok_all = checks.iter().all(|c| c.status != CheckStatus::Fail);
     reporter.doctor_report(&DoctorReport { checks, ok: ok_all })?;

@@ -39,7 +39,7 @@ pub struct GcArgs {
 pub async fn run(args: GcArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
     let github = match args.closed_from_github {
-        true => Some(crate::ops::event::github_client(&config.github, env, args.repository.as_deref()).await?),
+        true => Some(crate::phases::github::github_client(&config.github, env, args.repository.as_deref()).await?),
         false => None,
     };
     let closed: Option<Box<dyn ClosedPrs>> = match (&args.closed, &args.closed_file) {

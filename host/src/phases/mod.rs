@@ -11,6 +11,7 @@ pub mod build;
 pub mod chart;
 pub mod context;
 pub mod deploy;
+pub mod github;
 pub mod lifecycle;
 pub mod lock;
 pub mod preview;
