@@ -11,6 +11,7 @@ pub mod error;
 pub mod input;
 pub mod model;
 pub mod native_build;
+pub mod ops;
 pub mod phases;
 pub mod plugins;
 pub mod repo_config;

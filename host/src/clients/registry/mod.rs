@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod artifact;
 mod config;
 mod credentials;
 mod error;
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use artifact::PulledBlob;
 pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
 pub use credentials::{Access, CredentialResolver, Credentials, PasswordSource, PullSecret, Resolved, short_lived};
 pub use error::RegistryError;
