@@ -12,6 +12,7 @@ mod cli;
 mod deploy;
 mod fault_proxy;
 mod lock;
+mod oci;
 mod plugins;
 mod preview;
 mod push;
