@@ -95,6 +95,9 @@ pub struct PluginsConfig {
     /// `[[plugins.verifier]]` (an org policy plus a team policy): every one runs.
     #[serde(default)]
     pub verifier: Verifiers,
+    /// `[plugins.trust]`: keys whose signature every OCI plugin must carry.
+    #[serde(default)]
+    pub trust: crate::plugins::trust::TrustConfig,
 }
 
 /// The verifier plugins: one table (`[plugins.verifier]`, as prpod has always read it) or an
@@ -171,6 +174,9 @@ pub struct Config {
     /// The operator's `[app]` table as written, merged over the repository's key by key.
     #[serde(skip)]
     pub operator_app: toml::Table,
+    /// OCI plugins resolved through prpod.lock, by reference as written ([`Config::oci_refs`]).
+    #[serde(skip)]
+    pub oci_plugins: BTreeMap<String, crate::plugins::oci::Fetched>,
 }
 
 /// Configuration that cannot be used: from the file, or from a `PRPOD_*` variable.
@@ -446,8 +452,25 @@ impl Config {
             .collect()
     }
 
+    /// Every `oci://` plugin reference configured, as written.
+    pub fn oci_refs(&self) -> Vec<String> {
+        let worlds = [&self.plugins.tag_policy, &self.plugins.chart_generator];
+        let refs = worlds.into_iter().chain(&self.plugins.verifier.0).filter_map(|p| p.reference.clone());
+        let mut out: Vec<String> = refs.filter(|r| r.starts_with(crate::plugins::oci::SCHEME)).collect();
+        out.dedup();
+        out
+    }
+
+    /// The `[plugins.trust]` key files, resolved against the config file's directory.
+    pub fn trust_keys(&self) -> Vec<PathBuf> {
+        self.plugins.trust.keys.iter().map(|k| self.resolve_path(k)).collect()
+    }
+
     fn resolve_ref(&self, text: &str) -> PluginRef {
         match PluginRef::parse(text).expect("checked by Config::load") {
+            PluginRef::Oci { reference, .. } => {
+                PluginRef::Oci { reference, resolved: self.oci_plugins.get(text).cloned() }
+            }
             PluginRef::File { path, sha256 } if path.is_relative() => {
                 let base = self.path.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
                 PluginRef::File { path: base.join(path), sha256 }

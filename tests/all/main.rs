@@ -14,6 +14,7 @@ mod fault_proxy;
 mod gc;
 mod github;
 mod lock;
+mod oci;
 mod plugins;
 mod preview;
 mod push;

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod event;
 pub mod gc;
 pub mod plugin;
+pub mod plugin_oci;
 pub mod run;
 pub mod status;
 pub mod teardown;
@@ -30,6 +31,9 @@ pub struct Cli {
     /// Config file (default: ./prpod.toml when it exists).
     #[arg(long, global = true, env = "PRPOD_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Use prpod.lock as it is: an OCI plugin reference not in it is an error (CI).
+    #[arg(long, global = true, env = "PRPOD_LOCKED")]
+    pub locked: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +74,14 @@ impl Cli {
         let env = Env::from_process();
         let mut config = load_config(self.config.as_deref(), &env)?;
         config.apply_env(&env)?;
+        // OCI plugins are resolved (through prpod.lock, the cache, signatures) before any
+        // command that loads the config's plugins.
+        if matches!(
+            self.command,
+            Command::Build(_) | Command::Run(_) | Command::Plan(_) | Command::Deploy(_) | Command::Status(_)
+        ) {
+            crate::ops::plugin_oci::resolve_config(&mut config, self.locked).await?;
+        }
         match self.command {
             Command::Plugin(cmd) => plugin::run(cmd, &config, reporter).await,
             Command::Build(args) => build::run(args, config, &env, reporter).await,

@@ -18,12 +18,20 @@ use crate::report::Reporter;
 pub enum PluginCommand {
     /// Say which worlds a component implements, or why it is not usable.
     Check {
-        /// Plugin reference: a path, `path#sha256:<hex>` or `builtin:<name>`.
+        /// Plugin reference: a path, `path#sha256:<hex>`, `builtin:<name>` or `oci://...`.
         reference: String,
     },
     /// Call one world's hooks with inputs from JSON files.
     #[command(subcommand)]
     Call(CallCommand),
+    /// Publish a component to an OCI registry (wasm OCI artifact layout).
+    Push(super::plugin_oci::PushArgs),
+    /// Fetch an OCI plugin into the cache and say what it is.
+    Pull(super::plugin_oci::PullArgs),
+    /// Re-resolve the config's OCI plugins (all, or those named) and write prpod.lock.
+    Update(super::plugin_oci::UpdateArgs),
+    /// Sign an OCI plugin (cosign's legacy key-based `.sig` format).
+    Sign(super::plugin_oci::SignArgs),
     /// Write a builtin plugin out as a component file.
     Export {
         /// `builtin:<name>`.
@@ -108,14 +116,18 @@ pub enum CallCommand {
 /// Runs a plugin subcommand.
 pub async fn run(cmd: PluginCommand, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
     match cmd {
-        PluginCommand::Check { reference } => check(&reference, reporter),
+        PluginCommand::Check { reference } => check(&reference, config, reporter).await,
+        PluginCommand::Push(a) => super::plugin_oci::push(a, config, reporter).await,
+        PluginCommand::Pull(a) => super::plugin_oci::pull(a, config, reporter).await,
+        PluginCommand::Update(a) => super::plugin_oci::update(a, config, reporter).await,
+        PluginCommand::Sign(a) => super::plugin_oci::sign(a, config, reporter).await,
         PluginCommand::Export { reference, out, force } => export(&reference, &out, force, reporter),
         PluginCommand::Call(call) => run_call(call, config, reporter).await,
     }
 }
 
-fn check(reference: &str, reporter: &Reporter) -> anyhow::Result<u8> {
-    let plugin = PluginHost::new()?.load(&PluginRef::parse(reference)?)?;
+async fn check(reference: &str, config: &Config, reporter: &Reporter) -> anyhow::Result<u8> {
+    let plugin = PluginHost::new()?.load(&crate::ops::plugin_oci::plugin_ref(config, reference).await?)?;
     let worlds = plugin.worlds();
     let missing: serde_json::Map<String, serde_json::Value> = World::ALL
         .into_iter()
@@ -132,6 +144,7 @@ fn check(reference: &str, reporter: &Reporter) -> anyhow::Result<u8> {
     reporter.result(&json!({
         "plugin": plugin.name(),
         "sha256": plugin.sha256(),
+        "wit_version": plugin.wit_version(),
         "worlds": worlds,
         "not_implemented": missing,
     }))?;
@@ -165,14 +178,14 @@ fn export(reference: &str, out: &Path, force: bool, reporter: &Reporter) -> anyh
     Ok(EXIT_OK)
 }
 
-fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> anyhow::Result<Plugin> {
+async fn load(reference: &str, world: World, config: &Config, limits: &LimitArgs) -> anyhow::Result<Plugin> {
     let overrides = LimitOverrides {
         memory_mib: limits.memory_mib,
         deadline_ms: limits.deadline_ms,
         output_mib: limits.output_mib,
     };
     overrides.check(|k| format!("--{}", k.replace('_', "-"))).map_err(anyhow::Error::msg)?;
-    let plugin = PluginHost::new()?.load(&PluginRef::parse(reference)?)?;
+    let plugin = PluginHost::new()?.load(&crate::ops::plugin_oci::plugin_ref(config, reference).await?)?;
     Ok(plugin.with_limits(overrides.apply(config.limits_for(world))))
 }
 
@@ -195,7 +208,7 @@ async fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> an
     match call {
         CallCommand::TagPolicy { reference, context, image, limits } => {
             let ctx = read_context(&context)?;
-            let plugin = load(&reference, World::TagPolicy, config, &limits)?;
+            let plugin = load(&reference, World::TagPolicy, config, &limits).await?;
             let tags = plugin.compute_tags(&ctx, &image).await?;
             let release = plugin.release(&ctx).await?;
             reporter.result(&json!({
@@ -215,7 +228,7 @@ async fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> an
             // The parent is opened here, once: what happens to its path while the plugin runs
             // cannot move the chart elsewhere.
             let target = chart::OutDir::open(&out)?;
-            let plugin = load(&reference, World::ChartGenerator, config, &limits)?;
+            let plugin = load(&reference, World::ChartGenerator, config, &limits).await?;
             let files = plugin.generate(&ctx, &app).await?;
             target.write(&files)?;
             reporter.result(&json!({
@@ -226,7 +239,7 @@ async fn run_call(call: CallCommand, config: &Config, reporter: &Reporter) -> an
         }
         CallCommand::Verifier { reference, context, manifests, status, limits } => {
             let ctx = read_context(&context)?;
-            let plugin = load(&reference, World::Verifier, config, &limits)?;
+            let plugin = load(&reference, World::Verifier, config, &limits).await?;
             let (hook, findings) = match (manifests, status) {
                 (Some(path), _) => {
                     let text = crate::input::read_text_file(&path, crate::input::MAX_JSON_BYTES, "manifests")?;

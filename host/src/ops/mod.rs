@@ -4,5 +4,6 @@
 pub mod event;
 pub mod gc;
 pub mod github_sources;
+pub mod plugin_oci;
 pub mod teardown;
 pub mod wake;

@@ -15,9 +15,13 @@ pub mod bounds;
 mod cache;
 pub mod chart;
 mod engine;
+pub mod lock;
+pub mod oci;
 pub mod reference;
 pub mod sandbox;
+pub mod trust;
 pub mod validate;
+pub mod wit_version;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -277,6 +281,8 @@ impl PluginHost {
         let name: Arc<str> = reference.display_name().into();
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
+        let facts = wit_version::ComponentFacts::read(&bytes).map_err(not_component)?;
+        facts.check_supported().map_err(not_component)?;
         let too_costly = |why: String| PluginError::LoadLimit { plugin: name.to_string(), why };
         bounds::check_shape(&bytes, &self.load_limits).map_err(too_costly)?;
         let component = self
@@ -316,6 +322,7 @@ impl PluginHost {
             name,
             reference: reference.clone(),
             sha256,
+            wit_version: facts.version_label(),
             limits: Limits::default(),
             pre,
             tag_policy,
@@ -347,6 +354,7 @@ pub struct Plugin {
     name: Arc<str>,
     reference: PluginRef,
     sha256: String,
+    wit_version: String,
     limits: Limits,
     pre: InstancePre<StoreState>,
     tag_policy: Result<[ComponentExportIndex; 2], String>,
@@ -490,6 +498,11 @@ impl Plugin {
     /// sha256 of its bytes, lowercase hex.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The `prpod:plugin` version it was built against (`0.1.0`), or `unversioned`.
+    pub fn wit_version(&self) -> &str {
+        &self.wit_version
     }
 
     /// Its per-call limits.

@@ -29,6 +29,14 @@ pub enum PluginRef {
         /// Lowercase hex sha256 the file must have.
         sha256: Option<String>,
     },
+    /// `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:...`, with its component once
+    /// resolved (through prpod.lock and the cache, see [`super::lock`]).
+    Oci {
+        /// The reference.
+        reference: super::oci::OciRef,
+        /// The verified component, after resolution.
+        resolved: Option<super::oci::Fetched>,
+    },
 }
 
 impl PluginRef {
@@ -40,6 +48,10 @@ impl PluginRef {
         }
         if s.is_empty() {
             return Err(bad("it is empty; give a file path or builtin:<name>"));
+        }
+        if s.starts_with(super::oci::SCHEME) {
+            let reference = super::oci::OciRef::parse(s).map_err(|why| bad(&why))?;
+            return Ok(PluginRef::Oci { reference, resolved: None });
         }
         match s.rsplit_once('#') {
             None => Ok(PluginRef::File { path: PathBuf::from(s), sha256: None }),
@@ -65,11 +77,21 @@ impl PluginRef {
             PluginRef::File { path, .. } => {
                 path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
             }
+            PluginRef::Oci { reference, .. } => reference.to_string(),
         }
     }
 
     /// Reads the plugin's bytes, checking a pinned digest. Returns the bytes and their sha256.
     pub fn read(&self) -> Result<(Vec<u8>, String), PluginError> {
+        if let PluginRef::Oci { reference, resolved } = self {
+            // Re-hashed when it was read from the cache or the registry (lock::resolve).
+            let f = resolved.as_ref().ok_or_else(|| PluginError::BadReference {
+                reference: reference.to_string(),
+                why: "it was not pulled before loading (OCI plugins are resolved through prpod.lock first)".into(),
+            })?;
+            let hex = f.layer_digest.strip_prefix("sha256:").unwrap_or(&f.layer_digest).to_string();
+            return Ok((f.bytes.to_vec(), hex));
+        }
         let bytes = match self {
             PluginRef::Builtin(name) => builtin(name)
                 .ok_or_else(|| PluginError::UnknownBuiltin {
@@ -81,6 +103,7 @@ impl PluginRef {
                 crate::input::read_regular_file(path, crate::input::MAX_PLUGIN_BYTES, "plugin")
                     .map_err(|e| PluginError::Read { reference: self.to_string(), source: e.into_io() })?
             }
+            PluginRef::Oci { .. } => unreachable!("returned above"),
         };
         let actual = hex::encode(Sha256::digest(&bytes));
         if let PluginRef::File { sha256: Some(expected), .. } = self
@@ -102,6 +125,7 @@ impl fmt::Display for PluginRef {
             PluginRef::Builtin(n) => write!(f, "builtin:{n}"),
             PluginRef::File { path, sha256: None } => write!(f, "{}", path.display()),
             PluginRef::File { path, sha256: Some(h) } => write!(f, "{}#sha256:{h}", path.display()),
+            PluginRef::Oci { reference, .. } => write!(f, "{reference}"),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod artifact;
 mod config;
 mod credentials;
 pub mod delete;
@@ -35,6 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use artifact::PulledBlob;
 pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
 pub use credentials::{Access, CredentialResolver, Credentials, PasswordSource, PullSecret, Resolved, short_lived};
 pub use error::RegistryError;

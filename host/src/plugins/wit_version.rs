@@ -1,0 +1,154 @@
+//! Which `prpod:plugin` version a component was built against.
+//!
+//! A component does not record the world it was built against (wasm-tools#1315), and prpod's
+//! worlds export bare function names (`compute-tags`, `check-manifests`), which carry no
+//! version. What does carry one is every interface name of the package the component imports or
+//! exports: `prpod:plugin/logging@0.1.0`, `prpod:plugin/types@0.1.0`. Guests built with
+//! prpod's WIT (wit-bindgen, componentize-py, jco) import `types` whenever a world's function
+//! takes a record, which every prpod world does, so the version is read from those names.
+//!
+//! Rules (semver, as wasmtime links WASI 0.2.x): a version whose major and minor are this
+//! host's ([`SUPPORTED`]) runs; any other is refused naming both versions. A component naming
+//! no `prpod:plugin` interface at all is reported as unversioned and judged by its exports alone
+//! (the type check of each world still applies).
+
+use wasmparser::{Parser, Payload};
+
+/// The `prpod:plugin` version this host's bindings implement.
+pub const SUPPORTED: &str = "0.1.0";
+
+/// The WIT package name.
+pub const PACKAGE: &str = "prpod:plugin";
+
+/// What a component says about itself: the `prpod:plugin` version it targets, and the names it
+/// imports and exports at its top level (for the OCI config's `component.imports` / `exports`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComponentFacts {
+    /// The version of `prpod:plugin` its interface names carry, when any does.
+    pub version: Option<String>,
+    /// Top-level import names (`prpod:plugin/logging@0.1.0`, `wasi:cli/environment@0.2.6`).
+    pub imports: Vec<String>,
+    /// Top-level export names (`compute-tags`, `release`).
+    pub exports: Vec<String>,
+}
+
+impl ComponentFacts {
+    /// Reads the names of a component's top-level imports and exports, and the `prpod:plugin`
+    /// version they carry. Two different versions in one component are an error.
+    pub fn read(bytes: &[u8]) -> Result<ComponentFacts, String> {
+        let mut facts = ComponentFacts::default();
+        let mut versions = std::collections::BTreeSet::new();
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let payload = payload.map_err(|e| format!("it cannot be parsed: {e}"))?;
+            match payload {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ComponentImportSection(reader) => {
+                    for import in reader {
+                        let name = import.map_err(|e| format!("it cannot be parsed: {e}"))?.name.name;
+                        note_version(name, &mut versions);
+                        if depth == 0 {
+                            facts.imports.push(name.to_string());
+                        }
+                    }
+                }
+                Payload::ComponentExportSection(reader) => {
+                    for export in reader {
+                        let name = export.map_err(|e| format!("it cannot be parsed: {e}"))?.name.name;
+                        note_version(name, &mut versions);
+                        if depth == 0 {
+                            facts.exports.push(name.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if versions.len() > 1 {
+            let list: Vec<String> = versions.into_iter().collect();
+            return Err(format!("it names several versions of {PACKAGE} ({})", list.join(", ")));
+        }
+        facts.version = versions.into_iter().next();
+        Ok(facts)
+    }
+
+    /// The version as people should read it: `0.1.0`, or `unversioned`.
+    pub fn version_label(&self) -> String {
+        self.version.clone().unwrap_or_else(|| "unversioned".into())
+    }
+
+    /// Refuses a version this host cannot run, naming both.
+    pub fn check_supported(&self) -> Result<(), String> {
+        let Some(v) = &self.version else { return Ok(()) };
+        if compatible(v, SUPPORTED) {
+            return Ok(());
+        }
+        let newer = parse(v) > parse(SUPPORTED);
+        Err(format!(
+            "it was built against {PACKAGE}@{v}, and this prpod runs {PACKAGE}@{SUPPORTED} plugins{}",
+            if newer {
+                "; upgrade prpod to a release that supports that version, or rebuild the plugin against 0.1.0"
+            } else {
+                "; rebuild the plugin against the WIT in this prpod's wit/ directory"
+            }
+        ))
+    }
+}
+
+/// Records the version of a `prpod:plugin/<interface>@<version>` name.
+fn note_version(name: &str, versions: &mut std::collections::BTreeSet<String>) {
+    if let Some(rest) = name.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/'))
+        && let Some((_, version)) = rest.split_once('@')
+    {
+        versions.insert(version.to_string());
+    }
+}
+
+fn parse(v: &str) -> (u64, u64, u64) {
+    let core = v.split(['-', '+']).next().unwrap_or(v);
+    let mut it = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Semver compatibility as Cargo and wasmtime read it for 0.x: same major, and for 0.x the
+/// same minor.
+fn compatible(v: &str, host: &str) -> bool {
+    let (a, b) = (parse(v), parse(host));
+    if a.0 != b.0 {
+        return false;
+    }
+    a.0 != 0 || a.1 == b.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_target_the_supported_version() {
+        for (name, bytes) in super::super::reference::BUILTINS {
+            let facts = ComponentFacts::read(bytes).unwrap();
+            assert_eq!(facts.version.as_deref(), Some(SUPPORTED), "{name}");
+            assert!(facts.imports.iter().any(|i| i.starts_with("prpod:plugin/")), "{name}: {:?}", facts.imports);
+            facts.check_supported().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_naming_both() {
+        let component = wat::parse_str(
+            r#"(component (import "prpod:plugin/logging@0.2.0" (instance)) (import "wasi:cli/stdin@0.2.6" (instance)))"#,
+        )
+        .unwrap();
+        let facts = ComponentFacts::read(&component).unwrap();
+        assert_eq!(facts.version.as_deref(), Some("0.2.0"));
+        assert_eq!(facts.imports, ["prpod:plugin/logging@0.2.0", "wasi:cli/stdin@0.2.6"]);
+        let e = facts.check_supported().unwrap_err();
+        assert!(e.contains("prpod:plugin@0.2.0") && e.contains("prpod:plugin@0.1.0") && e.contains("upgrade"), "{e}");
+        let patch = wat::parse_str(r#"(component (import "prpod:plugin/logging@0.1.7" (instance)))"#).unwrap();
+        ComponentFacts::read(&patch).unwrap().check_supported().unwrap();
+        let none = wat::parse_str("(component)").unwrap();
+        assert_eq!(ComponentFacts::read(&none).unwrap().version_label(), "unversioned");
+    }
+}
