@@ -528,6 +528,67 @@ pub struct Release {
     pub previous_revision: Option<u32>,
 }
 
+/// One step of the line, in the order a run walks them. Its [`Phase::name`] is what the human
+/// view prints and what `phases[].name` says in the JSON report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Who and what the run is about: flags and GitHub Actions' event ([`context`](crate::phases::context)).
+    Context,
+    /// The tag-policy plugin's tags and release.
+    Tags,
+    /// Clone or fetch, then check out the exact commit ([`source`](crate::phases::source)).
+    Source,
+    /// Build the image ([`build`](crate::phases::build)).
+    Build,
+    /// Push it under every tag ([`push`](crate::phases::push)).
+    Push,
+    /// Generate and render the chart.
+    Chart,
+    /// Helm upgrade --install.
+    Deploy,
+    /// Rollout checks.
+    Verify,
+}
+
+impl Phase {
+    /// Every phase, in the order of the line.
+    pub const LINE: [Phase; 8] = [
+        Phase::Context,
+        Phase::Tags,
+        Phase::Source,
+        Phase::Build,
+        Phase::Push,
+        Phase::Chart,
+        Phase::Deploy,
+        Phase::Verify,
+    ];
+
+    /// The phase's name in output (`source`, `build`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Context => "context",
+            Phase::Tags => "tags",
+            Phase::Source => "source",
+            Phase::Build => "build",
+            Phase::Push => "push",
+            Phase::Chart => "chart",
+            Phase::Deploy => "deploy",
+            Phase::Verify => "verify",
+        }
+    }
+}
+
+/// How the cluster is reached: by Helm and by the kube client alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeTarget {
+    /// A kubeconfig file; `None`: `$KUBECONFIG`, then `~/.kube/config`, then the in-cluster
+    /// ServiceAccount (when prpod runs in a pod).
+    pub kubeconfig: Option<PathBuf>,
+    /// A context of the kubeconfig; `None`: its current context.
+    pub context: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,11 +18,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 pub use crate::model::LayerStats;
-use crate::model::{PrContext, ReleaseTarget, ReportedFinding, Severity, TagSet};
-use crate::phases::Phase;
+use crate::model::{Phase, PrContext, ReleaseTarget, ReportedFinding, Severity, TagSet};
 
 /// How results are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// Readable text for people (results that are documents are still printed as JSON).
     #[default]

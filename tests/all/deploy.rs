@@ -90,7 +90,7 @@ fn deploy_verify_and_crash_rollback() {
     let target = KubeTarget { kubeconfig: Some(w.kubeconfig.clone()), context: None };
     let _cleanup = NamespaceGuard(ns.clone());
     rt().block_on(async {
-        let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
+        let helm = Helm::detect(&w.helm, target.clone(), prpod::config::cache_dir()).await.unwrap();
         let kube = Kube::connect(&target).await.unwrap();
         let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
         let host = PluginHost::new().unwrap();
@@ -225,7 +225,7 @@ fn a_dropped_watch_resumes_and_the_rollout_ends_right() {
         })
     };
     rt().block_on(async {
-        let helm = Helm::detect(&w.helm, target.clone()).await.unwrap();
+        let helm = Helm::detect(&w.helm, target.clone(), prpod::config::cache_dir()).await.unwrap();
         let kube = Kube::connect(&target).await.unwrap();
         let watched = Kube::connect(&via_proxy).await.unwrap();
         let host = PluginHost::new().unwrap();
@@ -400,7 +400,9 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {{{{ .Release.Names
             ),
         );
         let version = rt().block_on(async {
-            let helm = Helm::detect(if helm3 { &w.helm3 } else { &w.helm }, target.clone()).await.unwrap();
+            let helm = Helm::detect(if helm3 { &w.helm3 } else { &w.helm }, target.clone(), prpod::config::cache_dir())
+                .await
+                .unwrap();
             let kube = Kube::connect(&target).await.unwrap();
             let cluster = chart::ClusterApi::discover(&kube).await.unwrap();
             let version = kube.server_version().await.unwrap();

@@ -5,10 +5,10 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Args;
 
+use super::BackendArg;
+use super::ContextArgs;
 use super::EXIT_OK;
 use crate::config::{Config, Env};
-use crate::phases::build::Backend;
-use crate::phases::context::ContextFlags;
 use crate::phases::{self, Inputs, Phase, Secrets};
 use crate::report::{ImageSummary, Reporter, RunReport};
 use crate::secret::Secret;
@@ -18,7 +18,7 @@ use crate::secret::Secret;
 pub struct BuildArgs {
     /// The pull request.
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Flags that override `prpod.toml` and `PRPOD_*`.
     #[command(flatten)]
     pub overrides: BuildFlags,
@@ -35,7 +35,7 @@ pub struct BuildFlags {
     pub image: Option<String>,
     /// Build backend (`[build] backend`).
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub backend: Option<BackendArg>,
     /// Dockerfile, relative to the context directory (`[image] dockerfile`).
     #[arg(long, value_name = "PATH")]
     pub dockerfile: Option<std::path::PathBuf>,
@@ -60,7 +60,7 @@ impl BuildFlags {
             config.image.repository = Some(v.clone());
         }
         if let Some(v) = self.backend {
-            config.build.backend = v;
+            config.build.backend = v.into();
         }
         if let Some(v) = &self.dockerfile {
             config.image.dockerfile = v.clone();
@@ -92,7 +92,8 @@ pub async fn run(args: BuildArgs, mut config: Config, env: &Env, reporter: &Repo
         git_token: phases::source::token(&config.source, env)?,
         registry_password: if args.registry_password_stdin { Some(read_stdin_secret()?) } else { None },
     };
-    let inputs = Inputs { config: &config, context: &args.context, env, secrets: &secrets, mode: phases::Mode::Apply };
+    let inputs =
+        Inputs { config: &config, context: &args.context.flags(), env, secrets: &secrets, mode: phases::Mode::Apply };
     let run = phases::walk(&inputs, Phase::Push, reporter).await?;
     let pushed = run.pushed.as_ref();
     reporter.run_report(&RunReport {

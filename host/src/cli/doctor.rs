@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use futures::future::join_all;
 
+use super::ContextArgs;
 use super::run::DeployFlags;
 use super::status::release_target;
 use super::{EXIT_FINDINGS, EXIT_OK};
@@ -17,7 +18,6 @@ use crate::clients::kube::{self, Kube};
 use crate::clients::registry::{Credentials, ImageName, RegistryClient};
 use crate::config::{Config, Env};
 use crate::phases::build::Backend;
-use crate::phases::context::ContextFlags;
 use crate::phases::{self};
 use crate::report::{Check, CheckStatus, DoctorReport, Reporter};
 
@@ -26,7 +26,7 @@ use crate::report::{Check, CheckStatus, DoctorReport, Reporter};
 pub struct DoctorArgs {
     /// The pull request whose namespace the rights are checked in (`--pr N` is enough).
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Check rights in this namespace instead of the tag-policy's.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -84,7 +84,7 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
     let target = config.deploy.kube_target();
     // (which Helm runs decides some of the rights a deploy needs; unknown: those of both)
     let mut helm_major = None;
-    match Helm::detect(&config.deploy.helm, target.clone()).await {
+    match Helm::detect(&config.deploy.helm, target.clone(), crate::config::cache_dir()).await {
         Ok(h) => {
             helm_major = Some(match h.major() {
                 HelmMajor::V4 => 4,
@@ -145,7 +145,9 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
                 checks.push(ok("cluster", format!("{} answers, Kubernetes {v}", kube.server())));
                 let namespace = match &args.namespace {
                     Some(n) => Ok(n.clone()),
-                    None => release_target(None, None, &args.context, &config, env).await.map(|(r, _)| r.namespace),
+                    None => {
+                        release_target(None, None, &args.context.flags(), &config, env).await.map(|(r, _)| r.namespace)
+                    }
                 };
                 match namespace {
                     Err(e) => checks.push(fail(

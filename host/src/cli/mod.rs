@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env};
+use crate::phases::build::Backend;
+use crate::phases::context::ContextFlags;
 use crate::report::{Format, Reporter};
 
 pub use crate::error::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, EXIT_PLUGIN, exit_code_for};
@@ -26,8 +28,8 @@ pub use crate::error::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, EXIT_PLUGIN, exit_cod
 #[command(name = "prpod", version, about, long_about = None)]
 pub struct Cli {
     /// How to render results and errors.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
-    pub output: Format,
+    #[arg(long, global = true, value_enum, default_value_t = OutputArg::Human)]
+    pub output: OutputArg,
     /// Config file (default: ./prpod.toml when it exists).
     #[arg(long, global = true, env = "PRPOD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -114,5 +116,90 @@ fn load_config(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError
         }
         None if Path::new("prpod.toml").is_file() => Config::load(Path::new("prpod.toml")),
         None => Ok(Config::default()),
+    }
+}
+
+/// `--output`: the clap face of [`Format`] (nothing below `cli/` knows clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputArg {
+    /// Readable text for people (results that are documents are still printed as JSON).
+    #[default]
+    Human,
+    /// One JSON document per result on stdout; errors as `{"error": ...}` JSON too.
+    Json,
+}
+
+impl From<OutputArg> for Format {
+    fn from(a: OutputArg) -> Format {
+        match a {
+            OutputArg::Human => Format::Human,
+            OutputArg::Json => Format::Json,
+        }
+    }
+}
+
+/// `--backend`: the clap face of [`Backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// `native` without RUN lines, else buildx when `docker buildx version` works, else buildah.
+    Auto,
+    /// prpod's own daemonless builder (no RUN).
+    Native,
+    /// `buildah build --layers`.
+    Buildah,
+    /// `docker buildx build` / `bake`.
+    Buildx,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(a: BackendArg) -> Backend {
+        match a {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Native => Backend::Native,
+            BackendArg::Buildah => Backend::Buildah,
+            BackendArg::Buildx => Backend::Buildx,
+        }
+    }
+}
+
+/// The PR context flags every pipeline command takes (`#[command(flatten)]`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ContextArgs {
+    /// Repository clone URL (HTTPS, no credentials in it). Default: `[source] url`, or the
+    /// GitHub Actions repository.
+    #[arg(long, value_name = "URL")]
+    pub repo_url: Option<String>,
+    /// Pull request number.
+    #[arg(long, value_name = "N")]
+    pub pr: Option<u64>,
+    /// Head branch of the pull request.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Full commit SHA to build (40 hex digits).
+    #[arg(long)]
+    pub sha: Option<String>,
+    /// Branch the pull request targets.
+    #[arg(long, value_name = "BRANCH")]
+    pub base: Option<String>,
+}
+
+impl ContextArgs {
+    /// The flags as the context phase takes them.
+    pub fn flags(&self) -> ContextFlags {
+        ContextFlags {
+            repo_url: self.repo_url.clone(),
+            pr: self.pr,
+            branch: self.branch.clone(),
+            sha: self.sha.clone(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+impl From<ContextFlags> for ContextArgs {
+    /// The context phase's flags as command-line arguments (`prpod event` builds them from the
+    /// event payload).
+    fn from(f: ContextFlags) -> ContextArgs {
+        ContextArgs { repo_url: f.repo_url, pr: f.pr, branch: f.branch, sha: f.sha, base: f.base }
     }
 }

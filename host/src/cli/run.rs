@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::ContextArgs;
 use super::build::{BuildFlags, read_stdin_secret};
 use super::{EXIT_FINDINGS, EXIT_OK};
 use crate::clients::registry::{CredentialResolver, ImageName, ImageReference, RegistryClient};
@@ -65,7 +66,7 @@ impl DeployFlags {
 pub struct RunArgs {
     /// The pull request.
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Build settings.
     #[command(flatten)]
     pub build: BuildFlags,
@@ -93,7 +94,7 @@ pub struct PlanArgs {
 pub struct DeployArgs {
     /// The pull request.
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// The image to deploy, pinned: `REPOSITORY@sha256:<64 hex>` (a tag may precede the digest).
     /// Default: the digest the tag-policy's primary tag points at in `[image] repository`.
     #[arg(long, value_name = "REPO@sha256:...")]
@@ -164,7 +165,7 @@ pub struct RunOutcome {
 /// the report: `prpod event` embeds it in its own.
 pub async fn run_collected(context: ContextFlags, config: Config, env: &Env, reporter: &Reporter) -> RunOutcome {
     let args = RunArgs {
-        context,
+        context: context.into(),
         build: super::build::BuildFlags::default(),
         deploy: DeployFlags::default(),
         registry_password_stdin: false,
@@ -218,7 +219,7 @@ async fn line(
         Start::Build(a) => {
             a.build.apply(config)?;
             a.deploy.apply(config)?;
-            (a.context.clone(), a.registry_password_stdin, a.deploy.replicas, None, None)
+            (a.context.flags(), a.registry_password_stdin, a.deploy.replicas, None, None)
         }
         Start::Pushed(a) => {
             a.deploy.apply(config)?;
@@ -227,7 +228,7 @@ async fn line(
                 let r = parse_pinned(i)?;
                 config.image.repository = Some(r.name.to_string());
             }
-            (a.context.clone(), a.registry_password_stdin, a.deploy.replicas, a.source_dir.clone(), a.image.clone())
+            (a.context.flags(), a.registry_password_stdin, a.deploy.replicas, a.source_dir.clone(), a.image.clone())
         }
     };
     let secrets = Secrets {
@@ -267,7 +268,8 @@ async fn line(
     report.release = Some(release.clone());
     let repository = run.repository.clone().context("the walk produced no image repository")?;
 
-    let resolver = credentials(config, &repository, &secrets)?;
+    // The registry bundle the walk resolved in its context phase (credentials are read once).
+    let registry = run.registry.clone().context("the walk produced no registry")?;
     let image = match (&run.pushed, image_flag) {
         (Some(p), _) => ImageRef {
             repository: p.repository.clone(),
@@ -281,14 +283,14 @@ async fn line(
         (None, None) if mode == Mode::Plan => {
             ImageRef { repository: repository.clone(), tag: Some(tags.primary.clone()), digest: None }
         }
-        (None, None) => resolve_primary(config, &resolver, &repository, &tags.primary).await?,
+        (None, None) => resolve_primary(&registry.client, &repository, &tags.primary).await?,
     };
     if let Some(d) = &image.digest {
         report.image = Some(ImageSummary { repository: image.repository.clone(), digest: d.clone() });
     }
     report.deploy_image = Some(phases::chart::image_reference(&image));
     let host = ImageName::parse(&image.repository)?.value.api_host().to_string();
-    let pull = pull_secret(&resolver, &host, reporter).await?;
+    let pull = pull_secret(&registry.credentials, &host, reporter).await?;
     let chart_root = run.checkout.as_ref().map(|c| c.path.clone()).or(source_dir);
     let input = DeliverInputs {
         ctx,
@@ -335,14 +337,6 @@ fn parse_pinned(text: &str) -> anyhow::Result<ImageReference> {
     Ok(r)
 }
 
-/// The credentials for `repository`'s registry: `--registry-password-stdin` bound to that host,
-/// else `PRPOD_REGISTRY_PASSWORD` (with `PRPOD_REGISTRY_USER`), else a docker config.
-fn credentials(config: &Config, repository: &str, secrets: &Secrets) -> anyhow::Result<CredentialResolver> {
-    let host = ImageName::parse(repository)?.value.api_host().to_string();
-    let registry = phases::registry_config(config);
-    Ok(registry.credentials(&host, secrets.registry_password.clone())?)
-}
-
 /// The `.dockerconfigjson` of the preview's pull Secret for `host`: the pull credentials
 /// (`registry.pull_username`), or the push credentials with `pull_with_push_credentials`;
 /// `None` otherwise (no pull Secret). Warns when its credential looks like it dies with the job.
@@ -362,13 +356,7 @@ async fn pull_secret(resolver: &CredentialResolver, host: &str, reporter: &Repor
 }
 
 /// What the policy's primary tag points at (a HEAD on the registry).
-async fn resolve_primary(
-    config: &Config,
-    resolver: &CredentialResolver,
-    repository: &str,
-    tag: &str,
-) -> anyhow::Result<ImageRef> {
-    let client = RegistryClient::new(phases::registry_config(config).options()?, resolver.clone())?;
+async fn resolve_primary(client: &RegistryClient, repository: &str, tag: &str) -> anyhow::Result<ImageRef> {
     let reference = ImageReference::parse(&format!("{repository}:{tag}"))?.value;
     let digest = client.manifest_digest(&reference).await?.with_context(|| {
         format!("{repository}:{tag} does not exist: build and push it first (`prpod build`), or pass --image REPO@sha256:...")

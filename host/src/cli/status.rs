@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::Args;
 
+use super::ContextArgs;
 use super::EXIT_OK;
 use super::run::DeployFlags;
 use crate::clients::helm::Helm;
@@ -21,7 +22,7 @@ use crate::report::{PodLine, Reporter, StatusReport, WorkloadLine};
 pub struct StatusArgs {
     /// The pull request (`--pr N` alone is enough for the default tag-policy).
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Release name, instead of asking the tag-policy (needs --namespace too).
     #[arg(long, requires = "namespace")]
     pub release: Option<String>,
@@ -96,10 +97,14 @@ pub async fn release_target(
 pub async fn run(args: StatusArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
     let (release, _) =
-        release_target(args.release.as_deref(), args.namespace.as_deref(), &args.context, &config, env).await?;
+        release_target(args.release.as_deref(), args.namespace.as_deref(), &args.context.flags(), &config, env).await?;
     let target = config.deploy.kube_target();
     let (helm, kube) = tokio::try_join!(
-        async { Helm::detect(&config.deploy.helm, target.clone()).await.map_err(anyhow::Error::from) },
+        async {
+            Helm::detect(&config.deploy.helm, target.clone(), crate::config::cache_dir())
+                .await
+                .map_err(anyhow::Error::from)
+        },
         async { Kube::connect(&target).await.map_err(anyhow::Error::from) },
     )?;
     let current = helm.status(&release.name, &release.namespace).await?.with_context(|| {

@@ -3,11 +3,11 @@
 
 use clap::Args;
 
+use super::ContextArgs;
 use super::EXIT_OK;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
 use crate::ops::teardown::{TeardownRequest, teardown};
-use crate::phases::context::ContextFlags;
 use crate::report::Reporter;
 
 /// `prpod teardown` arguments.
@@ -15,7 +15,7 @@ use crate::report::Reporter;
 pub struct TeardownArgs {
     /// The pull request (`--repo-url` and `--pr N` are enough for the default tag-policy).
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Cluster settings.
     #[command(flatten)]
     pub deploy: DeployFlags,
@@ -27,7 +27,7 @@ pub struct TeardownArgs {
 /// Runs `prpod teardown`.
 pub async fn run(args: TeardownArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context, &config, env).await?;
+    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
     let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
     let req = TeardownRequest { ctx, release: Some(release), dry_run: args.dry_run, tags: None };
     let report = teardown(&config, req, reporter).await;

@@ -2,11 +2,11 @@
 
 use clap::Args;
 
+use super::ContextArgs;
 use super::EXIT_OK;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
 use crate::ops::wake::{WakeRequest, wake};
-use crate::phases::context::ContextFlags;
 use crate::report::Reporter;
 
 /// `prpod wake` arguments.
@@ -14,7 +14,7 @@ use crate::report::Reporter;
 pub struct WakeArgs {
     /// The pull request (`--repo-url` and `--pr N` are enough for the default tag-policy).
     #[command(flatten)]
-    pub context: ContextFlags,
+    pub context: ContextArgs,
     /// Cluster settings (`--timeout`: how long to wait for Ready).
     #[command(flatten)]
     pub deploy: DeployFlags,
@@ -23,7 +23,7 @@ pub struct WakeArgs {
 /// Runs `prpod wake`.
 pub async fn run(args: WakeArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context, &config, env).await?;
+    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
     let ctx = ctx.ok_or_else(|| anyhow::anyhow!("wake needs the PR: pass --repo-url and --pr"))?;
     let report = wake(&config, WakeRequest { ctx, release }, reporter).await?;
     reporter.lines_or_json(&report, &report.lines())?;

@@ -20,15 +20,7 @@ use tokio::process::Command;
 
 use crate::error::{Classify, FailureKind};
 
-/// How the cluster is reached: by Helm and by the kube client alike.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KubeTarget {
-    /// A kubeconfig file; `None`: `$KUBECONFIG`, then `~/.kube/config`, then the in-cluster
-    /// ServiceAccount (when prpod runs in a pod).
-    pub kubeconfig: Option<PathBuf>,
-    /// A context of the kubeconfig; `None`: its current context.
-    pub context: Option<String>,
-}
+pub use crate::model::KubeTarget;
 
 /// Helm's major version, which decides a few flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -268,14 +260,9 @@ pub struct ValuesFiles(pub Vec<PathBuf>);
 
 impl Helm {
     /// Finds `binary` (a name on `PATH` or a path), detects its version, and makes a private home.
-    /// The version is remembered per binary (path, size, mtime) in prpod's cache directory, so a
-    /// warm run spawns no `helm version`.
-    pub async fn detect(binary: &Path, target: KubeTarget) -> Result<Helm, HelmError> {
-        Helm::detect_in(binary, target, crate::config::cache_dir()).await
-    }
-
-    /// [`Helm::detect`] with the version cache under `cache_dir` (`None`: no cache).
-    async fn detect_in(binary: &Path, target: KubeTarget, cache_dir: Option<PathBuf>) -> Result<Helm, HelmError> {
+    /// The version is remembered per binary (path, size, mtime) under `cache_dir` (the caller
+    /// passes prpod's cache directory; `None`: no cache), so a warm run spawns no `helm version`.
+    pub async fn detect(binary: &Path, target: KubeTarget, cache_dir: Option<PathBuf>) -> Result<Helm, HelmError> {
         let home = HelmHome::new().map_err(|source| HelmError::Io { what: "a private Helm home".into(), source })?;
         let cache = cache_dir.and_then(|d| version_cache_file(&d, binary));
         if let Some(printed) =
@@ -733,13 +720,13 @@ mod tests {
         let count = || std::fs::read_to_string(&calls).map_or(0, |s| s.lines().count());
         let target = KubeTarget::default();
         for _ in 0..2 {
-            let h = Helm::detect_in(&helm, target.clone(), Some(cache.clone())).await.unwrap();
+            let h = Helm::detect(&helm, target.clone(), Some(cache.clone())).await.unwrap();
             assert_eq!((h.version(), h.major()), ("v4.1.4", HelmMajor::V4));
         }
         assert_eq!(count(), 1, "the second detect read the cache");
         let entry = version_cache_file(&cache, &helm).unwrap();
         std::fs::write(&entry, "v4.1.4\x1b]0;owned\x07").unwrap();
-        let h = Helm::detect_in(&helm, target, Some(cache.clone())).await.unwrap();
+        let h = Helm::detect(&helm, target, Some(cache.clone())).await.unwrap();
         assert_eq!(h.version(), "v4.1.4");
         assert_eq!(count(), 2, "a tampered entry is not believed");
         assert_eq!(std::fs::read_to_string(&entry).unwrap(), "v4.1.4", "and is replaced");

@@ -31,9 +31,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use serde_json::json;
 
-pub use crate::clients::helm::KubeTarget;
 use crate::error::{Classify, FailureKind};
 use crate::model::Condition;
+pub use crate::model::KubeTarget;
 use crate::secret::Secret;
 
 /// The annotation Helm (3.2+ and 4) puts on every object of a release.

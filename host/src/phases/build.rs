@@ -9,12 +9,11 @@ use serde::Deserialize;
 
 use crate::clients::buildah::{self, Buildah};
 use crate::clients::buildx::{self, Buildx};
-use crate::clients::registry::{CredentialResolver, ImageName, ImageReference, RegistryClient, RegistryConfig};
+use crate::clients::registry::{ImageName, ImageReference, RegistryConfig};
 use crate::config::{Config, ConfigError, Env, Section};
 use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
 use crate::native_build::{self, NativeBuildError, NativeBuildRequest};
 use crate::report::PhaseHandle;
-use crate::secret::Secret;
 
 /// `[image]`: what is built and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -86,7 +85,7 @@ impl Section for ImageConfig {
 }
 
 /// Which backend builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// `native` without RUN lines, else buildx when `docker buildx version` works, else buildah.
@@ -289,26 +288,7 @@ pub fn image_name(image: &ImageConfig, phase: &PhaseHandle) -> anyhow::Result<Im
     Ok(parsed.value)
 }
 
-/// The registry side of a run: one client, and the credentials it resolves (builders get them
-/// as files written from the same resolver).
-#[derive(Debug, Clone)]
-pub struct Registry {
-    /// The client.
-    pub client: RegistryClient,
-    /// Its credentials.
-    pub credentials: CredentialResolver,
-}
-
-impl Registry {
-    /// The client and credentials `[registry]` describes for a run pushing to `image`, with
-    /// `password` (from `--registry-password-stdin`) beating the other sources for that host.
-    /// Reads a password variable or file now, so a missing one fails before any work.
-    pub fn for_push(config: &RegistryConfig, image: &ImageName, password: Option<&Secret>) -> anyhow::Result<Registry> {
-        let credentials = config.credentials(image.api_host(), password.cloned())?;
-        let client = RegistryClient::new(config.options()?, credentials.clone())?;
-        Ok(Registry { client, credentials })
-    }
-}
+pub use crate::phases::registry::Registry;
 
 /// The labels prpod puts on every image it builds: `org.opencontainers.image.source`, the
 /// repository's web URL (its clone URL without `.git`), by which GHCR links the package to the

@@ -18,24 +18,19 @@ use crate::config::Env;
 use crate::model::{Event, PrContext};
 use crate::phases::source::SourceConfig;
 
-/// The PR context flags every pipeline command takes (`#[command(flatten)]`).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The PR context as the operator gave it (the CLI's `--repo-url`, `--pr`, `--branch`, `--sha`,
+/// `--base`; each `None` when not given).
+#[derive(Debug, Clone, Default)]
 pub struct ContextFlags {
-    /// Repository clone URL (HTTPS, no credentials in it). Default: `[source] url`, or the
-    /// GitHub Actions repository.
-    #[arg(long, value_name = "URL")]
+    /// Repository clone URL (HTTPS, no credentials in it).
     pub repo_url: Option<String>,
     /// Pull request number.
-    #[arg(long, value_name = "N")]
     pub pr: Option<u64>,
     /// Head branch of the pull request.
-    #[arg(long)]
     pub branch: Option<String>,
     /// Full commit SHA to build (40 hex digits).
-    #[arg(long)]
     pub sha: Option<String>,
     /// Branch the pull request targets.
-    #[arg(long, value_name = "BRANCH")]
     pub base: Option<String>,
 }
 

@@ -16,13 +16,12 @@ pub mod lifecycle;
 pub mod lock;
 pub mod preview;
 pub mod push;
+pub mod registry;
 pub mod rollout;
 pub mod sleep;
 pub mod source;
 pub mod teardown;
 pub mod verify;
-
-use serde::Serialize;
 
 use crate::clients::registry::ImageName;
 use crate::config::{Config, Env};
@@ -31,56 +30,7 @@ use crate::plugins::{PluginHost, World};
 use crate::report::Reporter;
 use crate::secret::Secret;
 
-/// One step of the line, in the order a run walks them. Its [`Phase::name`] is what the human
-/// view prints and what `phases[].name` says in the JSON report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Who and what the run is about: flags and GitHub Actions' event ([`context`]).
-    Context,
-    /// The tag-policy plugin's tags and release.
-    Tags,
-    /// Clone or fetch, then check out the exact commit ([`source`]).
-    Source,
-    /// Build the image ([`build`]).
-    Build,
-    /// Push it under every tag ([`push`]).
-    Push,
-    /// Generate and render the chart.
-    Chart,
-    /// Helm upgrade --install.
-    Deploy,
-    /// Rollout checks.
-    Verify,
-}
-
-impl Phase {
-    /// Every phase, in the order of the line.
-    pub const LINE: [Phase; 8] = [
-        Phase::Context,
-        Phase::Tags,
-        Phase::Source,
-        Phase::Build,
-        Phase::Push,
-        Phase::Chart,
-        Phase::Deploy,
-        Phase::Verify,
-    ];
-
-    /// The phase's name in output (`source`, `build`, ...).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Phase::Context => "context",
-            Phase::Tags => "tags",
-            Phase::Source => "source",
-            Phase::Build => "build",
-            Phase::Push => "push",
-            Phase::Chart => "chart",
-            Phase::Deploy => "deploy",
-            Phase::Verify => "verify",
-        }
-    }
-}
+pub use crate::model::Phase;
 
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,7 +65,7 @@ pub enum Mode {
 }
 
 /// The credentials of a run that prpod reads itself; the other registry credentials are
-/// resolved from `[registry]` by [`build::Registry::for_push`].
+/// resolved from `[registry]` by [`registry::Registry::for_push`].
 #[derive(Debug, Default, Clone)]
 pub struct Secrets {
     /// Token for cloning over HTTPS (`source.token_file`, `PRPOD_GIT_TOKEN`, `GITHUB_TOKEN`).
@@ -139,7 +89,7 @@ pub struct Run {
     /// The image repository (normalised).
     pub image: Option<ImageName>,
     /// The registry client and credentials of the run (deploy reuses them for pull secrets).
-    pub registry: Option<build::Registry>,
+    pub registry: Option<registry::Registry>,
     /// The tag-policy's tags.
     pub tags: Option<TagSet>,
     /// The tag-policy's release.
@@ -171,7 +121,7 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let ctx = context::resolve(inputs.context, &config.source, inputs.env)?;
     let image = build::image_name(&config.image, &phase)?;
     let registry =
-        build::Registry::for_push(&registry_config(config), &image, inputs.secrets.registry_password.as_ref())?;
+        registry::Registry::for_push(&registry_config(config), &image, inputs.secrets.registry_password.as_ref())?;
     let repository = image.to_string();
     refuse_untrusted_fork(&ctx, inputs)?;
     phase.finish(context::summary(&ctx));
@@ -441,7 +391,7 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
             }
         })
     };
-    let helm = Helm::detect(&dc.helm, target.clone()).await?;
+    let helm = Helm::detect(&dc.helm, target.clone(), crate::config::cache_dir()).await?;
     let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
     let mut ctx = ctx_in.clone();
     ctx.target = Some(DeployTarget {

@@ -5,7 +5,7 @@
 
 use crate::clients::registry::{ImageName, OciImage, PushEvent};
 use crate::model::{BuiltImage, PushedImage, TagSet};
-use crate::phases::build::Registry;
+use crate::phases::registry::Registry;
 use crate::report::PhaseHandle;
 
 /// The tags an image is pushed under: primary, then the extras (cache tags are the builders').

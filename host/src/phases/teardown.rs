@@ -153,7 +153,7 @@ pub async fn uninstall(
     if dry_run {
         return Ok("would uninstall");
     }
-    let helm = Helm::detect(&config.helm, config.kube_target()).await?;
+    let helm = Helm::detect(&config.helm, config.kube_target(), crate::config::cache_dir()).await?;
     helm.uninstall(&release.name, &release.namespace, config.timeout).await?;
     Ok("uninstalled")
 }
