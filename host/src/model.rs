@@ -65,6 +65,26 @@ pub struct PrContext {
 }
 
 impl PrContext {
+    /// A context named by hand rather than by an event: `repository`'s PR `number` at clone URL
+    /// `repository_url`, event `manual`, nothing else known yet (callers fill in what they know,
+    /// `PrContext { branch, ..PrContext::manual(..) }`).
+    pub fn manual(repository_url: String, repository: String, number: Option<u64>) -> PrContext {
+        PrContext {
+            repository_url,
+            repository,
+            number,
+            branch: String::new(),
+            base_branch: None,
+            sha: String::new(),
+            event: Event::Manual,
+            labels: vec![],
+            author: String::new(),
+            draft: false,
+            fork: false,
+            target: None,
+        }
+    }
+
     /// Checks what the host promises plugins about a context: `repository_url` carries no
     /// credentials. A URL with user info (`https://x-access-token:TOKEN@host/...`) would hand a
     /// token to every plugin; the token belongs in `PRPOD_GIT_TOKEN` (or `token_file` under `[source]`).

@@ -288,33 +288,13 @@ fn double_skipped_events_write_nothing_to_github() {
 /// counts exactly the GitHub requests the double saw.
 #[test]
 fn double_events_drive_one_comment_and_deployments_through_a_preview() {
-    use crate::run::{Preview, explain, pages};
+    use crate::run::{PrBranch, Preview, explain, pages};
     let w = world();
     let name = unique_name("acme/hello-web");
     let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
     let slug = format!("acme/{name}");
-    let work = TempDir::new("gh-pr-branch");
-    let git = |args: &[&str]| {
-        let out = w
-            .git
-            .git_with_token(&w.git.token)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-            .args(args)
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["clone", "-q", &url, "."]);
-    git(&["checkout", "-q", "-b", "feature/greeting"]);
-    let commit = |text: &str| {
-        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", text]);
-        git(&["push", "-q", "-f", "origin", "feature/greeting"]);
-        git(&["rev-parse", "HEAD"])
-    };
+    let branch = PrBranch::clone(&url, "feature/greeting");
+    let commit = |text: &str| branch.commit_and_push(text);
     let repo = unique_name("prpod-test/event");
     let p = Preview::new(false, &repo, "").of_repository(&slug);
     let d = GithubDouble::start();

@@ -107,6 +107,58 @@ pub fn build_example(w: &World, repo: &str, sha: &str, crash: bool) -> String {
     let digest = std::fs::read_to_string(&digest_file).unwrap().trim().to_string();
     format!("{}/{repo}@{digest}", reg.host_pod)
 }
+/// A work tree of a repository published on the world's git server, on a new branch, for tests
+/// that push a PR's commits one after another: each commit changes the example's
+/// `www/greeting.txt`.
+pub struct PrBranch {
+    work: TempDir,
+    branch: String,
+}
+
+impl PrBranch {
+    /// Clones `url` (with the world's git token) and checks out a new branch `branch`.
+    pub fn clone(url: &str, branch: &str) -> PrBranch {
+        let b = PrBranch { work: TempDir::new("pr-branch"), branch: branch.to_string() };
+        b.git(&["clone", "-q", url, "."]);
+        b.git(&["checkout", "-q", "-b", branch]);
+        b
+    }
+
+    /// `git ARGS` in the work tree, as the world's git user; its stdout, trimmed.
+    pub fn git(&self, args: &[&str]) -> String {
+        let w = world();
+        let out = w
+            .git
+            .git_with_token(&w.git.token)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+            .args(args)
+            .current_dir(self.work.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Commits `text` as the greeting (not pushed); the commit's SHA.
+    pub fn commit(&self, text: &str) -> String {
+        std::fs::write(self.work.path().join("www/greeting.txt"), text).unwrap();
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", text]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Pushes the branch (forced: a test may rewrite it).
+    pub fn push(&self) {
+        self.git(&["push", "-q", "-f", "origin", &self.branch]);
+    }
+
+    /// [`PrBranch::commit`], then [`PrBranch::push`]; the commit's SHA.
+    pub fn commit_and_push(&self, text: &str) -> String {
+        let sha = self.commit(text);
+        self.push();
+        sha
+    }
+}
 
 /// One PR's preview, with a `prpod.toml` in its own directory; the namespace is deleted on drop.
 pub struct Preview {
@@ -865,28 +917,8 @@ fn run_the_example_pr_end_to_end_then_a_new_commit() {
     let w = world();
     let name = unique_name("acme/hello-web");
     let url = w.git.publish(&repo_root().join("examples/hello-web"), &name);
-    let work = TempDir::new("pr-branch");
-    let git = |args: &[&str]| {
-        let out = w
-            .git
-            .git_with_token(&w.git.token)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-            .args(args)
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["clone", "-q", &url, "."]);
-    git(&["checkout", "-q", "-b", "feature/greeting"]);
-    let commit = |text: &str| {
-        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", text]);
-        git(&["push", "-q", "-f", "origin", "feature/greeting"]);
-        git(&["rev-parse", "HEAD"])
-    };
+    let branch = PrBranch::clone(&url, "feature/greeting");
+    let commit = |text: &str| branch.commit_and_push(text);
     let repo = unique_name("prpod-test/run");
     let p = Preview::new(false, &repo, "").of_repository(&name);
     // [source], [image] and [build] for the example on the world.

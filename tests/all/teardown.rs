@@ -197,30 +197,10 @@ fn an_older_commit_of_the_pr_is_superseded_by_ancestry() {
     let w = world();
     let name = format!("acme/{}", unique_name("superseded"));
     let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
-    let work = prpod_test_support::TempDir::new("pr-branch");
-    let git = |args: &[&str]| {
-        let out = w
-            .git
-            .git_with_token(&w.git.token)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-            .args(args)
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["clone", "-q", &url, "."]);
-    git(&["checkout", "-q", "-b", "feature/s"]);
-    let commit = |text: &str| {
-        std::fs::write(work.path().join("www/greeting.txt"), text).unwrap();
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", text]);
-        git(&["rev-parse", "HEAD"])
-    };
-    let a = commit("A");
-    let b = commit("B");
-    git(&["push", "-q", "-f", "origin", "feature/s"]);
+    let branch = crate::run::PrBranch::clone(&url, "feature/s");
+    let a = branch.commit("A");
+    let b = branch.commit("B");
+    branch.push();
     let repo = unique_name("prpod-test/superseded");
     let p = Preview::new(false, &repo, "").of_repository(&name);
     // A clone cache of the test's own, and history enough to see A below B.

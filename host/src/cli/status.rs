@@ -11,7 +11,7 @@ use super::run::DeployFlags;
 use crate::clients::helm::Helm;
 use crate::clients::kube::Kube;
 use crate::config::{Config, Env};
-use crate::model::{Event, PrContext, ReleaseTarget};
+use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::context::ContextFlags;
 use crate::phases::{self, rollout, verify};
 use crate::plugins::{PluginHost, World};
@@ -72,18 +72,10 @@ pub async fn release_target(
                     )
                 })?;
             PrContext {
-                repository_url: url.unwrap_or_default(),
-                repository,
-                number: Some(n),
                 branch: flags.branch.clone().unwrap_or_default(),
                 base_branch: flags.base.clone(),
                 sha: flags.sha.clone().unwrap_or_default(),
-                event: Event::Manual,
-                labels: vec![],
-                author: String::new(),
-                draft: false,
-                fork: false,
-                target: None,
+                ..PrContext::manual(url.unwrap_or_default(), repository, Some(n))
             }
         }
     };

@@ -516,9 +516,7 @@ impl Kube {
         &self,
         name: &str,
     ) -> Result<Option<(BTreeMap<String, String>, BTreeMap<String, String>)>, KubeError> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns = api.get_opt(name).await.map_err(|e| KubeError::from_kube(format!("read namespace {name}"), e))?;
-        Ok(ns.map(|ns| (labels_of(&ns.metadata), ns.metadata.annotations.clone().unwrap_or_default())))
+        Ok(self.namespace_view(name).await?.map(|v| (v.labels, v.annotations)))
     }
 
     /// Creates namespace `name` with `labels` and `annotations`; `Ok(false)` when it already
@@ -565,15 +563,26 @@ impl Kube {
         labels: &BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
     ) -> Result<(), KubeError> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
         let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
+        self.merge_namespace_meta(name, &patch, || format!("label namespace {name}")).await
+    }
+
+    /// Applies `patch` (`{"metadata": {...}}`) to namespace `name` as a JSON merge patch, so
+    /// labels and annotations it does not name stay; `what` names the step in an error.
+    async fn merge_namespace_meta(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
         api.patch(
             name,
             &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
-            &Patch::Merge(&patch),
+            &Patch::Merge(patch),
         )
         .await
-        .map_err(|e| KubeError::from_kube(format!("label namespace {name}"), e))?;
+        .map_err(|e| KubeError::from_kube(what(), e))?;
         Ok(())
     }
 

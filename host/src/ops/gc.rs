@@ -26,7 +26,7 @@ use crate::clients::kube::Kube;
 use crate::clients::kube::inuse::ImagesInUse;
 use crate::clients::kube::lifecycle::NamespaceView;
 use crate::config::Config;
-use crate::model::{Event, PrContext, ReleaseTarget};
+use crate::model::{PrContext, ReleaseTarget};
 use crate::ops::teardown::{TagDeleter, TeardownRequest, default_deleter, teardown_with};
 use crate::ops::wake::{sleep_namespace, wake_namespace};
 use crate::phases::lifecycle::{self, parse_duration};
@@ -410,18 +410,9 @@ async fn handle(
         Action::Collect => {
             let pr = entry.pr.ok_or_else(|| anyhow::anyhow!("namespace {} has no prpod.dev/pr label", v.name))?;
             let ctx = PrContext {
-                repository_url: String::new(),
-                repository: entry.repository.clone(),
-                number: Some(pr),
                 branch: v.annotations.get("prpod.dev/branch").cloned().unwrap_or_default(),
-                base_branch: None,
                 sha: v.annotations.get(lifecycle::DEPLOYED_COMMIT).cloned().unwrap_or_default(),
-                event: Event::Manual,
-                labels: vec![],
-                author: String::new(),
-                draft: false,
-                fork: false,
-                target: None,
+                ..PrContext::manual(String::new(), entry.repository.clone(), Some(pr))
             };
             let release = ReleaseTarget {
                 name: v.labels.get(RELEASE_LABEL).cloned().unwrap_or_else(|| v.name.clone()),

@@ -262,22 +262,12 @@ pub async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Event;
 
     fn ctx(repo: &str, number: Option<u64>) -> PrContext {
         PrContext {
-            repository_url: format!("https://git.example/{repo}.git"),
-            repository: repo.into(),
-            number,
             branch: "b".into(),
-            base_branch: None,
             sha: "0".repeat(40),
-            event: Event::Manual,
-            labels: vec![],
-            author: String::new(),
-            draft: false,
-            fork: false,
-            target: None,
+            ..PrContext::manual(format!("https://git.example/{repo}.git"), repo.into(), number)
         }
     }
 

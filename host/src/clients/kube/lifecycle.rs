@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 
-use super::{Kube, KubeError, MANAGER};
+use super::{Kube, KubeError};
 
 /// One namespace as gc sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,16 +72,8 @@ impl Kube {
         labels: &BTreeMap<String, Option<String>>,
         annotations: &BTreeMap<String, Option<String>>,
     ) -> Result<(), KubeError> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
         let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
-        api.patch(
-            name,
-            &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|e| KubeError::from_kube(format!("update the metadata of namespace {name}"), e))?;
-        Ok(())
+        self.merge_namespace_meta(name, &patch, || format!("update the metadata of namespace {name}")).await
     }
 
     /// Deletes namespace `name` (and so everything in it), without waiting for it to go;

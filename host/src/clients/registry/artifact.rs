@@ -15,7 +15,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use sha2::Digest;
 
 use super::transport::{Attempt, error_chain, pull_scope, push_scope};
-use super::{BlobOutcome, ImageName, RegistryClient, RegistryError, location, no_notice};
+use super::{BlobOutcome, ImageName, RegistryClient, RegistryError, no_notice};
 
 /// A blob pulled into a temporary file next to where it will live; its sha256 matched the digest
 /// asked for. Persist it (rename) or drop it (deleted).
@@ -55,21 +55,7 @@ impl RegistryClient {
                 if resp.status() != StatusCode::ACCEPTED {
                     return Err(t.unexpected(host, "push to", name.repository(), resp).await);
                 }
-                let loc = location(&resp).ok_or_else(|| {
-                    Attempt::Fail(RegistryError::Protocol {
-                        host: host.to_string(),
-                        what: format!("upload blob {digest}"),
-                        detail: "202 without a Location header".into(),
-                    })
-                })?;
-                let mut url = reqwest::Url::parse(&self.absolute(name, &loc)).map_err(|e| {
-                    Attempt::Fail(RegistryError::Protocol {
-                        host: host.to_string(),
-                        what: format!("upload blob {digest}"),
-                        detail: format!("bad Location `{loc}`: {e}"),
-                    })
-                })?;
-                url.query_pairs_mut().append_pair("digest", digest);
+                let url = self.upload_put_url(name, digest, &resp)?;
                 let put = t
                     .http
                     .put(url)

@@ -391,6 +391,34 @@ impl RegistryClient {
             format!("{}{location}", self.t.base_url(name.api_host()))
         }
     }
+
+    /// The URL to `PUT` blob `digest` to, from the `202 Accepted` that opened its upload
+    /// session in `name`: the session's `Location` with `?digest=` added. A missing or
+    /// unparsable `Location` fails the attempt (a registry bug, not worth a retry).
+    pub(crate) fn upload_put_url(
+        &self,
+        name: &ImageName,
+        digest: &str,
+        accepted: &reqwest::Response,
+    ) -> Result<reqwest::Url, Attempt> {
+        let host = name.api_host();
+        let loc = location(accepted).ok_or_else(|| {
+            Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: format!("upload blob {digest}"),
+                detail: "202 without a Location header".into(),
+            })
+        })?;
+        let mut url = reqwest::Url::parse(&self.absolute(name, &loc)).map_err(|e| {
+            Attempt::Fail(RegistryError::Protocol {
+                host: host.to_string(),
+                what: format!("upload blob {digest}"),
+                detail: format!("bad Location `{loc}`: {e}"),
+            })
+        })?;
+        url.query_pairs_mut().append_pair("digest", digest);
+        Ok(url)
+    }
 }
 
 /// Largest manifest or config prpod reads into memory (distribution's own limit is 4 MiB).

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::transport::{Attempt, RetryNotice, error_chain, pull_scope, push_scope};
-use super::{BlobSource, ImageName, OciDescriptor, OciImage, RegistryClient, RegistryError, location};
+use super::{BlobSource, ImageName, OciDescriptor, OciImage, RegistryClient, RegistryError};
 use crate::model::{LayerStats, PushedImage};
 
 /// How one blob got into the repository.
@@ -252,21 +252,7 @@ impl RegistryClient {
                     StatusCode::ACCEPTED => {}
                     _ => return Err(t.unexpected(host, "push to", target.repository(), resp).await),
                 }
-                let loc = location(&resp).ok_or_else(|| {
-                    Attempt::Fail(RegistryError::Protocol {
-                        host: host.to_string(),
-                        what: format!("upload blob {digest}"),
-                        detail: "202 without a Location header".into(),
-                    })
-                })?;
-                let mut put_url = reqwest::Url::parse(&self.absolute(target, &loc)).map_err(|e| {
-                    Attempt::Fail(RegistryError::Protocol {
-                        host: host.to_string(),
-                        what: format!("upload blob {digest}"),
-                        detail: format!("bad Location `{loc}`: {e}"),
-                    })
-                })?;
-                put_url.query_pairs_mut().append_pair("digest", digest);
+                let put_url = self.upload_put_url(target, digest, &resp)?;
                 let body = self.blob_body(source, digest, size, sent.clone(), events.clone()).await?;
                 let put = t
                     .http
