@@ -22,6 +22,7 @@ mod run;
 mod sandbox;
 mod teardown;
 mod trust;
+mod workflows;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
