@@ -90,9 +90,14 @@ fn push_pull_and_check_through_the_tls_registry() {
     assert_eq!(manifest["annotations"]["org.opencontainers.image.version"], "1.0.0");
     assert_eq!(manifest["annotations"]["org.opencontainers.image.title"], "verify-baseline.wasm");
 
-    // Pull by tag and by digest: the same component, cached under its digest.
-    let out = prpod(dir.path(), reg, &["--output", "json", "plugin", "pull", &target]);
+    // Pull by tag and by digest: the same component, cached under its digest. The first pull
+    // (into a fresh cache) says what the component is without compiling it: no compiled
+    // artifact lands in the compile cache.
+    let fresh = TempDir::new("oci-pull-fresh");
+    let out = prpod(fresh.path(), reg, &["--output", "json", "plugin", "pull", &target]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let compiled = std::fs::read_dir(fresh.path().join("cache/components")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(compiled, 0, "plugin pull compiled the component");
     let pulled = json(&out);
     assert_eq!(pulled["digest"], digest.as_str());
     assert_eq!(pulled["worlds"], serde_json::json!(["verifier"]));

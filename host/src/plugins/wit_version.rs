@@ -73,6 +73,22 @@ impl ComponentFacts {
         Ok(facts)
     }
 
+    /// The worlds whose exports the component names (`compute-tags` and `release`: tag-policy,
+    /// ...), read from the names alone: no compile, so a pull of a 20 MB component can say what
+    /// it is at transfer speed. The types are checked when the plugin is loaded to run (and by
+    /// `plugin check`).
+    pub fn worlds_by_name(&self) -> Vec<super::World> {
+        let has = |n: &str| self.exports.iter().any(|e| e == n);
+        super::World::ALL
+            .into_iter()
+            .filter(|w| match w {
+                super::World::TagPolicy => has("compute-tags") && has("release"),
+                super::World::ChartGenerator => has("generate"),
+                super::World::Verifier => has("check-manifests") && has("check-release"),
+            })
+            .collect()
+    }
+
     /// The version as people should read it: `0.1.0`, or `unversioned`.
     pub fn version_label(&self) -> String {
         self.version.clone().unwrap_or_else(|| "unversioned".into())
@@ -133,6 +149,25 @@ mod tests {
             assert!(facts.imports.iter().any(|i| i.starts_with("prpod:plugin/")), "{name}: {:?}", facts.imports);
             facts.check_supported().unwrap();
         }
+    }
+
+    #[test]
+    fn worlds_are_read_from_export_names_without_compiling() {
+        use super::super::World;
+        let worlds = |name: &str| {
+            let bytes = super::super::reference::builtin(name).unwrap();
+            ComponentFacts::read(bytes).unwrap().worlds_by_name()
+        };
+        assert_eq!(worlds("tag-default"), [World::TagPolicy]);
+        assert_eq!(worlds("chart-webapp"), [World::ChartGenerator]);
+        assert_eq!(worlds("verify-baseline"), [World::Verifier]);
+        // A world needs all of its exports: `release` alone is no tag-policy.
+        let half = wat::parse_str(
+            r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f"))) (export "release" (func $f)) (export "generate" (func $f)))"#,
+        )
+        .unwrap();
+        assert_eq!(ComponentFacts::read(&half).unwrap().worlds_by_name(), [World::ChartGenerator]);
     }
 
     #[test]
