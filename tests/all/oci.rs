@@ -67,8 +67,8 @@ fn push_pull_and_check_through_the_tls_registry() {
     let component = prpod::plugins::reference::builtin("verify-baseline").unwrap();
     let digest = pushed["digest"].as_str().unwrap().to_string();
     assert_eq!(pushed["layer_digest"], sha256(component));
-    assert_eq!(pushed["target"], "prpod:plugin/verifier@0.1.0");
-    assert_eq!(pushed["wit_version"], "0.1.0");
+    assert_eq!(pushed["target"], "prpod:plugin/verifier@0.2.0");
+    assert_eq!(pushed["wit_version"], "0.2.0");
     assert_eq!(pushed["pinned"], format!("oci://{}/{repo}@{digest}", reg.host));
 
     // A version tag is not overwritten without --force.
@@ -90,22 +90,41 @@ fn push_pull_and_check_through_the_tls_registry() {
     assert_eq!(manifest["annotations"]["org.opencontainers.image.version"], "1.0.0");
     assert_eq!(manifest["annotations"]["org.opencontainers.image.title"], "verify-baseline.wasm");
 
-    // Pull by tag and by digest: the same component, cached under its digest.
-    let out = prpod(dir.path(), reg, &["--output", "json", "plugin", "pull", &target]);
+    // Pull by tag and by digest: the same component, cached under its digest. The first pull
+    // (into a fresh cache) says what the component is without compiling it: no compiled
+    // artifact lands in the compile cache.
+    let fresh = TempDir::new("oci-pull-fresh");
+    let out = prpod(fresh.path(), reg, &["--output", "json", "plugin", "pull", &target]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let compiled = std::fs::read_dir(fresh.path().join("cache/components")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(compiled, 0, "plugin pull compiled the component");
     let pulled = json(&out);
     assert_eq!(pulled["digest"], digest.as_str());
     assert_eq!(pulled["worlds"], serde_json::json!(["verifier"]));
-    assert_eq!(pulled["wit_version"], "0.1.0");
+    assert_eq!(pulled["wit_version"], "0.2.0");
     assert_eq!(std::fs::read(pulled["path"].as_str().unwrap()).unwrap(), component);
     let out = prpod(dir.path(), reg, &["--output", "json", "plugin", "pull", pushed["pinned"].as_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+    // A component built against prpod:plugin@0.1.0 is pushed, pulled and checked as such.
+    let old = crate::repo_root().join("tests/fixtures/wit-0.1.0/verify-baseline.wasm");
+    let old_target = format!("oci://{}/{repo}:0.1-built", reg.host);
+    let out = prpod(dir.path(), reg, &["--output", "json", "plugin", "push", old.to_str().unwrap(), &old_target]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(json(&out)["wit_version"], "0.1.0");
+    assert_eq!(json(&out)["target"], "prpod:plugin/verifier@0.1.0");
+    for cmd in ["pull", "check"] {
+        let out = prpod(dir.path(), reg, &["--output", "json", "plugin", cmd, &old_target]);
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {}", explain(&out));
+        assert_eq!(json(&out)["wit_version"], "0.1.0", "{cmd}");
+        assert_eq!(json(&out)["worlds"], serde_json::json!(["verifier"]), "{cmd}");
+    }
 
     // check and call accept oci:// references.
     let out = prpod(dir.path(), reg, &["--output", "json", "plugin", "check", &target]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(json(&out)["worlds"], serde_json::json!(["verifier"]));
-    assert_eq!(json(&out)["wit_version"], "0.1.0");
+    assert_eq!(json(&out)["wit_version"], "0.2.0");
     let ctx = dir.path().join("ctx.json");
     std::fs::write(&ctx, serde_json::to_vec(&crate::context(Some(7), "feature/x")).unwrap()).unwrap();
     let manifests = dir.path().join("m.yaml");

@@ -350,3 +350,137 @@ fn loading_is_bounded_in_shape_and_time() {
     assert!(e.to_string().contains("many-functions.wasm") && e.to_string().contains("took longer than 300 ms"), "{e}");
     assert!(start.elapsed() < deadline + Duration::from_secs(1), "took {:?}", start.elapsed());
 }
+
+/// A `prpod:plugin@0.1.0` tag-policy (the default tag-policy as built before 0.2.0, kept as a
+/// fixture) with the 0.2.0 default chart-generator and verifier, through one host as one run
+/// calls them: the 0.1.0 plugin's tags and release flow into the 0.2.0 plugins' inputs.
+#[tokio::test]
+async fn plugins_of_0_1_0_and_0_2_0_run_side_by_side_in_one_run() {
+    use prpod::model::{AppSpec, DeployTarget, ImageRef, Manifest, Port, Resources, Severity};
+    let host = PluginHost::new().unwrap();
+    let fixture = crate::repo_root().join("tests/fixtures/wit-0.1.0/tag-default.wasm");
+    let policy = host.load(&PluginRef::File { path: fixture, sha256: None }).unwrap();
+    let chart = host.load(&PluginRef::parse("builtin:chart-webapp").unwrap()).unwrap();
+    let verifier = host.load(&PluginRef::parse("builtin:verify-baseline").unwrap()).unwrap();
+    assert_eq!((policy.wit_version(), policy.worlds()), ("0.1.0", vec![World::TagPolicy]));
+    assert_eq!((chart.wit_version(), chart.worlds()), ("0.2.0", vec![World::ChartGenerator]));
+    assert_eq!((verifier.wit_version(), verifier.worlds()), ("0.2.0", vec![World::Verifier]));
+
+    let registry = "127.0.0.1:5443";
+    let repository = format!("{registry}/acme/web");
+    let mut ctx = context(Some(42), "Feature/Login");
+    let tags = policy.compute_tags(&ctx, &repository).await.unwrap();
+    assert_eq!(tags.primary, "pr-42");
+    assert_eq!(tags.extra, ["br-feature-login", "sha-0123456789ab"]);
+    let release = policy.release(&ctx).await.unwrap();
+    assert_eq!(release.name, "web-pr-42");
+    let image = ImageRef { repository: repository.clone(), tag: Some(tags.primary.clone()), digest: None };
+    ctx.target = Some(DeployTarget { registry: registry.into(), image: image.clone(), tags, release });
+
+    // The 0.2.0 chart-generator completes the app's image from the target the 0.1.0 policy made.
+    let app = AppSpec {
+        name: "web".into(),
+        image: ImageRef { repository: String::new(), tag: None, digest: None },
+        ports: vec![Port { name: "http".into(), container_port: 8080 }],
+        env: vec![],
+        replicas: 1,
+        resources: Resources::default(),
+        health_path: None,
+        ingress_host: None,
+    };
+    let files = chart.generate(&ctx, &app).await.unwrap();
+    let chart_yaml = files.iter().find(|f| f.path == "Chart.yaml").expect("a Chart.yaml");
+    assert!(String::from_utf8_lossy(&chart_yaml.content).contains("appVersion: \"pr-42\""), "{chart_yaml:?}");
+    let values = files.iter().find(|f| f.path == "values.yaml").expect("a values.yaml");
+    assert!(String::from_utf8_lossy(&values.content).contains("pr-42"), "{values:?}");
+
+    // The 0.2.0 verifier judges images against the registry of that same target.
+    let deployment = |image: &str| Manifest {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "web".into(),
+        namespace: Some("web-pr-42".into()),
+        text: format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: web-pr-42}}\nspec:\n  template:\n    \
+             spec:\n      containers:\n      - name: web\n        image: {image}\n"
+        ),
+    };
+    let findings = verifier.check_manifests(&ctx, &[deployment("evil.example/web:1")]).await.unwrap();
+    let registry_errors: Vec<_> =
+        findings.iter().filter(|f| f.rule == "image-registry" && f.severity == Severity::Error).collect();
+    assert_eq!(registry_errors.len(), 1, "{findings:?}");
+    assert!(registry_errors[0].message.contains(registry), "{findings:?}");
+    let ours = verifier.check_manifests(&ctx, &[deployment(&format!("{repository}:pr-42"))]).await.unwrap();
+    assert!(!ours.iter().any(|f| f.rule == "image-registry"), "{ours:?}");
+    // The same verifier built against 0.1.0, in the same host, judges alike.
+    let old_verifier = host
+        .load(&PluginRef::File {
+            path: crate::repo_root().join("tests/fixtures/wit-0.1.0/verify-baseline.wasm"),
+            sha256: None,
+        })
+        .unwrap();
+    assert_eq!(old_verifier.wit_version(), "0.1.0");
+    assert_eq!(old_verifier.check_manifests(&ctx, &[deployment("evil.example/web:1")]).await.unwrap(), findings);
+}
+
+/// What `prpod:plugin/host` (new in 0.2.0) tells a plugin: prpod's version and the call's
+/// limits, as configured, and the time left; and `logging.enabled`, the host's log filter.
+#[tokio::test]
+async fn a_0_2_0_plugin_reads_its_limits_and_prpods_version_from_the_host() {
+    // This thread's log filter: errors recorded, debug dropped (the call runs on this thread).
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let limits = Limits { memory_mib: 48, deadline_ms: 1500, output_mib: 3 };
+    let p = hostile().with_limits(limits);
+    assert_eq!(p.wit_version(), "0.2.0");
+    let tags = p.compute_tags(&hostile_ctx("host-info", &[]), "r/app").await.unwrap();
+    assert_eq!(tags.primary, "deadline-1500");
+    let version = env!("CARGO_PKG_VERSION").replace('.', "-");
+    let want = [
+        format!("memory-{}", 48u64 << 20),
+        format!("output-{}", 3u64 << 20),
+        format!("prpod-{version}"),
+        "error-logged-true".to_string(),
+        "debug-logged-false".to_string(),
+        "remaining-ok".to_string(),
+    ];
+    let extra: std::collections::BTreeSet<_> = tags.extra.iter().cloned().collect();
+    for w in &want {
+        assert!(extra.contains(w), "{w} missing from {:?}", tags.extra);
+    }
+}
+
+/// One `prpod plan` with a `prpod:plugin@0.1.0` tag-policy, the 0.2.0 default chart-generator,
+/// and two verifiers, the 0.2.0 default and the same verifier built against 0.1.0: the 0.1.0
+/// policy names the tags, release and image the 0.2.0 chart deploys, and both verifiers pass
+/// the result.
+#[test]
+fn a_plan_runs_0_1_0_and_0_2_0_plugins_together() {
+    use crate::run::{Preview, explain, publish_example};
+    let w = prpod_test_support::world();
+    let fixtures = crate::repo_root().join("tests/fixtures/wit-0.1.0");
+    let (name, head) = publish_example(w);
+    let extra = format!(
+        "\n[plugins.tag-policy]\nref = \"{}\"\n\n[[plugins.verifier]]\nref = \"builtin:verify-baseline\"\n\n\
+         [[plugins.verifier]]\nref = \"{}\"\n",
+        fixtures.join("tag-default.wasm").display(),
+        fixtures.join("verify-baseline.wasm").display()
+    );
+    let p =
+        Preview::new(false, &prpod_test_support::unique_name("prpod-test/wit-versions"), &extra).of_repository(&name);
+    let mut args = vec!["--output".to_string(), "json".into(), "plan".into()];
+    args.extend(p.context(&head));
+    args.push("--show-manifests".into());
+    let out = p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let r = crate::json(&out);
+    let primary = format!("pr-{}", p.pr);
+    assert_eq!(r["tags"]["primary"], primary.as_str(), "{r}");
+    assert_eq!(r["release"]["name"], p.ns.as_str(), "{r}");
+    let manifests = r["manifests"].as_str().unwrap();
+    assert!(manifests.contains(&format!("{}:{primary}", p.repository)), "{manifests}");
+    assert!(r["chart"].as_str().unwrap().contains("generated by builtin:chart-webapp"), "{r}");
+    // Both verifiers were loaded and called on these manifests (a plugin that cannot be loaded
+    // or called fails the plan), and neither found anything: the manifests are clean.
+    assert_eq!(r["findings"], serde_json::json!([]), "{r}");
+}

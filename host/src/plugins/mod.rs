@@ -30,12 +30,31 @@ use wasmtime::component::{ComponentExportIndex, HasSelf, Instance, InstancePre, 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::model::{AppSpec, ChartFile, Finding, Manifest, PrContext, ReleaseStatus, ReleaseTarget, TagSet};
-use bindings::{ChartGeneratorIndices, TagPolicyIndices, VerifierIndices, wit};
+use bindings::{v0_1, v0_2};
 pub use bounds::LoadLimits;
 pub use engine::ticks as epoch_ticks;
 pub use reference::PluginRef;
 use sandbox::StoreState;
 pub use sandbox::{LimitKind, Limits};
+use wit_version::Abi;
+
+/// Runs `$body` with `$w` naming the bindings module of `$abi` (`bindings::v0_1` or
+/// `bindings::v0_2`): the same code, typed against each version's records. Inputs are converted
+/// from the model into that version's records, outputs back into the model, inside `$body`.
+macro_rules! by_version {
+    ($abi:expr, |$w:ident| $body:block) => {
+        match $abi {
+            Abi::V0_1 => {
+                use bindings::v0_1 as $w;
+                $body
+            }
+            Abi::V0_2 => {
+                use bindings::v0_2 as $w;
+                $body
+            }
+        }
+    };
+}
 
 /// The worlds of `prpod:plugin` a component can implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -257,8 +276,12 @@ impl PluginHost {
         // grants none of it. The async variant, because a sync host call made from a tokio task
         // would block_on inside the runtime and panic.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        bindings::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        // Every supported prpod:plugin version's imports: wasmtime keeps 0.1.x and 0.2.x apart,
+        // so a 0.1.0 component links against 0.1.0's logging and a 0.2.0 one against 0.2.0's.
+        let engine_error = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+        v0_1::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s).map_err(engine_error)?;
+        v0_2::logging::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s).map_err(engine_error)?;
+        v0_2::host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s).map_err(engine_error)?;
         Ok(PluginHost {
             engine,
             linker: Arc::new(linker),
@@ -282,7 +305,7 @@ impl PluginHost {
         let not_component = |why: String| PluginError::NotAComponent { plugin: name.to_string(), why };
         check_component_header(&bytes).map_err(not_component)?;
         let facts = wit_version::ComponentFacts::read(&bytes).map_err(not_component)?;
-        facts.check_supported().map_err(not_component)?;
+        let abi = facts.abi().map_err(not_component)?;
         let too_costly = |why: String| PluginError::LoadLimit { plugin: name.to_string(), why };
         bounds::check_shape(&bytes, &self.load_limits).map_err(too_costly)?;
         let component = self
@@ -301,8 +324,8 @@ impl PluginHost {
                 ""
             };
             not_component(format!(
-                "{e}; prpod grants plugins only WASI 0.2 (with every capability denied) and \
-                 prpod:plugin/logging{hint}"
+                "{e}; prpod grants plugins only WASI 0.2 (with every capability denied), \
+                 prpod:plugin/logging and (from 0.2.0) prpod:plugin/host{hint}"
             ))
         })?;
         // The generated bindings type-check each world's exports against the WIT (with the
@@ -310,19 +333,24 @@ impl PluginHost {
         // indices, lifting results lazily.
         let export =
             |name: &str| pre.component().get_export_index(None, name).ok_or_else(|| format!("it exports no `{name}`"));
-        let tag_policy = TagPolicyIndices::new(&pre)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|_| Ok([export("compute-tags")?, export("release")?]));
-        let chart_generator =
-            ChartGeneratorIndices::new(&pre).map_err(|e| format!("{e:#}")).and_then(|_| export("generate"));
-        let verifier = VerifierIndices::new(&pre)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|_| Ok([export("check-manifests")?, export("check-release")?]));
+        // Each version's bindings check the exports against that version's WIT.
+        let (tag_policy, chart_generator, verifier) = by_version!(abi, |w| {
+            (
+                w::TagPolicyIndices::new(&pre)
+                    .map_err(|e| format!("{e:#}"))
+                    .and_then(|_| Ok([export("compute-tags")?, export("release")?])),
+                w::ChartGeneratorIndices::new(&pre).map_err(|e| format!("{e:#}")).and_then(|_| export("generate")),
+                w::VerifierIndices::new(&pre)
+                    .map_err(|e| format!("{e:#}"))
+                    .and_then(|_| Ok([export("check-manifests")?, export("check-release")?])),
+            )
+        });
         Ok(Plugin {
             name,
             reference: reference.clone(),
             sha256,
             wit_version: facts.version_label(),
+            abi,
             limits: Limits::default(),
             pre,
             tag_policy,
@@ -355,6 +383,8 @@ pub struct Plugin {
     reference: PluginRef,
     sha256: String,
     wit_version: String,
+    /// Which version's bindings its calls go through.
+    abi: Abi,
     limits: Limits,
     pre: InstancePre<StoreState>,
     tag_policy: Result<[ComponentExportIndex; 2], String>,
@@ -444,25 +474,25 @@ impl<T: Charged> Charged for Option<T> {
     }
 }
 
-impl Charged for wit::TagSet {
+impl Charged for TagSet {
     fn charge(&self) -> u64 {
         self.primary.charge() + self.extra.charge() + self.cache_from.charge() + self.cache_to.charge()
     }
 }
 
-impl Charged for wit::ReleaseTarget {
+impl Charged for ReleaseTarget {
     fn charge(&self) -> u64 {
         self.name.charge() + self.namespace.charge()
     }
 }
 
-impl Charged for wit::ChartFile {
+impl Charged for ChartFile {
     fn charge(&self) -> u64 {
         self.path.charge() + self.content.len() as u64
     }
 }
 
-impl Charged for wit::Finding {
+impl Charged for Finding {
     fn charge(&self) -> u64 {
         self.rule.charge() + self.message.charge() + self.object.charge()
     }
@@ -500,7 +530,7 @@ impl Plugin {
         &self.sha256
     }
 
-    /// The `prpod:plugin` version it was built against (`0.1.0`), or `unversioned`.
+    /// The `prpod:plugin` version it was built against (`0.1.0`, `0.2.0`), or `unversioned`.
     pub fn wit_version(&self) -> &str {
         &self.wit_version
     }
@@ -661,19 +691,15 @@ impl Plugin {
     pub async fn compute_tags(&self, ctx: &PrContext, image_repository: &str) -> Result<TagSet, PluginError> {
         const HOOK: &str = "compute-tags";
         let [index, _] = self.exports(World::TagPolicy, &self.tag_policy, ctx)?;
-        let ctx = wit::PrContext::from(ctx);
-        let tags = self
-            .call(HOOK, async |store, instance| {
-                let func = typed::<(&wit::PrContext, &str), (Result<wit::TagSet, String>,)>(store, &instance, index)?;
-                Ok(func.call_async(&mut *store, (&ctx, image_repository)).await?.0)
+        let tags = by_version!(self.abi, |w| {
+            let ctx = w::PrContext::from(ctx);
+            self.call(HOOK, async |store, instance| {
+                let func = typed::<(&w::PrContext, &str), (Result<w::TagSet, String>,)>(store, &instance, index)?;
+                Ok(func.call_async(&mut *store, (&ctx, image_repository)).await?.0.map(TagSet::from))
             })
-            .await?;
-        let tags = self.dedup_tags(TagSet {
-            primary: tags.primary,
-            extra: tags.extra,
-            cache_from: tags.cache_from,
-            cache_to: tags.cache_to,
+            .await?
         });
+        let tags = self.dedup_tags(tags);
         let count = tags.all().count();
         if count > MAX_TAGS {
             return Err(self.invalid(
@@ -726,14 +752,14 @@ impl Plugin {
     pub async fn release(&self, ctx: &PrContext) -> Result<ReleaseTarget, PluginError> {
         const HOOK: &str = "release";
         let [_, index] = self.exports(World::TagPolicy, &self.tag_policy, ctx)?;
-        let ctx = wit::PrContext::from(ctx);
-        let release = self
-            .call(HOOK, async |store, instance| {
-                let func = typed::<(&wit::PrContext,), (Result<wit::ReleaseTarget, String>,)>(store, &instance, index)?;
-                Ok(func.call_async(&mut *store, (&ctx,)).await?.0)
+        let release = by_version!(self.abi, |w| {
+            let ctx = w::PrContext::from(ctx);
+            self.call(HOOK, async |store, instance| {
+                let func = typed::<(&w::PrContext,), (Result<w::ReleaseTarget, String>,)>(store, &instance, index)?;
+                Ok(func.call_async(&mut *store, (&ctx,)).await?.0.map(ReleaseTarget::from))
             })
-            .await?;
-        let release = ReleaseTarget { name: release.name, namespace: release.namespace };
+            .await?
+        });
         if !validate::is_dns1123_label(&release.name, validate::MAX_RELEASE_NAME) {
             return Err(self.invalid(
                 HOOK,
@@ -759,20 +785,21 @@ impl Plugin {
     pub async fn generate(&self, ctx: &PrContext, app: &AppSpec) -> Result<Vec<ChartFile>, PluginError> {
         const HOOK: &str = "generate";
         let index = self.exports(World::ChartGenerator, &self.chart_generator, ctx)?;
-        let ctx = wit::PrContext::from(ctx);
-        let app = wit::AppSpec::from(app);
-        let files = self
-            .call(HOOK, async |store, instance| {
-                let func = typed::<(&wit::PrContext, &wit::AppSpec), (Result<Vec<wit::ChartFile>, String>,)>(
+        let files = by_version!(self.abi, |w| {
+            let ctx = w::PrContext::from(ctx);
+            let app = w::AppSpec::from(app);
+            self.call(HOOK, async |store, instance| {
+                let func = typed::<(&w::PrContext, &w::AppSpec), (Result<Vec<w::ChartFile>, String>,)>(
                     store, &instance, index,
                 )?;
-                Ok(func.call_async(&mut *store, (&ctx, &app)).await?.0)
+                let files = func.call_async(&mut *store, (&ctx, &app)).await?.0;
+                Ok(files.map(|f| f.into_iter().map(ChartFile::from).collect::<Vec<_>>()))
             })
-            .await?;
+            .await?
+        });
         if files.len() > MAX_CHART_FILES {
             return Err(self.too_many(HOOK, "chart files", files.len(), MAX_CHART_FILES));
         }
-        let files: Vec<ChartFile> = files.into_iter().map(|f| ChartFile { path: f.path, content: f.content }).collect();
         if let Err((value, rule)) = chart::check_paths(&files) {
             return Err(self.invalid(HOOK, "chart file path", &value, rule));
         }
@@ -788,16 +815,18 @@ impl Plugin {
     pub async fn check_manifests(&self, ctx: &PrContext, manifests: &[Manifest]) -> Result<Vec<Finding>, PluginError> {
         const HOOK: &str = "check-manifests";
         let [index, _] = self.exports(World::Verifier, &self.verifier, ctx)?;
-        let ctx = wit::PrContext::from(ctx);
-        let manifests: Vec<wit::Manifest> = manifests.iter().map(wit::Manifest::from).collect();
-        let findings = self
-            .call(HOOK, async |store, instance| {
-                let func = typed::<(&wit::PrContext, &[wit::Manifest]), (Result<Vec<wit::Finding>, String>,)>(
+        let findings = by_version!(self.abi, |w| {
+            let ctx = w::PrContext::from(ctx);
+            let manifests: Vec<w::Manifest> = manifests.iter().map(w::Manifest::from).collect();
+            self.call(HOOK, async |store, instance| {
+                let func = typed::<(&w::PrContext, &[w::Manifest]), (Result<Vec<w::Finding>, String>,)>(
                     store, &instance, index,
                 )?;
-                Ok(func.call_async(&mut *store, (&ctx, &manifests)).await?.0)
+                let findings = func.call_async(&mut *store, (&ctx, &manifests)).await?.0;
+                Ok(findings.map(|f| f.into_iter().map(Finding::from).collect::<Vec<_>>()))
             })
-            .await?;
+            .await?
+        });
         self.findings(HOOK, findings)
     }
 
@@ -806,23 +835,25 @@ impl Plugin {
     pub async fn check_release(&self, ctx: &PrContext, status: &ReleaseStatus) -> Result<Vec<Finding>, PluginError> {
         const HOOK: &str = "check-release";
         let [_, index] = self.exports(World::Verifier, &self.verifier, ctx)?;
-        let ctx = wit::PrContext::from(ctx);
-        let status = wit::ReleaseStatus::from(status);
-        let findings = self
-            .call(HOOK, async |store, instance| {
-                let func = typed::<(&wit::PrContext, &wit::ReleaseStatus), (Result<Vec<wit::Finding>, String>,)>(
+        let findings = by_version!(self.abi, |w| {
+            let ctx = w::PrContext::from(ctx);
+            let status = w::ReleaseStatus::from(status);
+            self.call(HOOK, async |store, instance| {
+                let func = typed::<(&w::PrContext, &w::ReleaseStatus), (Result<Vec<w::Finding>, String>,)>(
                     store, &instance, index,
                 )?;
-                Ok(func.call_async(&mut *store, (&ctx, &status)).await?.0)
+                let findings = func.call_async(&mut *store, (&ctx, &status)).await?.0;
+                Ok(findings.map(|f| f.into_iter().map(Finding::from).collect::<Vec<_>>()))
             })
-            .await?;
+            .await?
+        });
         self.findings(HOOK, findings)
     }
 
-    fn findings(&self, hook: &'static str, findings: Vec<wit::Finding>) -> Result<Vec<Finding>, PluginError> {
+    fn findings(&self, hook: &'static str, findings: Vec<Finding>) -> Result<Vec<Finding>, PluginError> {
         if findings.len() > MAX_FINDINGS {
             return Err(self.too_many(hook, "findings", findings.len(), MAX_FINDINGS));
         }
-        Ok(findings.into_iter().map(Finding::from).collect())
+        Ok(findings)
     }
 }

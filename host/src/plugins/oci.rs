@@ -339,7 +339,7 @@ pub fn build_artifact(
     meta: &ArtifactMeta,
 ) -> Artifact {
     let layer_digest = crate::clients::registry::sha256_digest(component);
-    let version = facts.version.clone().unwrap_or_else(|| wit_version::SUPPORTED.to_string());
+    let version = facts.version.clone().unwrap_or_else(|| wit_version::CURRENT.to_string());
     let target =
         worlds.iter().map(|w| format!("{}/{}@{version}", wit_version::PACKAGE, w.name())).collect::<Vec<_>>().join(",");
     let config = serde_json::json!({
@@ -579,13 +579,13 @@ mod tests {
         let facts = ComponentFacts::read(component).unwrap();
         let meta = ArtifactMeta { title: "verify.wasm".into(), version: Some("1.0.0".into()), ..Default::default() };
         let a = build_artifact(component, &facts, &[super::super::World::Verifier], &meta);
-        assert_eq!(a.target, "prpod:plugin/verifier@0.1.0");
+        assert_eq!(a.target, "prpod:plugin/verifier@0.2.0");
         let m: serde_json::Value = serde_json::from_slice(&a.manifest.bytes).unwrap();
         assert_eq!(m["config"]["mediaType"], WASM_CONFIG);
         assert_eq!(m["layers"][0]["mediaType"], WASM_LAYER);
         assert_eq!(m["annotations"]["org.opencontainers.image.version"], "1.0.0");
         let c: serde_json::Value = serde_json::from_slice(&a.config).unwrap();
-        assert_eq!(c["component"]["target"], "prpod:plugin/verifier@0.1.0");
+        assert_eq!(c["component"]["target"], "prpod:plugin/verifier@0.2.0");
         assert!(c["component"]["exports"].as_array().unwrap().iter().any(|e| e == "check-manifests"), "{c}");
         let layer = plugin_layer("p", &a.manifest.bytes, MANIFEST_MEDIA_TYPE).unwrap();
         assert_eq!(layer.digest, a.layer_digest);

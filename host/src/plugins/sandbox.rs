@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::ResourceTable;
@@ -13,7 +13,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::logging;
+use super::bindings::{v0_1, v0_2};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -162,6 +162,9 @@ pub(crate) struct StoreState {
     table: ResourceTable,
     plugin: Arc<str>,
     memory_limit: u64,
+    /// The call's limits and when it started, for `prpod:plugin/host` (0.2.0).
+    limits: Limits,
+    started: Instant,
     /// Bytes held by all of the call's memories and tables together.
     memory_used: u64,
     pub(crate) output: Arc<OutputBudget>,
@@ -194,6 +197,8 @@ impl StoreState {
             table,
             plugin,
             memory_limit: limits.memory_bytes(),
+            limits: *limits,
+            started: Instant::now(),
             memory_used: 0,
             output,
             memory_exceeded: false,
@@ -259,8 +264,9 @@ impl wasmtime::ResourceLimiter for StoreState {
     }
 }
 
-impl logging::Host for StoreState {
-    fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+impl StoreState {
+    /// `logging.log` of every version: one plugin message is one log line.
+    fn log(&mut self, level: tracing::Level, message: String) -> wasmtime::Result<()> {
         if !self.output.charge_line(message.len() as u64).map_err(wasmtime::Error::new)? {
             return Ok(());
         }
@@ -269,13 +275,71 @@ impl logging::Host for StoreState {
         let message = crate::untrusted::escape(&message);
         let plugin = &*self.plugin;
         match level {
-            logging::Level::Trace => tracing::trace!(target: "prpod::plugin", plugin, "{message}"),
-            logging::Level::Debug => tracing::debug!(target: "prpod::plugin", plugin, "{message}"),
-            logging::Level::Info => tracing::info!(target: "prpod::plugin", plugin, "{message}"),
-            logging::Level::Warn => tracing::warn!(target: "prpod::plugin", plugin, "{message}"),
-            logging::Level::Error => tracing::error!(target: "prpod::plugin", plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(target: "prpod::plugin", plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "prpod::plugin", plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "prpod::plugin", plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "prpod::plugin", plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(target: "prpod::plugin", plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+/// The `tracing` level of a WIT log level (the same enum in every version).
+macro_rules! tracing_level {
+    ($level:expr, $m:ident) => {
+        match $level {
+            $m::Level::Trace => tracing::Level::TRACE,
+            $m::Level::Debug => tracing::Level::DEBUG,
+            $m::Level::Info => tracing::Level::INFO,
+            $m::Level::Warn => tracing::Level::WARN,
+            $m::Level::Error => tracing::Level::ERROR,
+        }
+    };
+}
+
+impl v0_1::logging::Host for StoreState {
+    fn log(&mut self, level: v0_1::logging::Level, message: String) -> wasmtime::Result<()> {
+        use v0_1::logging;
+        StoreState::log(self, tracing_level!(level, logging), message)
+    }
+}
+
+impl v0_2::logging::Host for StoreState {
+    fn log(&mut self, level: v0_2::logging::Level, message: String) -> wasmtime::Result<()> {
+        use v0_2::logging;
+        StoreState::log(self, tracing_level!(level, logging), message)
+    }
+
+    fn enabled(&mut self, level: v0_2::logging::Level) -> wasmtime::Result<bool> {
+        use v0_2::logging;
+        // `enabled!` needs a constant level; the subscriber's filter decides per call site.
+        Ok(match tracing_level!(level, logging) {
+            tracing::Level::TRACE => tracing::enabled!(target: "prpod::plugin", tracing::Level::TRACE),
+            tracing::Level::DEBUG => tracing::enabled!(target: "prpod::plugin", tracing::Level::DEBUG),
+            tracing::Level::INFO => tracing::enabled!(target: "prpod::plugin", tracing::Level::INFO),
+            tracing::Level::WARN => tracing::enabled!(target: "prpod::plugin", tracing::Level::WARN),
+            tracing::Level::ERROR => tracing::enabled!(target: "prpod::plugin", tracing::Level::ERROR),
+        })
+    }
+}
+
+impl v0_2::host::Host for StoreState {
+    fn prpod_version(&mut self) -> wasmtime::Result<String> {
+        Ok(env!("CARGO_PKG_VERSION").to_string())
+    }
+
+    fn limits(&mut self) -> wasmtime::Result<v0_2::host::CallLimits> {
+        Ok(v0_2::host::CallLimits {
+            memory_bytes: self.limits.memory_bytes(),
+            deadline_ms: self.limits.deadline_ms,
+            output_bytes: self.limits.output_bytes(),
+        })
+    }
+
+    fn remaining_ms(&mut self) -> wasmtime::Result<u64> {
+        let left = self.limits.deadline().saturating_sub(self.started.elapsed());
+        Ok(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
     }
 }
 

@@ -7,15 +7,30 @@
 //! prpod's WIT (wit-bindgen, componentize-py, jco) import `types` whenever a world's function
 //! takes a record, which every prpod world does, so the version is read from those names.
 //!
-//! Rules (semver, as wasmtime links WASI 0.2.x): a version whose major and minor are this
-//! host's ([`SUPPORTED`]) runs; any other is refused naming both versions. A component naming
-//! no `prpod:plugin` interface at all is reported as unversioned and judged by its exports alone
-//! (the type check of each world still applies).
+//! Rules (semver, as wasmtime links WASI 0.2.x): a version whose major and minor are those of
+//! one of [`SUPPORTED`] runs on that version's bindings (`0.1.x` on 0.1.0's, `0.2.x` on
+//! 0.2.0's); any other is refused naming the component's version and the supported ones. A
+//! component naming no `prpod:plugin` interface at all is reported as unversioned, judged by its
+//! exports alone (the type check of each world still applies) and run on the [`CURRENT`]
+//! bindings; the record shapes every released version shares make that safe.
 
 use wasmparser::{Parser, Payload};
 
-/// The `prpod:plugin` version this host's bindings implement.
-pub const SUPPORTED: &str = "0.1.0";
+/// The `prpod:plugin` version of this repository's `wit/`: what new plugins target.
+pub const CURRENT: &str = "0.2.0";
+
+/// Every `prpod:plugin` version this host has bindings for, oldest first. A released version
+/// stays here: plugins built against it keep running.
+pub const SUPPORTED: [&str; 2] = ["0.1.0", "0.2.0"];
+
+/// The bindings a component is run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abi {
+    /// `prpod:plugin@0.1.x`.
+    V0_1,
+    /// `prpod:plugin@0.2.x`.
+    V0_2,
+}
 
 /// The WIT package name.
 pub const PACKAGE: &str = "prpod:plugin";
@@ -73,26 +88,57 @@ impl ComponentFacts {
         Ok(facts)
     }
 
+    /// The worlds whose exports the component names (`compute-tags` and `release`: tag-policy,
+    /// ...), read from the names alone: no compile, so a pull of a 20 MB component can say what
+    /// it is at transfer speed. The types are checked when the plugin is loaded to run (and by
+    /// `plugin check`).
+    pub fn worlds_by_name(&self) -> Vec<super::World> {
+        let has = |n: &str| self.exports.iter().any(|e| e == n);
+        super::World::ALL
+            .into_iter()
+            .filter(|w| match w {
+                super::World::TagPolicy => has("compute-tags") && has("release"),
+                super::World::ChartGenerator => has("generate"),
+                super::World::Verifier => has("check-manifests") && has("check-release"),
+            })
+            .collect()
+    }
+
     /// The version as people should read it: `0.1.0`, or `unversioned`.
     pub fn version_label(&self) -> String {
         self.version.clone().unwrap_or_else(|| "unversioned".into())
     }
 
-    /// Refuses a version this host cannot run, naming both.
-    pub fn check_supported(&self) -> Result<(), String> {
-        let Some(v) = &self.version else { return Ok(()) };
-        if compatible(v, SUPPORTED) {
-            return Ok(());
+    /// The bindings to run the component with, or why none fits: the message names the
+    /// component's version and every supported one.
+    pub fn abi(&self) -> Result<Abi, String> {
+        let Some(v) = &self.version else { return Ok(Abi::V0_2) };
+        if compatible(v, SUPPORTED[0]) {
+            return Ok(Abi::V0_1);
         }
-        let newer = parse(v) > parse(SUPPORTED);
+        if compatible(v, SUPPORTED[1]) {
+            return Ok(Abi::V0_2);
+        }
+        let newer = parse(v) > parse(CURRENT);
+        let supported: Vec<String> = SUPPORTED.iter().map(|s| format!("{PACKAGE}@{s}")).collect();
         Err(format!(
-            "it was built against {PACKAGE}@{v}, and this prpod runs {PACKAGE}@{SUPPORTED} plugins{}",
+            "it was built against {PACKAGE}@{v}, and this prpod runs {} plugins{}",
+            supported.join(" and "),
             if newer {
-                "; upgrade prpod to a release that supports that version, or rebuild the plugin against 0.1.0"
+                format!(
+                    "; upgrade prpod to a release that supports {v}, or rebuild the plugin against {CURRENT} \
+                     (prpod's wit/)"
+                )
             } else {
-                "; rebuild the plugin against the WIT in this prpod's wit/ directory"
+                format!("; rebuild the plugin against {CURRENT}, the WIT in this prpod's wit/ directory")
             }
         ))
+    }
+
+    /// Refuses a version this host cannot run, naming the component's version and the
+    /// supported ones.
+    pub fn check_supported(&self) -> Result<(), String> {
+        self.abi().map(|_| ())
     }
 }
 
@@ -129,26 +175,73 @@ mod tests {
     fn builtins_target_the_supported_version() {
         for (name, bytes) in super::super::reference::BUILTINS {
             let facts = ComponentFacts::read(bytes).unwrap();
-            assert_eq!(facts.version.as_deref(), Some(SUPPORTED), "{name}");
+            assert_eq!(facts.version.as_deref(), Some(CURRENT), "{name}");
+            assert_eq!(facts.abi(), Ok(Abi::V0_2), "{name}");
             assert!(facts.imports.iter().any(|i| i.starts_with("prpod:plugin/")), "{name}: {:?}", facts.imports);
             facts.check_supported().unwrap();
         }
     }
 
     #[test]
-    fn a_newer_version_is_refused_naming_both() {
-        let component = wat::parse_str(
-            r#"(component (import "prpod:plugin/logging@0.2.0" (instance)) (import "wasi:cli/stdin@0.2.6" (instance)))"#,
+    fn worlds_are_read_from_export_names_without_compiling() {
+        use super::super::World;
+        let worlds = |name: &str| {
+            let bytes = super::super::reference::builtin(name).unwrap();
+            ComponentFacts::read(bytes).unwrap().worlds_by_name()
+        };
+        assert_eq!(worlds("tag-default"), [World::TagPolicy]);
+        assert_eq!(worlds("chart-webapp"), [World::ChartGenerator]);
+        assert_eq!(worlds("verify-baseline"), [World::Verifier]);
+        // A world needs all of its exports: `release` alone is no tag-policy.
+        let half = wat::parse_str(
+            r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f"))) (export "release" (func $f)) (export "generate" (func $f)))"#,
         )
         .unwrap();
-        let facts = ComponentFacts::read(&component).unwrap();
-        assert_eq!(facts.version.as_deref(), Some("0.2.0"));
-        assert_eq!(facts.imports, ["prpod:plugin/logging@0.2.0", "wasi:cli/stdin@0.2.6"]);
-        let e = facts.check_supported().unwrap_err();
-        assert!(e.contains("prpod:plugin@0.2.0") && e.contains("prpod:plugin@0.1.0") && e.contains("upgrade"), "{e}");
-        let patch = wat::parse_str(r#"(component (import "prpod:plugin/logging@0.1.7" (instance)))"#).unwrap();
-        ComponentFacts::read(&patch).unwrap().check_supported().unwrap();
-        let none = wat::parse_str("(component)").unwrap();
-        assert_eq!(ComponentFacts::read(&none).unwrap().version_label(), "unversioned");
+        assert_eq!(ComponentFacts::read(&half).unwrap().worlds_by_name(), [World::ChartGenerator]);
+    }
+
+    #[test]
+    fn each_supported_version_gets_its_bindings_and_a_newer_one_is_refused_naming_them() {
+        let facts = |name: &str| {
+            ComponentFacts::read(&wat::parse_str(format!(r#"(component (import "{name}" (instance)))"#)).unwrap())
+                .unwrap()
+        };
+        assert_eq!(facts("prpod:plugin/logging@0.1.0").abi(), Ok(Abi::V0_1));
+        assert_eq!(facts("prpod:plugin/logging@0.1.7").abi(), Ok(Abi::V0_1));
+        assert_eq!(facts("prpod:plugin/host@0.2.0").abi(), Ok(Abi::V0_2));
+        assert_eq!(facts("prpod:plugin/logging@0.2.3").abi(), Ok(Abi::V0_2));
+        let component = wat::parse_str(
+            r#"(component (import "prpod:plugin/logging@0.3.0" (instance)) (import "wasi:cli/stdin@0.2.6" (instance)))"#,
+        )
+        .unwrap();
+        let newer = ComponentFacts::read(&component).unwrap();
+        assert_eq!(newer.version.as_deref(), Some("0.3.0"));
+        assert_eq!(newer.imports, ["prpod:plugin/logging@0.3.0", "wasi:cli/stdin@0.2.6"]);
+        let e = newer.check_supported().unwrap_err();
+        for part in ["prpod:plugin@0.3.0", "prpod:plugin@0.1.0", "prpod:plugin@0.2.0", "upgrade"] {
+            assert!(e.contains(part), "{part} missing: {e}");
+        }
+        let e = facts("prpod:plugin/logging@0.0.9").check_supported().unwrap_err();
+        assert!(e.contains("prpod:plugin@0.0.9") && e.contains("rebuild the plugin against 0.2.0"), "{e}");
+        let none = ComponentFacts::read(&wat::parse_str("(component)").unwrap()).unwrap();
+        assert_eq!(none.version_label(), "unversioned");
+        assert_eq!(none.abi(), Ok(Abi::V0_2));
+    }
+
+    #[test]
+    fn the_released_0_1_0_wit_is_frozen() {
+        // wit/v0.1.0/ is what 0.1.0 plugins were built against: never edited, byte for byte.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
+        for (file, sha) in [
+            ("types.wit", "b6230316218a3efafeffee6903b8ffd06776fc8c5749716d1104401e1ed31045"),
+            ("world.wit", "6e0469178852594aa4b88fd36945ba3d6744139b9da78541f9a25934f2c538ec"),
+        ] {
+            use sha2::Digest;
+            let bytes = std::fs::read(root.join(file)).unwrap();
+            assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha, "wit/v0.1.0/{file} changed");
+        }
+        let current = std::fs::read_to_string(root.join("../world.wit")).unwrap();
+        assert!(current.starts_with(&format!("package {PACKAGE}@{CURRENT};")), "wit/ is not {CURRENT}");
     }
 }

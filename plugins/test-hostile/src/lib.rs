@@ -28,6 +28,7 @@
 //! | `resource-flood` | opens pollables (`wasi:clocks` subscribe) without closing them, forever |
 //! | `huge-random` | asks the host for 1 TiB of random bytes |
 //! | `trap` | executes `unreachable` |
+//! | `host-info` | asks `prpod:plugin/host` (0.2.0) and `logging.enabled`: primary tag `deadline-<ms>`, extra `memory-<bytes>`, `output-<bytes>`, `prpod-<version with . as ->`, `remaining-ok` when 0 < remaining-ms <= the deadline, `error-logged-<bool>`, `debug-logged-<bool>` |
 //! | `panic` | `panic!("hostile panic")` |
 //! | `bad-tag` | returns primary tag `not a valid tag!` |
 //! | `dup-tags` | returns `pr-7` as primary and twice in extra, `x` twice in extra, `c` twice in cache-from |
@@ -53,8 +54,9 @@ wit_bindgen::generate!({
     inline: "
         package prpod:test-hostile;
         world hostile {
-            import prpod:plugin/logging@0.1.0;
-            use prpod:plugin/types@0.1.0.{pr-context, tag-set, release-target, app-spec, chart-file, manifest, finding, release-status};
+            import prpod:plugin/logging@0.2.0;
+            import prpod:plugin/host@0.2.0;
+            use prpod:plugin/types@0.2.0.{pr-context, tag-set, release-target, app-spec, chart-file, manifest, finding, release-status};
             export compute-tags: func(ctx: pr-context, image-repository: string) -> result<tag-set, string>;
             export release: func(ctx: pr-context) -> result<release-target, string>;
             export generate: func(ctx: pr-context, app: app-spec) -> result<list<chart-file>, string>;
@@ -279,6 +281,26 @@ impl Guest for Hostile {
                 Err(format!("huge-random: got {} bytes", bytes.len()))
             }
             "trap" => trap(),
+            "host-info" => {
+                let limits = prpod::plugin::host::limits();
+                let remaining = prpod::plugin::host::remaining_ms();
+                let mut extra = vec![
+                    format!("memory-{}", limits.memory_bytes),
+                    format!("output-{}", limits.output_bytes),
+                    format!("prpod-{}", prpod::plugin::host::prpod_version().replace('.', "-")),
+                    format!("error-logged-{}", prpod::plugin::logging::enabled(Level::Error)),
+                    format!("debug-logged-{}", prpod::plugin::logging::enabled(Level::Debug)),
+                ];
+                if remaining > 0 && remaining <= limits.deadline_ms {
+                    extra.push("remaining-ok".into());
+                }
+                Ok(TagSet {
+                    primary: format!("deadline-{}", limits.deadline_ms),
+                    extra,
+                    cache_from: vec![],
+                    cache_to: None,
+                })
+            }
             "panic" => panic!("hostile panic"),
             "bad-tag" => Ok(only("not a valid tag!")),
             "dup-tags" => Ok(TagSet {
