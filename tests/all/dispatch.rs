@@ -352,11 +352,12 @@ fn build_job_image() -> (String, u64) {
     let ls = w.git.git_with_token(&w.git.token).args(["ls-remote", &url, "refs/heads/main"]).output().unwrap();
     let sha = String::from_utf8_lossy(&ls.stdout).split_whitespace().next().unwrap().to_string();
     let work = TempDir::new("pr-job-build");
+    // (the server packs the ~230 MB context, debug prpod included, before it answers)
     let repository = format!("{}/prpod-test/pr-job", w.registry_plain.host_pod);
     std::fs::write(
         work.path().join("prpod.toml"),
         format!(
-            "[source]\nusername = \"{}\"\n[image]\nrepository = \"{repository}\"\ndockerfile = \"Dockerfile\"\n\
+            "[source]\nusername = \"{}\"\nconnect_timeout_secs = 300\nstall_timeout_secs = 300\n[image]\nrepository = \"{repository}\"\ndockerfile = \"Dockerfile\"\n\
              [build]\nbackend = \"native\"\n[registry]\nplain_http = [\"{}\"]\n",
             w.git.user, w.registry_plain.host_pod
         ),
@@ -396,10 +397,11 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
         std::fs::write(
             p.dir.path().join("prpod.toml"),
             format!(
-                "[source]\nusername = \"{}\"\n\n[image]\nrepository = \"{}\"\nbuild_args = {{ BASE = \"{}\" }}\n\n\
+                "[source]\nusername = \"{}\"\nplain_http = [\"{}\"]\n\n[image]\nrepository = \"{}\"\nbuild_args = {{ BASE = \"{}\" }}\n\n\
                  [build]\nbackend = \"native\"\n\n[deploy]\ntimeout = \"120s\"\nset = {{ terminationGracePeriodSeconds = 1 }}\n\n\
                  [dispatch]\nimage = \"{image}\"\nbuild_time = \"10m\"\n",
                 w.git.user,
+                w.git.url_pod.trim_start_matches("http://"),
                 p.repository,
                 w.web_image_tls.replacen(&w.registry_tls.host, &w.registry_tls.host_pod, 1)
             ),

@@ -372,6 +372,10 @@ pub fn job_config(
         source.insert("token_file".into(), file(GIT_TOKEN));
     }
     source.insert("username".into(), Value::String(config.source.username.clone()));
+    if !config.source.plain_http.is_empty() {
+        let hosts = config.source.plain_http.iter().cloned().map(Value::String).collect();
+        source.insert("plain_http".into(), Value::Array(hosts));
+    }
     if has(REGISTRY_PASSWORD) {
         registry.insert("password_file".into(), file(REGISTRY_PASSWORD));
     }
