@@ -782,6 +782,16 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_that_never_starts_is_an_external_failure_a_refusal_is_bad_input() {
+        let stuck = DispatchError::PodStuck { pod: "p".into(), reason: "ErrImagePull".into(), message: "m".into() };
+        assert_eq!(crate::error::exit_code_for(&stuck.into()), crate::error::EXIT_EXTERNAL);
+        let failed = DispatchError::JobFailed { job: "j".into(), why: "DeadlineExceeded".into() };
+        assert_eq!(crate::error::exit_code_for(&failed.into()), crate::error::EXIT_EXTERNAL);
+        let running = DispatchError::AlreadyRunning { namespace: "n".into(), job: "j".into(), sha: "s".into() };
+        assert_eq!(crate::error::exit_code_for(&running.into()), crate::error::EXIT_INPUT);
+    }
+
+    #[test]
     fn dry_run_manifests_carry_no_secret_value() {
         let c = config("[dispatch]\nimage = \"i\"\n");
         let s = spec(&c, &ctx(), &target(), "i".into(), BTreeMap::new(), vec![GIT_TOKEN.into()], false);
