@@ -522,7 +522,12 @@ pub async fn dispatch(
     let pull = registry.credentials.pull_secret(&image_host).await?;
 
     let raw = match &config.path {
-        Some(p) => Some(toml::from_str::<toml::Table>(&std::fs::read_to_string(p)?)?),
+        Some(p) => {
+            let text = crate::input::read_text_file(p, crate::input::MAX_CONFIG_BYTES, "config").map_err(|e| {
+                anyhow::anyhow!("failed to read the config {} for the Job: {}", p.display(), e.reason())
+            })?;
+            Some(toml::from_str::<toml::Table>(&text)?)
+        }
         None => None,
     };
     let keys: Vec<String> = values.keys().cloned().collect();
