@@ -163,6 +163,9 @@ pub struct Config {
     /// `[lifecycle]`: sleep, wake and collection of previews (teardown, gc).
     #[serde(default)]
     pub lifecycle: crate::phases::lifecycle::LifecycleConfig,
+    /// `[dispatch]`: the Job `prpod dispatch` runs `prpod run` in.
+    #[serde(default)]
+    pub dispatch: crate::ops::dispatch::DispatchConfig,
     /// The file this was read from (relative plugin paths are resolved against its directory).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -406,6 +409,7 @@ impl Config {
         self.registry.apply_env(env)?;
         self.github.apply_env(env)?;
         self.lifecycle.apply_env(env)?;
+        self.dispatch.apply_env(env)?;
         self.check()
     }
 
@@ -417,6 +421,7 @@ impl Config {
         self.deploy.check()?;
         self.lifecycle.check()?;
         self.registry.check()?;
+        self.dispatch.check()?;
         self.github.check()
     }
 

@@ -121,6 +121,9 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<Option<FailureK
     if let Some(e) = cause.downcast_ref::<crate::clients::github::GithubError>() {
         return Some(e.failure_kind());
     }
+    if let Some(e) = cause.downcast_ref::<crate::ops::dispatch::DispatchError>() {
+        return Some(e.failure_kind());
+    }
     None
 }
 

@@ -10,6 +10,7 @@ mod cache;
 mod chart;
 mod cli;
 mod deploy;
+mod dispatch;
 mod fault_proxy;
 mod gc;
 mod github;

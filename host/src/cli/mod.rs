@@ -2,6 +2,7 @@
 //! the library. Nothing here prints except through [`Reporter`].
 
 pub mod build;
+pub mod dispatch;
 pub mod doctor;
 pub mod event;
 pub mod gc;
@@ -68,6 +69,9 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Wake a sleeping preview: its replicas restored, waiting for Ready.
     Wake(wake::WakeArgs),
+    /// `run` for the PR as a Kubernetes Job in its namespace (own RBAC, Secret, caches); streams
+    /// the Job's log and exits with the run's exit code.
+    Dispatch(dispatch::DispatchArgs),
 }
 
 impl Cli {
@@ -80,7 +84,12 @@ impl Cli {
         // command that loads the config's plugins.
         if matches!(
             self.command,
-            Command::Build(_) | Command::Run(_) | Command::Plan(_) | Command::Deploy(_) | Command::Status(_)
+            Command::Build(_)
+                | Command::Run(_)
+                | Command::Plan(_)
+                | Command::Deploy(_)
+                | Command::Status(_)
+                | Command::Dispatch(_)
         ) {
             crate::ops::plugin_oci::resolve_config(&mut config, self.locked).await?;
         }
@@ -96,6 +105,7 @@ impl Cli {
             Command::Teardown(args) => teardown::run(args, config, &env, reporter).await,
             Command::Gc(args) => gc::run(args, config, &env, reporter).await,
             Command::Wake(args) => wake::run(args, config, &env, reporter).await,
+            Command::Dispatch(args) => dispatch::run(args, config, &env, reporter).await,
         }
     }
 }

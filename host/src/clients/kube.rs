@@ -9,6 +9,7 @@
 //! use kube's list-then-watch mode (streaming lists need 1.27+).
 
 pub mod inuse;
+pub mod job;
 pub mod lifecycle;
 pub mod scale;
 

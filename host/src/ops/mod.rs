@@ -1,6 +1,7 @@
 //! One function per command (`run`, `teardown`, `gc`, `wake`, ...): what the command does,
 //! below the command line (nothing here knows clap) and above the phases.
 
+pub mod dispatch;
 pub mod event;
 pub mod gc;
 pub mod github_sources;

@@ -38,6 +38,10 @@ pub struct SourceConfig {
     /// Whether a pull request from a fork may run while the run holds secrets (a git token or
     /// registry credentials). Default false: such a run is refused (`PRPOD_ALLOW_FORKS`).
     pub allow_forks: bool,
+    /// `host:port`s of git servers the token may be sent to over plain HTTP besides this
+    /// machine's loopback: a git server on a private network (a dispatched Job reaching one
+    /// through the pod network). An operator's key; `PRPOD_SOURCE_PLAIN_HTTP`, comma-separated.
+    pub plain_http: Vec<String>,
 }
 
 impl Default for SourceConfig {
@@ -51,6 +55,7 @@ impl Default for SourceConfig {
             connect_timeout_secs: 8,
             stall_timeout_secs: 60,
             allow_forks: false,
+            plain_http: Vec::new(),
         }
     }
 }
@@ -64,6 +69,9 @@ impl Section for SourceConfig {
         env.apply("PRPOD_SOURCE_CONNECT_TIMEOUT_SECS", "source.connect_timeout_secs", &mut self.connect_timeout_secs)?;
         env.apply("PRPOD_SOURCE_STALL_TIMEOUT_SECS", "source.stall_timeout_secs", &mut self.stall_timeout_secs)?;
         env.apply("PRPOD_ALLOW_FORKS", "source.allow_forks", &mut self.allow_forks)?;
+        if let Some(v) = env.get("PRPOD_SOURCE_PLAIN_HTTP") {
+            self.plain_http = v.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+        }
         Ok(())
     }
 
@@ -110,7 +118,7 @@ pub async fn fetch_checkout(
     phase: &PhaseHandle,
 ) -> anyhow::Result<Checkout> {
     let url = &ctx.repository_url;
-    check_token_transport(url, secrets.git_token.is_some())?;
+    check_token_transport(url, secrets.git_token.is_some(), &config.plain_http)?;
     let root = cache_dir(config)?;
     private_dir(&root)?;
     let dir = root.join(format!("{}.git", cache_key(url)));
@@ -194,10 +202,15 @@ fn private_dir(root: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A token is sent over plain HTTP only to this machine (a local git server in tests).
-fn check_token_transport(url: &str, has_token: bool) -> anyhow::Result<()> {
+/// A token is sent over plain HTTP only to this machine (a local git server in tests), or to a
+/// `host:port` the operator listed in `source.plain_http`.
+fn check_token_transport(url: &str, has_token: bool, plain_http: &[String]) -> anyhow::Result<()> {
     let parsed = url::Url::parse(url)?;
-    if has_token && parsed.scheme() == "http" {
+    let listed = |p: &url::Url| {
+        let hp = format!("{}:{}", p.host_str().unwrap_or(""), p.port_or_known_default().unwrap_or(80));
+        plain_http.contains(&hp)
+    };
+    if has_token && parsed.scheme() == "http" && !listed(&parsed) {
         let local = match parsed.host() {
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -206,7 +219,8 @@ fn check_token_transport(url: &str, has_token: bool) -> anyhow::Result<()> {
         };
         anyhow::ensure!(
             local,
-            "refusing to send the git token over plain http to {}: use an https:// repository URL",
+            "refusing to send the git token over plain http to {}: use an https:// repository URL (or list \
+             the server's host:port in `source.plain_http`, for a server on a private network)",
             parsed.host_str().unwrap_or("")
         );
     }
@@ -303,4 +317,22 @@ pub fn token(config: &SourceConfig, env: &Env) -> anyhow::Result<Option<crate::s
     anyhow::ensure!(!secret.is_empty(), "the git token is empty");
     anyhow::ensure!(!secret.expose().contains(['\n', '\r', '\0']), "the git token contains a line break");
     Ok(Some(secret))
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::check_token_transport;
+
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_loopback_or_a_listed_server() {
+        let listed = ["10.244.0.1:47580".to_string()];
+        assert!(check_token_transport("http://127.0.0.1:47580/a/b.git", true, &[]).is_ok());
+        assert!(check_token_transport("https://git.example/a/b.git", true, &[]).is_ok());
+        assert!(check_token_transport("http://10.244.0.1:47580/a/b.git", false, &[]).is_ok(), "no token");
+        let e = check_token_transport("http://10.244.0.1:47580/a/b.git", true, &[]).unwrap_err().to_string();
+        assert!(e.contains("source.plain_http"), "{e}");
+        assert!(check_token_transport("http://10.244.0.1:47580/a/b.git", true, &listed).is_ok());
+        // another port of the same host is not listed
+        assert!(check_token_transport("http://10.244.0.1:8080/a/b.git", true, &listed).is_err());
+    }
 }
