@@ -27,7 +27,7 @@ pub struct TeardownArgs {
 /// Runs `prpod teardown`.
 pub async fn run(args: TeardownArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
+    let (release, ctx) = crate::ops::status::release_target(None, None, &args.context.flags(), &config, env).await?;
     let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
     let req = TeardownRequest { ctx, release: Some(release), dry_run: args.dry_run, tags: None };
     let report = teardown(&config, req, reporter).await;

@@ -23,7 +23,7 @@ pub struct WakeArgs {
 /// Runs `prpod wake`.
 pub async fn run(args: WakeArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
+    let (release, ctx) = crate::ops::status::release_target(None, None, &args.context.flags(), &config, env).await?;
     let ctx = ctx.ok_or_else(|| anyhow::anyhow!("wake needs the PR: pass --repo-url and --pr"))?;
     let report = wake(&config, WakeRequest { ctx, release }, reporter).await?;
     reporter.lines_or_json(&report, &report.lines())?;

@@ -354,7 +354,13 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
                 _ => None,
             };
             // The one call into the run path.
-            let outcome = crate::cli::run::run_collected(flags.clone(), config.clone(), &run_env, reporter).await;
+            let outcome = crate::ops::run::run(
+                config.clone(),
+                crate::ops::run::RunRequest::for_context(flags.clone()),
+                &run_env,
+                reporter,
+            )
+            .await;
             let ok = outcome.error.is_none() && outcome.code == crate::error::EXIT_OK;
             if let Some(id) = deployment {
                 let (state, url) = match (&outcome.report.preview_url, ok) {
@@ -417,7 +423,7 @@ async fn teardown_preview(
     reporter: &Reporter,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     use anyhow::Context;
-    let (release, ctx) = crate::cli::status::release_target(None, None, flags, config, env).await?;
+    let (release, ctx) = crate::ops::status::release_target(None, None, flags, config, env).await?;
     let ctx = ctx.context("the event names no pull request to tear down")?;
     let tags: Option<Box<dyn crate::ops::teardown::TagDeleter>> = match config.image.repository.as_deref() {
         Some(repo) => crate::ops::github_sources::GhcrTags::for_repository(client.clone(), repo)
