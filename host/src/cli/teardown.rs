@@ -31,7 +31,7 @@ pub async fn run(args: TeardownArgs, mut config: Config, env: &Env, reporter: &R
     let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
     let req = TeardownRequest { ctx, release: Some(release), dry_run: args.dry_run, tags: None };
     let report = teardown(&config, req, reporter).await;
-    crate::phases::lock::finish_releases().await;
+    crate::phases::preview::lock::finish_releases().await;
     let report = report?;
     reporter.lines_or_json(&report, &report.lines())?;
     Ok(EXIT_OK)

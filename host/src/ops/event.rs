@@ -433,7 +433,7 @@ async fn teardown_preview(
     };
     let req = crate::ops::teardown::TeardownRequest { ctx, release: Some(release), dry_run: false, tags };
     let report = crate::ops::teardown::teardown(config, req, reporter).await;
-    crate::phases::lock::finish_releases().await;
+    crate::phases::preview::lock::finish_releases().await;
     Ok(Some(serde_json::to_value(report?)?))
 }
 

@@ -148,7 +148,7 @@ async fn collect(
     }
     let result = crate::shutdown::interruptible(line(start, mode, req, &mut config, env, reporter, &mut report)).await;
     // Locks dropped on an error or a signal are released in the background: wait for them.
-    crate::phases::lock::finish_releases().await;
+    crate::phases::preview::lock::finish_releases().await;
     report.phases = reporter.phases();
     report.findings = Some(reporter.findings());
     if !show_manifests {

@@ -24,7 +24,7 @@ use crate::clients::kube::inuse::ImagesInUse;
 use crate::config::Config;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::lifecycle::{DigestDeletion, KeptTag};
-use crate::phases::lock::DeployLock;
+use crate::phases::preview::lock::DeployLock;
 use crate::phases::{preview, teardown};
 use crate::plugins::{PluginHost, World};
 use crate::report::Reporter;

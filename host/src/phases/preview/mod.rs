@@ -12,6 +12,11 @@
 //!   the preview's name that prpod did not make; another preview's namespace is never adopted.
 //! * `default`, `kube-system`, `kube-public` and `kube-node-lease` are never a preview's,
 //!   whatever a tag-policy plugin returns ([`check_target`]).
+//!
+//! The preview's deploy lock ([`lock`]: one Lease per release, around deploy and teardown) lives
+//! here too: identity and lock are the one concern deploy, verify and teardown share.
+
+pub mod lock;
 
 use std::collections::BTreeMap;
 
