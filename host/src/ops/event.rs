@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::github::{DeploymentState, GithubClient, TokenKind};
 use crate::config::{Config, Env};
+use crate::error::ResultExt;
 use crate::phases::github::{Github, GithubConfig, GithubReport, comment_body, job_summary, summary};
 use crate::report::{Reporter, RunReport};
 
@@ -427,7 +428,8 @@ async fn teardown_preview(
     let ctx = ctx.context("the event names no pull request to tear down")?;
     let tags: Option<Box<dyn crate::ops::teardown::TagDeleter>> = match config.image.repository.as_deref() {
         Some(repo) => crate::ops::github_sources::GhcrTags::for_repository(client.clone(), repo)
-            .await?
+            .await
+            .outside_line()?
             .map(|t| Box::new(t) as Box<dyn crate::ops::teardown::TagDeleter>),
         None => None,
     };

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::clients::registry::{CredentialResolver, ImageName, ImageReference, RegistryClient};
 use crate::config::{Config, Env};
+use crate::error::ResultExt;
 use crate::error::{EXIT_FINDINGS, EXIT_OK};
 use crate::model::ImageRef;
 use crate::phases::context::ContextFlags;
@@ -245,7 +246,7 @@ async fn line(
         report.image = Some(ImageSummary { repository: image.repository.clone(), digest: d.clone() });
     }
     report.deploy_image = Some(phases::chart::image_reference(&image));
-    let host = ImageName::parse(&image.repository)?.value.api_host().to_string();
+    let host = ImageName::parse(&image.repository).at(Phase::Deploy)?.value.api_host().to_string();
     let pull = pull_secret(&registry.credentials, &host, reporter).await?;
     let chart_root = run.checkout.as_ref().map(|c| c.path.clone()).or(source_dir);
     let input = DeliverInputs {
@@ -281,7 +282,7 @@ fn is_operator_file(config: &Config, dir: &Path) -> bool {
 
 /// `REPO[:tag]@sha256:<64 hex>`, required to be pinned.
 fn parse_pinned(text: &str) -> anyhow::Result<ImageReference> {
-    let r = ImageReference::parse(text)?.value;
+    let r = ImageReference::parse(text).at(Phase::Deploy)?.value;
     let pinned = r.digest.as_deref().is_some_and(|d| {
         d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
     });
@@ -297,7 +298,7 @@ fn parse_pinned(text: &str) -> anyhow::Result<ImageReference> {
 /// (`registry.pull_username`), or the push credentials with `pull_with_push_credentials`;
 /// `None` otherwise (no pull Secret). Warns when its credential looks like it dies with the job.
 async fn pull_secret(resolver: &CredentialResolver, host: &str, reporter: &Reporter) -> anyhow::Result<Option<Secret>> {
-    let Some(pull) = resolver.pull_secret(host).await? else { return Ok(None) };
+    let Some(pull) = resolver.pull_secret(host).await.at(Phase::Deploy)? else { return Ok(None) };
     if let Some(why) = &pull.short_lived {
         reporter.emit(crate::report::Event::Note(
             Phase::Deploy,
@@ -313,8 +314,8 @@ async fn pull_secret(resolver: &CredentialResolver, host: &str, reporter: &Repor
 
 /// What the policy's primary tag points at (a HEAD on the registry).
 async fn resolve_primary(client: &RegistryClient, repository: &str, tag: &str) -> anyhow::Result<ImageRef> {
-    let reference = ImageReference::parse(&format!("{repository}:{tag}"))?.value;
-    let digest = client.manifest_digest(&reference).await?.with_context(|| {
+    let reference = ImageReference::parse(&format!("{repository}:{tag}")).at(Phase::Deploy)?.value;
+    let digest = client.manifest_digest(&reference).await.at(Phase::Deploy)?.with_context(|| {
         format!("{repository}:{tag} does not exist: build and push it first (`prpod build`), or pass --image REPO@sha256:...")
     })?;
     Ok(ImageRef { repository: repository.to_string(), tag: Some(tag.to_string()), digest: Some(digest) })

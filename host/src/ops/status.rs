@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::clients::helm::Helm;
 use crate::clients::kube::Kube;
 use crate::config::{Config, Env};
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::context::ContextFlags;
 use crate::phases::{self, rollout, verify};
@@ -87,11 +88,12 @@ pub async fn status(config: &Config, req: StatusRequest, env: &Env) -> anyhow::R
         async {
             Helm::detect(&config.deploy.helm, target.clone(), crate::config::cache_dir())
                 .await
+                .outside_line()
                 .map_err(anyhow::Error::from)
         },
-        async { Kube::connect(&target).await.map_err(anyhow::Error::from) },
+        async { Kube::connect(&target).await.outside_line().map_err(anyhow::Error::from) },
     )?;
-    let current = helm.status(&release.name, &release.namespace).await?.with_context(|| {
+    let current = helm.status(&release.name, &release.namespace).await.outside_line()?.with_context(|| {
         format!(
             "there is no release {} in namespace {} (nothing deployed for this PR yet?)",
             release.name, release.namespace
@@ -106,7 +108,7 @@ pub async fn status(config: &Config, req: StatusRequest, env: &Env) -> anyhow::R
     };
 
     if let Some(n) = req.replicas {
-        let snap = verify::snapshot(&kube, &release).await?;
+        let snap = verify::snapshot(&kube, &release).await.outside_line()?;
         let deployments: Vec<_> = snap.workloads.iter().filter(|w| w.kind == "Deployment").collect();
         let name = match (&req.deployment, deployments.as_slice()) {
             (Some(d), _) => d.clone(),
@@ -119,12 +121,13 @@ pub async fn status(config: &Config, req: StatusRequest, env: &Env) -> anyhow::R
                 many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
         };
-        let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
-        kube.scale_deployment(&release.namespace, &name, n).await?;
+        let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await.outside_line()?;
+        kube.scale_deployment(&release.namespace, &name, n).await.outside_line()?;
         let scaled = |s: &verify::Snapshot| s.workloads.iter().any(|w| w.name == name && w.desired == n);
         let settled =
             verify::settle_when(&mut watch, &release, config.deploy.timeout, config.deploy.crash_restarts, scaled)
-                .await?;
+                .await
+                .outside_line()?;
         let ok = settled.settled
             && settled.snapshot.workloads.iter().any(|w| w.name == name && w.desired == n && w.available >= n);
         if !ok || !settled.failures.is_empty() {
@@ -143,7 +146,7 @@ pub async fn status(config: &Config, req: StatusRequest, env: &Env) -> anyhow::R
             Some(format!("Deployment {name} to {n} replicas (until the next deploy, which applies the chart's count)"));
     }
 
-    let snap = verify::snapshot(&kube, &release).await?;
+    let snap = verify::snapshot(&kube, &release).await.outside_line()?;
     report.images = snap.workloads.iter().flat_map(|w| w.images.clone()).collect();
     report.images.dedup();
     report.image_digests = verify::digests(&snap);
@@ -176,8 +179,8 @@ pub async fn status(config: &Config, req: StatusRequest, env: &Env) -> anyhow::R
     pods.sort_by(|a, b| a.name.cmp(&b.name));
     pods.dedup_by(|a, b| a.name == b.name);
     report.pods = pods;
-    report.preview_url = verify::preview_url(&kube, &release).await?;
-    if let Some(v) = kube.namespace_view(&release.namespace).await? {
+    report.preview_url = verify::preview_url(&kube, &release).await.outside_line()?;
+    if let Some(v) = kube.namespace_view(&release.namespace).await.outside_line()? {
         report.lifecycle =
             Some(crate::phases::lifecycle::status_of(&v.labels, &v.annotations, v.created, &config.lifecycle));
     }

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::clients::kube::Kube;
 use crate::clients::kube::inuse::ImagesInUse;
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::lifecycle::{DigestDeletion, KeptTag};
 use crate::phases::preview::lock::DeployLock;
@@ -110,7 +111,7 @@ async fn release_of(config: &Config, req: &TeardownRequest) -> anyhow::Result<Re
 
 /// Tears down one PR's preview (see the module docs).
 pub async fn teardown(config: &Config, req: TeardownRequest, reporter: &Reporter) -> anyhow::Result<TeardownReport> {
-    let kube = Kube::connect(&config.deploy.kube_target()).await?;
+    let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     teardown_with(config, &kube, req, None, reporter).await
 }
 
@@ -142,8 +143,8 @@ pub async fn teardown_with(
         Some(v) if v.deleting => "deleting",
         Some(_) if req.dry_run => "would delete",
         Some(_) => {
-            teardown::mark_closed(kube, &ns).await?;
-            lock = Some(DeployLock::acquire(kube, &req.ctx, &release, config.deploy.timeout).await?);
+            teardown::mark_closed(kube, &ns).await.outside_line()?;
+            lock = Some(DeployLock::acquire(kube, &req.ctx, &release, config.deploy.timeout).await.outside_line()?);
             report.kube_calls += 3;
             "closed"
         }
@@ -185,7 +186,7 @@ pub async fn teardown_with(
     // 6. The namespace, last.
     if live && !req.dry_run {
         report.kube_calls += 1;
-        teardown::delete_namespace(kube, &ns).await?;
+        teardown::delete_namespace(kube, &ns).await.outside_line()?;
         report.namespace = "deleted".into();
     }
     if let Some(l) = lock {

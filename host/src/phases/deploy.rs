@@ -33,6 +33,7 @@ use crate::clients::helm::{Helm, HelmError, KubeTarget};
 use crate::clients::kube::{Kube, KubeError};
 use crate::config::Config;
 use crate::error::{Classify, FailureKind};
+use crate::error::{PhaseError, ResultExt};
 use crate::model::{PrContext, Release, ReleaseTarget};
 use crate::phases::chart::{Charted, RenderedChart};
 use crate::phases::preview;
@@ -320,8 +321,8 @@ pub async fn prepare_namespace(
     let ns = &release.namespace;
     let claimed = preview::claim(kube, ctx, release, config.adopt_namespace).await?;
     if let Some(doc) = dockerconfigjson {
-        kube.apply_pull_secret(ns, &config.pull_secret, doc).await?;
-        kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
+        kube.apply_pull_secret(ns, &config.pull_secret, doc).await.at(Phase::Deploy)?;
+        kube.attach_pull_secret(ns, "default", &config.pull_secret).await.at(Phase::Deploy)?;
     }
     Ok(claimed)
 }
@@ -361,11 +362,13 @@ pub async fn recover_pending(
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
     let (name, ns) = (&release.name, &release.namespace);
-    let Some((revision, status)) = latest_revision(helm, kube, name, ns).await? else { return Ok(None) };
+    let Some((revision, status)) = latest_revision(helm, kube, name, ns).await.at(Phase::Deploy)? else {
+        return Ok(None);
+    };
     if !status.starts_with("pending-") {
         return Ok(None);
     }
-    let history = helm.history(name, ns).await?;
+    let history = helm.history(name, ns).await.at(Phase::Deploy)?;
     let last_good = history
         .iter()
         .rev()
@@ -388,13 +391,13 @@ pub async fn recover_pending(
             status,
             revision,
             fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
-        }
-        .into());
+        })
+        .at(Phase::Deploy)?;
     };
     // Helm changes the release from here: only while the lock is still this run's.
     if let Err(lost) = lock.check() {
         let state = format!("stopped before recovering it; release {name} in namespace {ns} was not changed");
-        return Err(DeployError::LockLost { lost, state }.into());
+        return Err(DeployError::LockLost { lost, state }).at(Phase::Deploy)?;
     }
     match last_good {
         Some(r) => {
@@ -409,13 +412,15 @@ pub async fn recover_pending(
                 // revision `r`'s. From that record a second rollback goes through; what the
                 // interrupted revision had added is then deleted by hand, as a complete rollback
                 // would have.
-                let HelmError::Failed { stderr, .. } = &e else { return Err(e.into()) };
+                let HelmError::Failed { stderr, .. } = &e else { return Err(e).at(Phase::Deploy)? };
                 if !stderr.contains("original object") {
-                    return Err(e.into());
+                    return Err(e).at(Phase::Deploy)?;
                 }
-                helm.rollback(name, ns, r, timeout).await?;
-                let added =
-                    added_objects(&helm.manifest(name, ns, revision).await?, &helm.manifest(name, ns, r).await?);
+                helm.rollback(name, ns, r, timeout).await.at(Phase::Deploy)?;
+                let added = added_objects(
+                    &helm.manifest(name, ns, revision).await.at(Phase::Deploy)?,
+                    &helm.manifest(name, ns, r).await.at(Phase::Deploy)?,
+                );
                 let mut deleted = Vec::new();
                 for o in &added {
                     let gone = kube
@@ -428,7 +433,7 @@ pub async fn recover_pending(
                         )
                         .await
                         .map_err(|k| {
-                            anyhow::Error::new(k).context(format!(
+                            anyhow::Error::new(PhaseError::new(Phase::Deploy, k)).context(format!(
                                 "rolled {name} back to revision {r}, but could not remove {} {} that the \
                                  interrupted upgrade added; delete it and run prpod again",
                                 o.kind, o.name
@@ -450,7 +455,7 @@ pub async fn recover_pending(
             Ok(Some(note))
         }
         None => {
-            helm.uninstall(name, ns, timeout).await?;
+            helm.uninstall(name, ns, timeout).await.at(Phase::Deploy)?;
             Ok(Some(format!(
                 "release was stuck in {} (revision {}) by a run that died ({dead}) and never deployed; uninstalled it",
                 status, revision
@@ -777,7 +782,7 @@ pub async fn install(
     let (name, ns) = (&release.name, &release.namespace);
     shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
     // Released on every path: explicitly by the caller, by its drop on an error or a signal.
-    let lock = DeployLock::acquire(kube, ctx, release, dc.timeout).await?;
+    let lock = DeployLock::acquire(kube, ctx, release, dc.timeout).await.at(Phase::Deploy)?;
     // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm (and wake a
     // sleeping preview).
     if let Some(note) =
@@ -794,7 +799,7 @@ pub async fn install(
         shutdown::note_release(format!("{note}; release {name} in namespace {ns} was not upgraded"));
         phase.note(note);
     }
-    let mut watch = RolloutWatch::start(kube, &release.namespace).await?;
+    let mut watch = RolloutWatch::start(kube, &release.namespace).await.at(Phase::Deploy)?;
     phase.waiting(format!(
         "helm upgrade --install {} (Helm {}): waiting for the rollout",
         release.name,
@@ -802,7 +807,7 @@ pub async fn install(
     ));
     let dreq = DeployRequest { release, chart: &charted.rendered, config: dc, lock: &lock };
     let note = |m: String| phase.note(m);
-    let deployed = upgrade(&dreq, helm, kube, &mut watch, &note).await?;
+    let deployed = upgrade(&dreq, helm, kube, &mut watch, &note).await.at(Phase::Deploy)?;
     shutdown::note_release(format!(
         "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
         deployed.revision
@@ -840,12 +845,12 @@ pub async fn roll_back_unverified(
                 deployed.revision,
                 release_state(helm, kube, release).await
             ),
-        }
-        .into());
+        })
+        .at(Phase::Deploy)?;
     }
     let restored = {
         let _deferred = shutdown::defer();
-        roll_back(helm, deployed, config.timeout).await?
+        roll_back(helm, deployed, config.timeout).await.at(Phase::Deploy)?
     };
     let back = match (restored, deployed.previous_revision) {
         (Some(r), Some(to)) if r != to => format!("rolled back to revision {to} (now serving as revision {r})"),
@@ -864,8 +869,8 @@ pub async fn roll_back_unverified(
             failures,
             restored,
             &watch.state,
-        )
-        .into());
+        ))
+        .at(Phase::Deploy)?;
     }
     Ok(())
 }

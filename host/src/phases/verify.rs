@@ -10,6 +10,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::clients::kube::{Kube, KubeError, PodView, WarningView, WorkloadView};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::model::{
     ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
 };
@@ -273,7 +275,7 @@ pub async fn verify_release(
     phase: &PhaseHandle,
 ) -> anyhow::Result<Verdict> {
     phase.waiting("waiting for every replica to be ready");
-    let settled = settle(watch, release, wait, crash_restarts).await?;
+    let settled = settle(watch, release, wait, crash_restarts).await.at(Phase::Verify)?;
     let status = settled.snapshot.release_status(release, Some(since));
     let findings = check_release(&charted.ctx, &status, &charted.verifiers).await?;
     for f in &findings {
@@ -292,7 +294,7 @@ pub async fn served(
     phase: &PhaseHandle,
 ) -> anyhow::Result<Option<String>> {
     if verdict.settled.settled {
-        let unrouted = wait_for_endpoints(kube, release, wait).await?;
+        let unrouted = wait_for_endpoints(kube, release, wait).await.at(Phase::Verify)?;
         if !unrouted.is_empty() {
             phase.note(format!(
                 "service(s) {} route to no ready pod yet; the preview URL may not answer (check their selectors)",
@@ -300,7 +302,7 @@ pub async fn served(
             ));
         }
     }
-    Ok(preview_url(kube, release).await?)
+    Ok(preview_url(kube, release).await.at(Phase::Verify)?)
 }
 
 #[cfg(test)]
