@@ -11,7 +11,7 @@ use crate::clients::buildah::{self, Buildah};
 use crate::clients::buildx::{self, Buildx};
 use crate::clients::registry::{ImageName, ImageReference, RegistryConfig};
 use crate::config::{Config, ConfigError, Env, Section};
-use crate::error::ResultExt;
+use crate::error::{PhaseError, ResultExt};
 use crate::model::Phase;
 use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
 use crate::native_build::{self, NativeBuildError, NativeBuildRequest};
@@ -333,7 +333,7 @@ pub async fn choose_backend(configured: Backend, dockerfile: &Path, buildx: &Bui
             });
         }
         Err(e @ NativeBuildError::Dockerfile { .. }) => e.to_string(),
-        Err(e) => return Err(e).at(Phase::Build)?,
+        Err(e) => return Err(PhaseError::new(Phase::Build, e).into()),
     };
     // `file:line: RUN is not supported ...`: keep the location for the note.
     let at = blocker.split(": ").next().unwrap_or("").to_string();

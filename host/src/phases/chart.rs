@@ -27,7 +27,7 @@ use crate::clients::helm::{Helm, HelmError, KubeTarget, ValuesFiles};
 use crate::clients::kube::{Kube, KubeError};
 use crate::config::Config;
 use crate::error::Classify;
-use crate::error::ResultExt;
+use crate::error::{PhaseError, ResultExt};
 use crate::model::{
     AppSpec, DeployTarget, EnvVar, Finding, ImageRef, Manifest, Port, PrContext, ReleaseTarget, ReportedFinding,
     Resources, Severity,
@@ -650,7 +650,7 @@ pub async fn prepare(config: &Config, input: &mut DeliverInputs<'_>, reporter: &
     })?;
     let (kube, cluster, plan_state, unread) = match (input.mode, read) {
         (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state.map(|s| s.map_err(|e| e.to_string())), None),
-        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(e).at(Phase::Chart)?,
+        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(PhaseError::new(Phase::Chart, e).into()),
         (_, Some(Ok((_, Err(e), state)))) => {
             (None, ClusterApi::builtin(), state.map(|s| s.map_err(|e| e.to_string())), Some(e.to_string()))
         }

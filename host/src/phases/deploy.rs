@@ -385,19 +385,19 @@ pub async fn recover_pending(
                  and run prpod again"
             ),
         };
-        return Err(HelmError::Pending {
+        let pending = HelmError::Pending {
             release: name.clone(),
             namespace: ns.clone(),
             status,
             revision,
             fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
-        })
-        .at(Phase::Deploy)?;
+        };
+        return Err(PhaseError::new(Phase::Deploy, pending).into());
     };
     // Helm changes the release from here: only while the lock is still this run's.
     if let Err(lost) = lock.check() {
         let state = format!("stopped before recovering it; release {name} in namespace {ns} was not changed");
-        return Err(DeployError::LockLost { lost, state }).at(Phase::Deploy)?;
+        return Err(PhaseError::new(Phase::Deploy, DeployError::LockLost { lost, state }).into());
     }
     match last_good {
         Some(r) => {
@@ -412,9 +412,9 @@ pub async fn recover_pending(
                 // revision `r`'s. From that record a second rollback goes through; what the
                 // interrupted revision had added is then deleted by hand, as a complete rollback
                 // would have.
-                let HelmError::Failed { stderr, .. } = &e else { return Err(e).at(Phase::Deploy)? };
+                let HelmError::Failed { stderr, .. } = &e else { return Err(PhaseError::new(Phase::Deploy, e).into()) };
                 if !stderr.contains("original object") {
-                    return Err(e).at(Phase::Deploy)?;
+                    return Err(PhaseError::new(Phase::Deploy, e).into());
                 }
                 helm.rollback(name, ns, r, timeout).await.at(Phase::Deploy)?;
                 let added = added_objects(
@@ -838,15 +838,15 @@ pub async fn roll_back_unverified(
     let (name, ns) = (&release.name, &release.namespace);
     let failures = evidence(kube, &release.namespace, failures, config.log_lines).await;
     if let Err(lost) = lock.check() {
-        return Err(DeployError::LockLost {
+        let lost = DeployError::LockLost {
             lost,
             state: format!(
                 "the verify of revision {} failed and it was not rolled back; {}",
                 deployed.revision,
                 release_state(helm, kube, release).await
             ),
-        })
-        .at(Phase::Deploy)?;
+        };
+        return Err(PhaseError::new(Phase::Deploy, lost).into());
     }
     let restored = {
         let _deferred = shutdown::defer();
@@ -863,14 +863,9 @@ pub async fn roll_back_unverified(
     let _ = lifecycle::record_deployed(kube, ns, &charted.ctx.sha, false).await;
     lock.release().await;
     if !failures.is_empty() {
-        return Err(rolled_back(
-            release,
-            "a new pod failed after Helm returned".into(),
-            failures,
-            restored,
-            &watch.state,
-        ))
-        .at(Phase::Deploy)?;
+        let failed =
+            rolled_back(release, "a new pod failed after Helm returned".into(), failures, restored, &watch.state);
+        return Err(PhaseError::new(Phase::Deploy, failed).into());
     }
     Ok(())
 }
