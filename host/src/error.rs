@@ -299,6 +299,11 @@ mod tests {
         let auth = HelmError::Failed { command: "upgrade", release: s("pr-1"), stderr: s("Unauthorized") };
         assert_eq!(code_at(auth), 2);
         assert_eq!(code_at(HelmError::Io { what: s("helm"), source: io() }), 70);
+        let output = || HelmError::Output { command: "history", source: serde_json::from_str::<u8>("x").unwrap_err() };
+        assert_eq!(code_at(output()), 70);
+        // The parse error stays a cause of its own (it was flattened into the message before).
+        let err: anyhow::Error = PhaseError::new(Phase::Deploy, output()).into();
+        assert!(err.chain().nth(1).is_some_and(|c| c.to_string().contains("expected value")), "{err:#}");
         // kube
         assert_eq!(code_at(KubeError::Forbidden { what: s("get pods"), message: s("no") }), 2);
         assert_eq!(code_at(KubeError::Config { why: s("no kubeconfig") }), 2);
