@@ -115,6 +115,23 @@ pub async fn teardown(config: &Config, req: TeardownRequest, reporter: &Reporter
     teardown_with(config, &kube, req, None, reporter).await
 }
 
+/// `prpod teardown`: the preview of the PR `flags` name (the tag-policy names its release),
+/// removed; every deploy lock this process dropped is released before it returns.
+pub async fn teardown_pr(
+    config: &Config,
+    flags: &crate::phases::context::ContextFlags,
+    dry_run: bool,
+    env: &crate::config::Env,
+    reporter: &Reporter,
+) -> anyhow::Result<TeardownReport> {
+    let (release, ctx) = super::status::release_target(None, None, flags, config, env).await?;
+    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
+    let req = TeardownRequest { ctx, release: Some(release), dry_run, tags: None };
+    let report = teardown(config, req, reporter).await;
+    crate::phases::preview::lock::finish_releases().await;
+    report
+}
+
 /// [`teardown`] on a connected cluster, with the images in use when the caller listed them
 /// already (gc tears down many previews through one connection and one listing).
 pub async fn teardown_with(

@@ -24,6 +24,18 @@ pub struct WakeRequest {
     pub release: ReleaseTarget,
 }
 
+/// `prpod wake` for the PR `flags` name (the tag-policy names its release).
+pub async fn wake_pr(
+    config: &Config,
+    flags: &crate::phases::context::ContextFlags,
+    env: &crate::config::Env,
+    reporter: &Reporter,
+) -> anyhow::Result<WakeReport> {
+    let (release, ctx) = super::status::release_target(None, None, flags, config, env).await?;
+    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("wake needs the PR: pass --repo-url and --pr"))?;
+    wake(config, WakeRequest { ctx, release }, reporter).await
+}
+
 /// `prpod wake`: the PR's preview, if asleep, scaled back and Ready.
 pub async fn wake(config: &Config, req: WakeRequest, _reporter: &Reporter) -> anyhow::Result<WakeReport> {
     let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
