@@ -179,7 +179,13 @@ fn deploy_verify_and_crash_rollback() {
         assert_eq!(f.reason, "CrashLoopBackOff", "{text}");
         assert_eq!(f.exit_code, Some(3), "{text}");
         assert!(f.log.iter().any(|l| l.contains("cannot start: no config")), "{text}");
-        assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 5);
+        assert_eq!(
+            prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::new(
+                prpod::model::Phase::Deploy,
+                err
+            ))),
+            5
+        );
         lock.release().await;
         // Revision 1's pod still serves.
         assert_eq!(curl(&url), w.web_body, "GET {url} after the rollback");

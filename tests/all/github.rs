@@ -81,7 +81,10 @@ async fn double_used_up_limit_is_waited_for_or_reported() {
     let err = c.identity().await.unwrap_err();
     assert!(matches!(err, GithubError::RateLimited { wait_secs, .. } if wait_secs > 3000), "{err}");
     assert!(err.to_string().contains("rate limit is used up until"), "{err}");
-    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), prpod::error::EXIT_EXTERNAL);
+    assert_eq!(
+        prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::outside_line(err))),
+        prpod::error::EXIT_EXTERNAL
+    );
 }
 
 #[tokio::test]
@@ -123,7 +126,10 @@ async fn double_malformed_answers_are_errors_never_guesses() {
     let err = bad.pull_state("acme/web", 4).await.unwrap_err();
     assert!(matches!(err, GithubError::Unauthorized { .. }), "{err}");
     assert!(!err.to_string().contains("ghp_wrong"), "{err}");
-    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), prpod::error::EXIT_INPUT);
+    assert_eq!(
+        prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::outside_line(err))),
+        prpod::error::EXIT_INPUT
+    );
 }
 
 #[tokio::test]

@@ -248,7 +248,10 @@ fn run_under_native_names_the_line_and_the_other_backends() {
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("Dockerfile:{line}: RUN")), "{msg}");
     assert!(msg.contains("--backend buildah") && msg.contains("--backend buildx"), "{msg}");
-    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 2);
+    assert_eq!(
+        prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::new(prpod::model::Phase::Push, err))),
+        2
+    );
     // `--backend auto` asks the same question before building.
     assert!(native_build::check_dockerfile(&app.path().join("Dockerfile")).is_err());
     assert!(native_build::check_dockerfile(&fixture().join("Dockerfile")).is_ok());
@@ -275,7 +278,10 @@ fn wrong_password_is_a_clear_bad_input_error_and_nothing_is_pushed() {
     for text in [msg.clone(), format!("{err:?}"), events.text()] {
         assert!(!text.contains(wrong) && !text.contains(b.password.as_ref().unwrap().expose()), "{text}");
     }
-    assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 2);
+    assert_eq!(
+        prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::new(prpod::model::Phase::Push, err))),
+        2
+    );
     assert!(skopeo_digest(b, None, &name.with_tag("pr-1")).is_err(), "nothing was pushed");
     // Doctor's check says the same; with the right password it passes.
     assert!(matches!(rt.block_on(client.check_push_access(&name)), Err(RegistryError::Unauthorized { .. })));
@@ -438,7 +444,13 @@ fn a_registry_that_stays_down_fails_clearly_within_ten_seconds() {
         let msg = err.to_string();
         assert!(matches!(err, RegistryError::Unavailable { attempts: 5, .. }), "{err:?}");
         assert!(msg.contains(&host) && msg.contains("gave up after 5 attempts"), "{msg}");
-        assert_eq!(prpod::error::exit_code_for(&anyhow::Error::new(err)), 4);
+        assert_eq!(
+            prpod::error::exit_code_for(&anyhow::Error::new(prpod::error::PhaseError::new(
+                prpod::model::Phase::Push,
+                err
+            ))),
+            4
+        );
     }
 }
 

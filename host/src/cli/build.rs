@@ -1,7 +1,5 @@
 //! `prpod build`: context, tags, source, build, push; prints the image, its digest and tags.
 
-use std::io::Read;
-
 use anyhow::Context;
 use clap::Args;
 
@@ -9,9 +7,8 @@ use super::BackendArg;
 use super::ContextArgs;
 use super::EXIT_OK;
 use crate::config::{Config, Env};
-use crate::phases::{self, Inputs, Phase, Secrets};
-use crate::report::{ImageSummary, Reporter, RunReport};
-use crate::secret::Secret;
+use crate::ops::run::RunRequest;
+use crate::report::Reporter;
 
 /// `prpod build` arguments.
 #[derive(Debug, Args)]
@@ -86,33 +83,14 @@ impl BuildFlags {
 }
 
 /// Runs `prpod build`.
-pub async fn run(args: BuildArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
-    args.overrides.apply(&mut config)?;
-    let secrets = Secrets {
-        git_token: phases::source::token(&config.source, env)?,
-        registry_password: if args.registry_password_stdin { Some(read_stdin_secret()?) } else { None },
+pub async fn run(args: BuildArgs, config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
+    let req = RunRequest {
+        context: args.context.flags(),
+        settings: Box::new(|c| args.overrides.apply(c)),
+        registry_password_stdin: args.registry_password_stdin,
+        ..RunRequest::for_context(Default::default())
     };
-    let inputs =
-        Inputs { config: &config, context: &args.context.flags(), env, secrets: &secrets, mode: phases::Mode::Apply };
-    let run = phases::walk(&inputs, Phase::Push, reporter).await?;
-    let pushed = run.pushed.as_ref();
-    reporter.run_report(&RunReport {
-        context: run.context,
-        tags: run.tags,
-        image: pushed.map(|p| ImageSummary { repository: p.repository.clone(), digest: p.digest.clone() }),
-        backend: run.built.as_ref().map(|b| b.backend.clone()),
-        // buildx pushes by itself and says nothing about layers.
-        layers: pushed.filter(|_| run.built.as_ref().is_some_and(|b| b.layout.is_some())).map(|p| p.layers),
-        phases: reporter.phases(),
-        ..RunReport::default()
-    })?;
+    let report = crate::ops::run::build(config, req, env, reporter).await?;
+    reporter.run_report(&report)?;
     Ok(EXIT_OK)
-}
-
-pub(crate) fn read_stdin_secret() -> anyhow::Result<Secret> {
-    let mut s = String::new();
-    std::io::stdin().read_to_string(&mut s).context("failed to read the registry password from stdin")?;
-    let secret = Secret::new(s);
-    anyhow::ensure!(!secret.is_empty(), "--registry-password-stdin: stdin was empty");
-    Ok(secret)
 }

@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::ContextArgs;
-use super::build::read_stdin_secret;
+use crate::ops::run::read_stdin_secret;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
 use crate::ops::dispatch::{DispatchRequest, dispatch};

@@ -56,7 +56,7 @@ pub async fn run(args: GcArgs, mut config: Config, env: &Env, reporter: &Reporte
     };
     let req = GcRequest { repository: args.repository, closed, dry_run: args.dry_run, tags: None };
     let report = gc(&config, req, reporter).await;
-    crate::phases::lock::finish_releases().await;
+    crate::phases::preview::lock::finish_releases().await;
     let mut report = report?;
     report.github_calls = github.map(|g| g.api_calls());
     reporter.lines_or_json(&report, &report.lines())?;

@@ -7,7 +7,7 @@ use super::ContextArgs;
 use super::EXIT_OK;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
-use crate::ops::teardown::{TeardownRequest, teardown};
+use crate::ops::teardown::teardown_pr;
 use crate::report::Reporter;
 
 /// `prpod teardown` arguments.
@@ -27,12 +27,7 @@ pub struct TeardownArgs {
 /// Runs `prpod teardown`.
 pub async fn run(args: TeardownArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
-    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
-    let req = TeardownRequest { ctx, release: Some(release), dry_run: args.dry_run, tags: None };
-    let report = teardown(&config, req, reporter).await;
-    crate::phases::lock::finish_releases().await;
-    let report = report?;
+    let report = teardown_pr(&config, &args.context.flags(), args.dry_run, env, reporter).await?;
     reporter.lines_or_json(&report, &report.lines())?;
     Ok(EXIT_OK)
 }

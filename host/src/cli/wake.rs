@@ -6,7 +6,7 @@ use super::ContextArgs;
 use super::EXIT_OK;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
-use crate::ops::wake::{WakeRequest, wake};
+use crate::ops::wake::wake_pr;
 use crate::report::Reporter;
 
 /// `prpod wake` arguments.
@@ -23,9 +23,7 @@ pub struct WakeArgs {
 /// Runs `prpod wake`.
 pub async fn run(args: WakeArgs, mut config: Config, env: &Env, reporter: &Reporter) -> anyhow::Result<u8> {
     args.deploy.apply(&mut config)?;
-    let (release, ctx) = super::status::release_target(None, None, &args.context.flags(), &config, env).await?;
-    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("wake needs the PR: pass --repo-url and --pr"))?;
-    let report = wake(&config, WakeRequest { ctx, release }, reporter).await?;
+    let report = wake_pr(&config, &args.context.flags(), env, reporter).await?;
     reporter.lines_or_json(&report, &report.lines())?;
     Ok(EXIT_OK)
 }

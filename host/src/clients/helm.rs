@@ -208,12 +208,13 @@ pub enum HelmError {
         stderr: String,
     },
     /// Helm's JSON output did not parse.
-    #[error("failed to read the output of `helm {command}`: {why}")]
+    #[error("failed to read the output of `helm {command}`")]
     Output {
         /// The subcommand.
         command: &'static str,
-        /// Why.
-        why: String,
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -463,8 +464,8 @@ impl Helm {
             }
             return Err(HelmError::Failed { command: "history", release: release.into(), stderr: out.stderr });
         }
-        let entries: Vec<HistoryEntry> = serde_json::from_str(&out.stdout)
-            .map_err(|e| HelmError::Output { command: "history", why: e.to_string() })?;
+        let entries: Vec<HistoryEntry> =
+            serde_json::from_str(&out.stdout).map_err(|e| HelmError::Output { command: "history", source: e })?;
         Ok(entries.into_iter().last().map(|h| HelmRelease {
             name: release.into(),
             namespace: namespace.into(),
@@ -487,7 +488,7 @@ impl Helm {
             }
             return Err(HelmError::Failed { command: "history", release: release.into(), stderr: out.stderr });
         }
-        serde_json::from_str(&out.stdout).map_err(|e| HelmError::Output { command: "history", why: e.to_string() })
+        serde_json::from_str(&out.stdout).map_err(|e| HelmError::Output { command: "history", source: e })
     }
 
     /// `helm rollback RELEASE REVISION --wait`.
@@ -541,7 +542,7 @@ impl Helm {
         if !out.ok {
             return Err(HelmError::Failed { command: "get values", release: release.into(), stderr: out.stderr });
         }
-        serde_json::from_str(&out.stdout).map_err(|e| HelmError::Output { command: "get values", why: e.to_string() })
+        serde_json::from_str(&out.stdout).map_err(|e| HelmError::Output { command: "get values", source: e })
     }
 }
 
@@ -675,8 +676,7 @@ struct RawChartMeta {
 fn parse_release(text: &str, command: &'static str) -> Result<HelmRelease, HelmError> {
     // Helm may print warnings before the document on stdout; the JSON starts at the first `{`.
     let start = text.find('{').unwrap_or(0);
-    let raw: RawRelease =
-        serde_json::from_str(&text[start..]).map_err(|e| HelmError::Output { command, why: e.to_string() })?;
+    let raw: RawRelease = serde_json::from_str(&text[start..]).map_err(|e| HelmError::Output { command, source: e })?;
     let (chart, app_version) = match raw.chart {
         Some(c) => {
             (format!("{}-{}", c.metadata.name, c.metadata.version), c.metadata.app_version.filter(|v| !v.is_empty()))

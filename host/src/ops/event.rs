@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::github::{DeploymentState, GithubClient, TokenKind};
 use crate::config::{Config, Env};
+use crate::error::ResultExt;
 use crate::phases::github::{Github, GithubConfig, GithubReport, comment_body, job_summary, summary};
 use crate::report::{Reporter, RunReport};
 
@@ -354,7 +355,13 @@ pub async fn event(config: &Config, req: EventRequest, reporter: &Reporter) -> a
                 _ => None,
             };
             // The one call into the run path.
-            let outcome = crate::cli::run::run_collected(flags.clone(), config.clone(), &run_env, reporter).await;
+            let outcome = crate::ops::run::run(
+                config.clone(),
+                crate::ops::run::RunRequest::for_context(flags.clone()),
+                &run_env,
+                reporter,
+            )
+            .await;
             let ok = outcome.error.is_none() && outcome.code == crate::error::EXIT_OK;
             if let Some(id) = deployment {
                 let (state, url) = match (&outcome.report.preview_url, ok) {
@@ -417,17 +424,18 @@ async fn teardown_preview(
     reporter: &Reporter,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     use anyhow::Context;
-    let (release, ctx) = crate::cli::status::release_target(None, None, flags, config, env).await?;
+    let (release, ctx) = crate::ops::status::release_target(None, None, flags, config, env).await?;
     let ctx = ctx.context("the event names no pull request to tear down")?;
     let tags: Option<Box<dyn crate::ops::teardown::TagDeleter>> = match config.image.repository.as_deref() {
         Some(repo) => crate::ops::github_sources::GhcrTags::for_repository(client.clone(), repo)
-            .await?
+            .await
+            .outside_line()?
             .map(|t| Box::new(t) as Box<dyn crate::ops::teardown::TagDeleter>),
         None => None,
     };
     let req = crate::ops::teardown::TeardownRequest { ctx, release: Some(release), dry_run: false, tags };
     let report = crate::ops::teardown::teardown(config, req, reporter).await;
-    crate::phases::lock::finish_releases().await;
+    crate::phases::preview::lock::finish_releases().await;
     Ok(Some(serde_json::to_value(report?)?))
 }
 

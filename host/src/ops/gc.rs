@@ -4,7 +4,7 @@
 //!
 //! - **Outage-safe.** A PR is collected as closed only when the [`ClosedPrs`] source says so
 //!   positively; a state it cannot tell ([`PrState::Unknown`]) is reported, acted on by nothing
-//!   but the TTL, and makes gc exit [`EXIT_GC_UNKNOWN`].
+//!   but the TTL, and makes gc exit [`crate::error::EXIT_GC_UNKNOWN`].
 //! - **Bounded.** When more than `[lifecycle] max_share` percent of the previews it tracks (and
 //!   more than one) would be collected at once, gc collects none, says so, and exits
 //!   [`crate::error::EXIT_GC_REFUSED`].
@@ -26,6 +26,7 @@ use crate::clients::kube::Kube;
 use crate::clients::kube::inuse::ImagesInUse;
 use crate::clients::kube::lifecycle::NamespaceView;
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::ops::teardown::{TagDeleter, TeardownRequest, default_deleter, teardown_with};
 use crate::ops::wake::{sleep_namespace, wake_namespace};
@@ -33,8 +34,6 @@ use crate::phases::lifecycle::{self, parse_duration};
 use crate::phases::preview::{PR_LABEL, RELEASE_LABEL, REPOSITORY_ANNOTATION, REPOSITORY_LABEL};
 use crate::report::Reporter;
 
-/// Exit code of a gc that could not tell some PRs' state (it acted on none of those).
-pub const EXIT_GC_UNKNOWN: u8 = 8;
 /// Previews handled at once.
 const CONCURRENCY: usize = 8;
 
@@ -197,15 +196,17 @@ impl GcReport {
 
     /// The exit code: 7 refused, 4 a preview failed, 8 a PR's state was unknown, else 0.
     pub fn exit_code(&self) -> u8 {
-        if self.refused.is_some() {
-            crate::error::EXIT_GC_REFUSED
+        use crate::error::FailureKind;
+        let kind = if self.refused.is_some() {
+            FailureKind::GcRefused
         } else if !self.failed.is_empty() {
-            crate::error::EXIT_EXTERNAL
+            FailureKind::External
         } else if !self.unknown.is_empty() {
-            EXIT_GC_UNKNOWN
+            FailureKind::GcUnknown
         } else {
-            crate::error::EXIT_OK
-        }
+            return crate::error::EXIT_OK;
+        };
+        kind.exit_code()
     }
 }
 
@@ -270,9 +271,9 @@ fn decide(
 /// Runs one sweep (see the module docs).
 pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow::Result<GcReport> {
     let started = Instant::now();
-    let kube = Kube::connect(&config.deploy.kube_target()).await?;
+    let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     let mut report = GcReport { dry_run: req.dry_run, ..GcReport::default() };
-    let (previews, calls) = lifecycle::list_previews(&kube, req.repository.as_deref()).await?;
+    let (previews, calls) = lifecycle::list_previews(&kube, req.repository.as_deref()).await.outside_line()?;
     report.kube_calls += calls;
     report.tracked = previews.len();
 
@@ -322,7 +323,7 @@ pub async fn gc(config: &Config, req: GcRequest, reporter: &Reporter) -> anyhow:
     // What the cluster runs, once for the sweep.
     let needs_tags = plan.iter().any(|(_, a, _)| *a == Action::Collect) && report.refused.is_none();
     let in_use = if needs_tags || config.lifecycle.keep_tags_for.is_some() {
-        let u = crate::phases::teardown::images_in_use(&kube, None).await?;
+        let u = crate::phases::teardown::images_in_use(&kube, None).await.outside_line()?;
         report.kube_calls += u.calls;
         report.unreadable.extend(u.unreadable.iter().cloned());
         Some(Arc::new(u))
@@ -404,8 +405,11 @@ async fn handle(
     reporter: &Reporter,
 ) -> anyhow::Result<(u32, usize)> {
     match action {
-        Action::Sleep => Ok((sleep_namespace(kube, &v.name, &v.labels).await?.kube_calls, 0)),
-        Action::Wake => Ok((wake_namespace(kube, &v.name, &v.annotations, config.deploy.timeout).await?.kube_calls, 0)),
+        Action::Sleep => Ok((sleep_namespace(kube, &v.name, &v.labels).await.outside_line()?.kube_calls, 0)),
+        Action::Wake => Ok((
+            wake_namespace(kube, &v.name, &v.annotations, config.deploy.timeout).await.outside_line()?.kube_calls,
+            0,
+        )),
         Action::Keep => Ok((0, 0)),
         Action::Collect => {
             let pr = entry.pr.ok_or_else(|| anyhow::anyhow!("namespace {} has no prpod.dev/pr label", v.name))?;

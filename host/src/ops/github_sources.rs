@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::clients::github::{GithubClient, GithubError, PackageOwner, PullState};
+use crate::error::ResultExt;
 use crate::ops::gc::{ClosedPrs, PrState};
 use crate::ops::teardown::TagDeleter;
 
@@ -71,14 +72,14 @@ impl TagDeleter for GhcrTags {
     }
 
     async fn tag_digests(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let versions = self.client.list_package_versions(&self.owner, &self.package).await?;
+        let versions = self.client.list_package_versions(&self.owner, &self.package).await.outside_line()?;
         Ok(versions.into_iter().flat_map(|v| v.tags.into_iter().map(move |t| (t, v.digest.clone()))).collect())
     }
 
     async fn delete_digest(&self, digest: &str, _tags: &[String]) -> anyhow::Result<bool> {
-        let versions = self.client.list_package_versions(&self.owner, &self.package).await?;
+        let versions = self.client.list_package_versions(&self.owner, &self.package).await.outside_line()?;
         let Some(v) = versions.iter().find(|v| v.digest == digest) else { return Ok(false) };
-        self.client.delete_package_version(&self.owner, &self.package, v.id).await?;
+        self.client.delete_package_version(&self.owner, &self.package, v.id).await.outside_line()?;
         Ok(true)
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient, api_host};
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::plugins::lock::{self, Resolution, ResolveOptions};
 use crate::plugins::oci::{self, ArtifactMeta, OciCache, OciRef};
 use crate::plugins::trust::{self, TrustedKeys};
@@ -30,14 +31,14 @@ pub fn client_factory(config: &Config) -> impl Fn(&ImageName) -> anyhow::Result<
         let host = name.api_host();
         let bound = reg.host.as_deref().map(|h| api_host(h.trim()).to_string()).or(image_host.clone());
         let credentials = if bound.as_deref().is_none_or(|b| b == host) {
-            reg.credentials(host, None)?
+            reg.credentials(host, None).outside_line()?
         } else {
             match &reg.docker_config {
                 Some(p) => CredentialResolver::anonymous().with_docker_config(p),
                 None => CredentialResolver::anonymous().with_default_docker_config(),
             }
         };
-        Ok(RegistryClient::new(reg.options()?, credentials)?)
+        Ok(RegistryClient::new(reg.options().outside_line()?, credentials).outside_line()?)
     }
 }
 
@@ -144,7 +145,7 @@ pub async fn push(config: &Config, req: PushRequest) -> anyhow::Result<PushRepor
     };
     let artifact = oci::build_artifact(&bytes, &facts, &worlds, &meta);
     let client = client_factory(config)(&reference.name)?;
-    let existing = client.manifest_digest(&reference.image_reference()).await?;
+    let existing = client.manifest_digest(&reference.image_reference()).await.outside_line()?;
     if let Some(d) = &existing
         && !req.force
     {
@@ -154,10 +155,10 @@ pub async fn push(config: &Config, req: PushRequest) -> anyhow::Result<PushRepor
         );
     }
     let name = &reference.name;
-    client.push_blob_bytes(name, &artifact.layer_digest, bytes.into()).await?;
+    client.push_blob_bytes(name, &artifact.layer_digest, bytes.into()).await.outside_line()?;
     let config_digest = crate::clients::registry::sha256_digest(&artifact.config);
-    client.push_blob_bytes(name, &config_digest, artifact.config.clone().into()).await?;
-    client.put_manifest(name, &tag, &artifact.manifest).await?;
+    client.push_blob_bytes(name, &config_digest, artifact.config.clone().into()).await.outside_line()?;
+    client.put_manifest(name, &tag, &artifact.manifest).await.outside_line()?;
     Ok(PushReport {
         reference: reference.to_string(),
         digest: artifact.manifest.digest.clone(),
@@ -272,16 +273,17 @@ pub async fn sign(config: &Config, text: &str, key: &std::path::Path) -> anyhow:
         Some(d) => d.clone(),
         None => client
             .manifest_digest(&reference.image_reference())
-            .await?
+            .await
+            .outside_line()?
             .with_context(|| format!("{text} does not exist; push it first"))?,
     };
     let (config_blob, payload, manifest) = trust::signature_artifact(&key, &reference.name, &digest);
     let name = &reference.name;
     let digest_of = crate::clients::registry::sha256_digest;
-    client.push_blob_bytes(name, &digest_of(&payload), payload.into()).await?;
-    client.push_blob_bytes(name, &digest_of(&config_blob), config_blob.into()).await?;
+    client.push_blob_bytes(name, &digest_of(&payload), payload.into()).await.outside_line()?;
+    client.push_blob_bytes(name, &digest_of(&config_blob), config_blob.into()).await.outside_line()?;
     let tag = oci::signature_tag(&digest);
-    client.put_manifest(name, &tag, &manifest).await?;
+    client.put_manifest(name, &tag, &manifest).await.outside_line()?;
     Ok(SignReport {
         reference: OciRef { tag: None, ..reference.pinned(&digest) }.to_string(),
         signature_tag: tag,

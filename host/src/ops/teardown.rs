@@ -22,9 +22,10 @@ use serde::Serialize;
 use crate::clients::kube::Kube;
 use crate::clients::kube::inuse::ImagesInUse;
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::lifecycle::{DigestDeletion, KeptTag};
-use crate::phases::lock::DeployLock;
+use crate::phases::preview::lock::DeployLock;
 use crate::phases::{preview, teardown};
 use crate::plugins::{PluginHost, World};
 use crate::report::Reporter;
@@ -110,8 +111,25 @@ async fn release_of(config: &Config, req: &TeardownRequest) -> anyhow::Result<Re
 
 /// Tears down one PR's preview (see the module docs).
 pub async fn teardown(config: &Config, req: TeardownRequest, reporter: &Reporter) -> anyhow::Result<TeardownReport> {
-    let kube = Kube::connect(&config.deploy.kube_target()).await?;
+    let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     teardown_with(config, &kube, req, None, reporter).await
+}
+
+/// `prpod teardown`: the preview of the PR `flags` name (the tag-policy names its release),
+/// removed; every deploy lock this process dropped is released before it returns.
+pub async fn teardown_pr(
+    config: &Config,
+    flags: &crate::phases::context::ContextFlags,
+    dry_run: bool,
+    env: &crate::config::Env,
+    reporter: &Reporter,
+) -> anyhow::Result<TeardownReport> {
+    let (release, ctx) = super::status::release_target(None, None, flags, config, env).await?;
+    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("teardown needs the PR: pass --repo-url and --pr"))?;
+    let req = TeardownRequest { ctx, release: Some(release), dry_run, tags: None };
+    let report = teardown(config, req, reporter).await;
+    crate::phases::preview::lock::finish_releases().await;
+    report
 }
 
 /// [`teardown`] on a connected cluster, with the images in use when the caller listed them
@@ -142,8 +160,8 @@ pub async fn teardown_with(
         Some(v) if v.deleting => "deleting",
         Some(_) if req.dry_run => "would delete",
         Some(_) => {
-            teardown::mark_closed(kube, &ns).await?;
-            lock = Some(DeployLock::acquire(kube, &req.ctx, &release, config.deploy.timeout).await?);
+            teardown::mark_closed(kube, &ns).await.outside_line()?;
+            lock = Some(DeployLock::acquire(kube, &req.ctx, &release, config.deploy.timeout).await.outside_line()?);
             report.kube_calls += 3;
             "closed"
         }
@@ -185,7 +203,7 @@ pub async fn teardown_with(
     // 6. The namespace, last.
     if live && !req.dry_run {
         report.kube_calls += 1;
-        teardown::delete_namespace(kube, &ns).await?;
+        teardown::delete_namespace(kube, &ns).await.outside_line()?;
         report.namespace = "deleted".into();
     }
     if let Some(l) = lock {

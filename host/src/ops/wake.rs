@@ -9,6 +9,7 @@
 
 use crate::clients::kube::Kube;
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::teardown::find_preview;
 use crate::report::Reporter;
@@ -23,15 +24,27 @@ pub struct WakeRequest {
     pub release: ReleaseTarget,
 }
 
+/// `prpod wake` for the PR `flags` name (the tag-policy names its release).
+pub async fn wake_pr(
+    config: &Config,
+    flags: &crate::phases::context::ContextFlags,
+    env: &crate::config::Env,
+    reporter: &Reporter,
+) -> anyhow::Result<WakeReport> {
+    let (release, ctx) = super::status::release_target(None, None, flags, config, env).await?;
+    let ctx = ctx.ok_or_else(|| anyhow::anyhow!("wake needs the PR: pass --repo-url and --pr"))?;
+    wake(config, WakeRequest { ctx, release }, reporter).await
+}
+
 /// `prpod wake`: the PR's preview, if asleep, scaled back and Ready.
 pub async fn wake(config: &Config, req: WakeRequest, _reporter: &Reporter) -> anyhow::Result<WakeReport> {
-    let kube = Kube::connect(&config.deploy.kube_target()).await?;
+    let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     let ns = &req.release.namespace;
     let mut ctx = req.ctx.clone();
     let Some(v) = find_preview(&kube, &mut ctx, &req.release, "wake").await? else {
         anyhow::bail!("there is no preview in namespace {ns} (nothing deployed for this PR, or it was torn down)")
     };
-    let mut r = wake_namespace(&kube, ns, &v.annotations, config.deploy.timeout).await?;
+    let mut r = wake_namespace(&kube, ns, &v.annotations, config.deploy.timeout).await.outside_line()?;
     r.kube_calls += 1;
     Ok(r)
 }

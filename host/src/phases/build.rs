@@ -11,6 +11,8 @@ use crate::clients::buildah::{self, Buildah};
 use crate::clients::buildx::{self, Buildx};
 use crate::clients::registry::{ImageName, ImageReference, RegistryConfig};
 use crate::config::{Config, ConfigError, Env, Section};
+use crate::error::{PhaseError, ResultExt};
+use crate::model::Phase;
 use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
 use crate::native_build::{self, NativeBuildError, NativeBuildRequest};
 use crate::report::PhaseHandle;
@@ -281,7 +283,7 @@ pub fn image_name(image: &ImageConfig, phase: &PhaseHandle) -> anyhow::Result<Im
              (e.g. ghcr.io/acme/web)"
         );
     };
-    let parsed = ImageName::parse(repo).context("`image.repository` is not usable")?;
+    let parsed = ImageName::parse(repo).at(Phase::Build).context("`image.repository` is not usable")?;
     if let Some(from) = parsed.changed_from {
         phase.note(format!("image repository {from} normalised to {} (registries refuse uppercase)", parsed.value));
     }
@@ -331,7 +333,7 @@ pub async fn choose_backend(configured: Backend, dockerfile: &Path, buildx: &Bui
             });
         }
         Err(e @ NativeBuildError::Dockerfile { .. }) => e.to_string(),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(PhaseError::new(Phase::Build, e).into()),
     };
     // `file:line: RUN is not supported ...`: keep the location for the note.
     let at = blocker.split(": ").next().unwrap_or("").to_string();
@@ -416,8 +418,9 @@ pub async fn build(
                 out_dir: out_dir.clone(),
                 source_date_epoch: None,
             };
-            let out =
-                native_build::build(&req, &registry.client, &|e| tracing::debug!(target: "prpod::build", ?e)).await?;
+            let out = native_build::build(&req, &registry.client, &|e| tracing::debug!(target: "prpod::build", ?e))
+                .await
+                .at(Phase::Build)?;
             BuiltImage {
                 backend: "native".into(),
                 repository: image.to_string(),
@@ -462,7 +465,7 @@ async fn registry_files(
     std::fs::create_dir_all(&private).with_context(|| format!("failed to create {}", private.display()))?;
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let doc = registry.credentials.dockerconfigjson(&hosts).await?;
+    let doc = registry.credentials.dockerconfigjson(&hosts).await.at(Phase::Build)?;
     let authfile = private.join("auth.json");
     {
         use std::io::Write;
@@ -563,8 +566,9 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
     let find_cache = async {
         for tag in &tags.cache_from {
             let repo = buildah::cache_repository(&image.to_string(), tag);
-            let name = ImageName::parse(&repo).with_context(|| format!("cache repository {repo}"))?.value;
-            if registry.client.has_tags(&name).await? {
+            let name =
+                ImageName::parse(&repo).at(Phase::Build).with_context(|| format!("cache repository {repo}"))?.value;
+            if registry.client.has_tags(&name).await.at(Phase::Build)? {
                 return Ok::<_, anyhow::Error>(Some(repo));
             }
         }
@@ -596,10 +600,11 @@ async fn build_buildah(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         iidfile: work.join("iid"),
         isolation: b.isolation,
     };
-    let built = tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await?;
+    let built =
+        tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await.at(Phase::Build)?;
     let layout = work.join("image");
-    tool.push_to_layout(&built.image_id, &layout).await?;
-    let digest = crate::clients::registry::OciImage::open(&layout)?.digest().to_string();
+    tool.push_to_layout(&built.image_id, &layout).await.at(Phase::Build)?;
+    let digest = crate::clients::registry::OciImage::open(&layout).at(Phase::Build)?.digest().to_string();
     Ok(BuiltImage {
         backend: "buildah".into(),
         repository: image.to_string(),
@@ -623,7 +628,7 @@ async fn build_buildx(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         namespace: x.namespace.clone(),
         replicas: x.replicas,
     };
-    if tool.ensure_builder(&builder).await? {
+    if tool.ensure_builder(&builder).await.at(Phase::Build)? {
         phase.note(format!("created buildx builder {} (driver {})", builder.name, builder.driver));
     }
     let req = buildx::BuildRequest {
@@ -641,7 +646,10 @@ async fn build_buildx(job: BackendJob<'_>) -> anyhow::Result<BuiltImage> {
         bake_target: x.bake_target.clone(),
         metadata_file: work.join("metadata.json"),
     };
-    let digest = tool.build_push(&builder, &req, &|l| tracing::debug!(target: "prpod::build", "buildx: {l}")).await?;
+    let digest = tool
+        .build_push(&builder, &req, &|l| tracing::debug!(target: "prpod::build", "buildx: {l}"))
+        .await
+        .at(Phase::Build)?;
     Ok(BuiltImage {
         backend: "buildx".into(),
         repository: image.to_string(),
@@ -662,7 +670,7 @@ async fn docker_config_dir(
 ) -> anyhow::Result<Option<PathBuf>> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let hosts_v: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let doc = registry.credentials.dockerconfigjson(&hosts_v).await?;
+    let doc = registry.credentials.dockerconfigjson(&hosts_v).await.at(Phase::Build)?;
     let ours: serde_json::Value = serde_json::from_str(doc.expose()).unwrap_or_default();
     let auths = ours.get("auths").and_then(|a| a.as_object()).cloned().unwrap_or_default();
     if auths.is_empty() {

@@ -23,12 +23,18 @@ use serde::Deserialize;
 use serde_json::json;
 
 pub use self::scope::{ClusterApi, SCOPE_RULE};
-use crate::clients::helm::{Helm, HelmError, ValuesFiles};
+use crate::clients::helm::{Helm, HelmError, KubeTarget, ValuesFiles};
+use crate::clients::kube::{Kube, KubeError};
+use crate::config::Config;
 use crate::error::Classify;
+use crate::error::{PhaseError, ResultExt};
 use crate::model::{
-    AppSpec, EnvVar, Finding, ImageRef, Manifest, Port, PrContext, ReleaseTarget, ReportedFinding, Resources, Severity,
+    AppSpec, DeployTarget, EnvVar, Finding, ImageRef, Manifest, Port, PrContext, ReleaseTarget, ReportedFinding,
+    Resources, Severity,
 };
-use crate::plugins::{Plugin, PluginError};
+use crate::phases::{DeliverInputs, MAX_VALUES_BYTES, Mode, Phase, Prefetched};
+use crate::plugins::{Plugin, PluginError, PluginHost, World};
+use crate::report::Reporter;
 
 /// The name prpod's own findings carry as their plugin.
 pub const HOST_CHECKS: &str = "prpod";
@@ -142,8 +148,7 @@ impl Classify for ChartError {
     fn failure_kind(&self) -> Option<crate::error::FailureKind> {
         match self {
             ChartError::Helm(e) => e.failure_kind(),
-            // Plugin failures are classified by `exit_code_for` itself (exit 3).
-            ChartError::Plugin(_) => None,
+            ChartError::Plugin(p) => p.failure_kind(),
             ChartError::Write { .. } => Some(crate::error::FailureKind::Internal),
             ChartError::NoChart { .. }
             | ChartError::Values { .. }
@@ -522,6 +527,185 @@ pub fn chart_name(dir: &Path) -> String {
 /// Whether any finding is an error.
 pub fn has_errors(findings: &[ReportedFinding]) -> bool {
     findings.iter().any(|f| f.finding.severity == Severity::Error)
+}
+
+/// The cluster's answer to the chart phase: a connection, its discovery, and (a plan only) the
+/// release's latest revision and status.
+type ClusterRead =
+    Option<Result<(Kube, Result<ClusterApi, KubeError>, Option<Result<Option<(u32, String)>, KubeError>>), KubeError>>;
+
+/// Starts reading the cluster the chart is rendered against: its version and the kinds it
+/// serves decide what the chart is rendered against and which objects are namespaced; a plan
+/// also reads the release's latest revision. Started before the chart is generated so the TLS
+/// handshake and the requests overlap it. A plan gives up after 5 s (`None`) and falls back to
+/// Helm's default capabilities and prpod's built-in list of cluster-scoped kinds.
+fn start_cluster_read(
+    target: &KubeTarget,
+    release: &ReleaseTarget,
+    mode: Mode,
+    early: Option<Prefetched>,
+) -> tokio::task::JoinHandle<ClusterRead> {
+    let (target, ns, name, plan) =
+        (target.clone(), release.namespace.clone(), release.name.clone(), mode == Mode::Plan);
+    // A prefetch was made for the config's target, which is this one.
+    let early = if plan { None } else { early };
+    tokio::spawn(async move {
+        if let Some(early) = early
+            && let Ok(Ok((kube, api))) = early.await
+        {
+            return Some(Ok((kube, api, None)));
+        }
+        let read = async move {
+            let kube = Kube::connect(&target).await?;
+            let (api, state) = if plan {
+                let (api, state) = tokio::join!(ClusterApi::discover(&kube), kube.helm_release_state(&ns, &name));
+                (api, Some(state))
+            } else {
+                (ClusterApi::discover(&kube).await, None)
+            };
+            Ok::<_, KubeError>((kube, api, state))
+        };
+        if plan { tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok() } else { Some(read.await) }
+    })
+}
+
+/// What the chart phase hands the deploy and verify phases.
+pub struct Charted {
+    /// The PR context with its deploy target set (what plugins see from here on).
+    pub ctx: PrContext,
+    /// The Helm the chart was rendered with and is deployed with.
+    pub helm: Helm,
+    /// The cluster (`None` only in a plan whose cluster did not answer).
+    pub kube: Option<Kube>,
+    /// A plan's reading of the release's latest revision and status (`None`: no answer in time).
+    pub plan_state: Option<Result<Option<(u32, String)>, String>>,
+    /// The rendered chart.
+    pub rendered: RenderedChart,
+    /// `name-version (where it came from)`.
+    pub chart: String,
+    /// The verifiers: check-manifests ran, check-release runs after the deploy.
+    pub verifiers: Vec<Plugin>,
+    /// The pre-deploy findings.
+    pub findings: Vec<ReportedFinding>,
+}
+
+impl Charted {
+    /// How many pre-deploy findings are errors (any one stops the run before the deploy).
+    pub fn errors(&self) -> usize {
+        self.findings.iter().filter(|f| f.finding.severity == Severity::Error).count()
+    }
+}
+
+/// The chart phase: the chart generated (chart-generator plugin) or taken (`[deploy] chart`),
+/// rendered against the cluster, and checked (prpod's rules and each verifier's
+/// check-manifests). Records the phase with the reporter.
+pub async fn prepare(config: &Config, input: &mut DeliverInputs<'_>, reporter: &Reporter) -> anyhow::Result<Charted> {
+    let host = PluginHost::shared()?;
+    let phase = reporter.phase(Phase::Chart);
+    let dc = &config.deploy;
+    let release = input.release;
+    let target = dc.kube_target();
+    let cluster_read = start_cluster_read(&target, release, input.mode, input.prefetched.take());
+    let helm = Helm::detect(&dc.helm, target.clone(), crate::config::cache_dir()).await.at(Phase::Chart)?;
+    let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
+    let mut ctx = input.ctx.clone();
+    ctx.target = Some(DeployTarget {
+        registry: registry.to_string(),
+        image: input.image.clone(),
+        tags: input.tags.clone(),
+        release: release.clone(),
+    });
+    let chart_dir = match (&dc.chart, input.chart_root) {
+        (Some(c), Some(root)) => Some(root.join(c)),
+        (Some(c), None) => Some(config.resolve_path(c)),
+        (None, _) => None,
+    };
+    let values_files = dc
+        .values
+        .iter()
+        .map(|v| match input.chart_root {
+            Some(root) => root.join(v),
+            None => config.resolve_path(v),
+        })
+        .collect();
+    // Values files in the pull request's checkout: no symlink followed on the way (one to a file
+    // of the runner would be read by Helm into the manifests), regular, and bounded.
+    if let Some(root) = input.chart_root {
+        for v in &dc.values {
+            crate::input::check_repository_file(root, v, MAX_VALUES_BYTES, "the values file (`[deploy] values`)")?;
+        }
+    }
+    let generator = match chart_dir {
+        Some(_) => None,
+        None => Some(
+            host.load(&config.plugin_ref(World::ChartGenerator))?.with_limits(config.limits_for(World::ChartGenerator)),
+        ),
+    };
+    let mut verifiers = Vec::new();
+    for (r, limits) in config.verifiers() {
+        verifiers.push(host.load(&r)?.with_limits(limits));
+    }
+    let read = cluster_read.await.map_err(|e| {
+        anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the cluster's API: {e}"))
+    })?;
+    let (kube, cluster, plan_state, unread) = match (input.mode, read) {
+        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state.map(|s| s.map_err(|e| e.to_string())), None),
+        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(PhaseError::new(Phase::Chart, e).into()),
+        (_, Some(Ok((_, Err(e), state)))) => {
+            (None, ClusterApi::builtin(), state.map(|s| s.map_err(|e| e.to_string())), Some(e.to_string()))
+        }
+        (_, Some(Err(e))) => (None, ClusterApi::builtin(), Some(Err(e.to_string())), Some(e.to_string())),
+        (_, None) => (None, ClusterApi::builtin(), None, Some("no answer within 5 s".to_string())),
+    };
+    if let Some(why) = unread {
+        phase.note(format!(
+            "the cluster's API could not be read ({why}): the chart renders with Helm's default capabilities \
+             and is judged with prpod's built-in list of cluster-scoped kinds; a deploy asks the cluster"
+        ));
+    }
+    let req = ChartRequest {
+        ctx: &ctx,
+        release,
+        image: &input.image,
+        chart_dir,
+        repository: Some(match input.chart_root {
+            Some(root) => root.to_path_buf(),
+            None => config.resolve_path(Path::new(".")),
+        }),
+        cluster: &cluster,
+        values_files,
+        set: &dc.set,
+        app: &config.app,
+        replicas: input.replicas,
+        pull_secret: input.pull_secret.as_ref().map(|_| dc.pull_secret.as_str()),
+    };
+    let rendered = render(&req, &helm, generator.as_ref()).await.at(Phase::Chart)?;
+    let chart_name = chart_name(&rendered.dir);
+    let from = match &rendered.source {
+        ChartSource::Generated { plugin } => format!("generated by {plugin}"),
+        ChartSource::Directory { path } => match input.chart_root.and_then(|r| path.strip_prefix(r).ok()) {
+            Some(rel) => format!("from the repository's {}", rel.display()),
+            None => format!("from {}", path.display()),
+        },
+    };
+    let scope = ScopePolicy { cluster: &cluster, allow_cluster_kinds: &dc.allow_cluster_kinds };
+    let findings = check_manifests(&ctx, &rendered, &input.image, scope, &verifiers).await?;
+    for f in &findings {
+        phase.finding(f.clone());
+    }
+    let charted =
+        Charted { ctx, helm, kube, plan_state, chart: format!("{chart_name} ({from})"), rendered, verifiers, findings };
+    let kinds: Vec<String> = charted.rendered.manifests.iter().map(|m| format!("{}/{}", m.kind, m.name)).collect();
+    let names: Vec<&str> = charted.verifiers.iter().map(|v| v.name()).collect();
+    phase.finish(format!(
+        "{chart_name} {from}, Helm {}, {}: {}; {} error finding(s) ({} and prpod's checks)",
+        charted.helm.version(),
+        charted.rendered.rendered_against,
+        kinds.join(", "),
+        charted.errors(),
+        names.join(", ")
+    ));
+    Ok(charted)
 }
 
 #[cfg(test)]

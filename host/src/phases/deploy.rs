@@ -12,7 +12,7 @@
 //! - `timeout` passes (e.g. a readiness probe that never passes): the same, with the pods that
 //!   were not ready as evidence.
 //!
-//! - The deploy lock is lost (another run took it: see [`crate::phases::lock`]) or a signal
+//! - The deploy lock is lost (another run took it: see [`crate::phases::preview::lock`]) or a signal
 //!   comes (SIGINT, SIGTERM): prpod interrupts Helm (SIGTERM, sent from prpod), gives Helm's own
 //!   rollback up to `timeout` to finish, kills it only then, and says the state the release was
 //!   left in — exit 4 for a lost lock, 130/143 for a signal.
@@ -31,13 +31,17 @@ use serde::Deserialize;
 
 use crate::clients::helm::{Helm, HelmError, KubeTarget};
 use crate::clients::kube::{Kube, KubeError};
+use crate::config::Config;
 use crate::error::{Classify, FailureKind};
+use crate::error::{PhaseError, ResultExt};
 use crate::model::{PrContext, Release, ReleaseTarget};
-use crate::phases::chart::RenderedChart;
-pub use crate::phases::lock::{DeployLock, LockLost};
+use crate::phases::chart::{Charted, RenderedChart};
 use crate::phases::preview;
+pub use crate::phases::preview::lock::{DeployLock, LockLost};
 pub use crate::phases::rollout::PodFailure;
 use crate::phases::rollout::{Rollout, RolloutWatch, evidence};
+use crate::phases::{DeliverInputs, Phase, lifecycle};
+use crate::report::{PhaseHandle, Reporter};
 use crate::secret::Secret;
 use crate::shutdown::{self, Interrupted};
 
@@ -317,8 +321,8 @@ pub async fn prepare_namespace(
     let ns = &release.namespace;
     let claimed = preview::claim(kube, ctx, release, config.adopt_namespace).await?;
     if let Some(doc) = dockerconfigjson {
-        kube.apply_pull_secret(ns, &config.pull_secret, doc).await?;
-        kube.attach_pull_secret(ns, "default", &config.pull_secret).await?;
+        kube.apply_pull_secret(ns, &config.pull_secret, doc).await.at(Phase::Deploy)?;
+        kube.attach_pull_secret(ns, "default", &config.pull_secret).await.at(Phase::Deploy)?;
     }
     Ok(claimed)
 }
@@ -358,11 +362,13 @@ pub async fn recover_pending(
     timeout: Duration,
 ) -> anyhow::Result<Option<String>> {
     let (name, ns) = (&release.name, &release.namespace);
-    let Some((revision, status)) = latest_revision(helm, kube, name, ns).await? else { return Ok(None) };
+    let Some((revision, status)) = latest_revision(helm, kube, name, ns).await.at(Phase::Deploy)? else {
+        return Ok(None);
+    };
     if !status.starts_with("pending-") {
         return Ok(None);
     }
-    let history = helm.history(name, ns).await?;
+    let history = helm.history(name, ns).await.at(Phase::Deploy)?;
     let last_good = history
         .iter()
         .rev()
@@ -379,19 +385,19 @@ pub async fn recover_pending(
                  and run prpod again"
             ),
         };
-        return Err(HelmError::Pending {
+        let pending = HelmError::Pending {
             release: name.clone(),
             namespace: ns.clone(),
             status,
             revision,
             fix: format!("no prpod run holds its deploy lock, so prpod leaves it alone: {fix}"),
-        }
-        .into());
+        };
+        return Err(PhaseError::new(Phase::Deploy, pending).into());
     };
     // Helm changes the release from here: only while the lock is still this run's.
     if let Err(lost) = lock.check() {
         let state = format!("stopped before recovering it; release {name} in namespace {ns} was not changed");
-        return Err(DeployError::LockLost { lost, state }.into());
+        return Err(PhaseError::new(Phase::Deploy, DeployError::LockLost { lost, state }).into());
     }
     match last_good {
         Some(r) => {
@@ -406,13 +412,15 @@ pub async fn recover_pending(
                 // revision `r`'s. From that record a second rollback goes through; what the
                 // interrupted revision had added is then deleted by hand, as a complete rollback
                 // would have.
-                let HelmError::Failed { stderr, .. } = &e else { return Err(e.into()) };
+                let HelmError::Failed { stderr, .. } = &e else { return Err(PhaseError::new(Phase::Deploy, e).into()) };
                 if !stderr.contains("original object") {
-                    return Err(e.into());
+                    return Err(PhaseError::new(Phase::Deploy, e).into());
                 }
-                helm.rollback(name, ns, r, timeout).await?;
-                let added =
-                    added_objects(&helm.manifest(name, ns, revision).await?, &helm.manifest(name, ns, r).await?);
+                helm.rollback(name, ns, r, timeout).await.at(Phase::Deploy)?;
+                let added = added_objects(
+                    &helm.manifest(name, ns, revision).await.at(Phase::Deploy)?,
+                    &helm.manifest(name, ns, r).await.at(Phase::Deploy)?,
+                );
                 let mut deleted = Vec::new();
                 for o in &added {
                     let gone = kube
@@ -425,7 +433,7 @@ pub async fn recover_pending(
                         )
                         .await
                         .map_err(|k| {
-                            anyhow::Error::new(k).context(format!(
+                            anyhow::Error::new(PhaseError::new(Phase::Deploy, k)).context(format!(
                                 "rolled {name} back to revision {r}, but could not remove {} {} that the \
                                  interrupted upgrade added; delete it and run prpod again",
                                 o.kind, o.name
@@ -447,7 +455,7 @@ pub async fn recover_pending(
             Ok(Some(note))
         }
         None => {
-            helm.uninstall(name, ns, timeout).await?;
+            helm.uninstall(name, ns, timeout).await.at(Phase::Deploy)?;
             Ok(Some(format!(
                 "release was stuck in {} (revision {}) by a run that died ({dead}) and never deployed; uninstalled it",
                 status, revision
@@ -693,6 +701,173 @@ pub fn rolled_back(
         restored,
         warnings,
     }
+}
+
+/// A plan's deploy phase: what the deploy would do, reading only. The namespace's owner is
+/// checked as a run would (a plan refuses what a run would refuse). Records the deploy and
+/// verify phases as skipped with the reporter.
+pub async fn describe_plan(
+    charted: &Charted,
+    release: &ReleaseTarget,
+    with_pull_secret: bool,
+    config: &DeployConfig,
+    reporter: &Reporter,
+) -> anyhow::Result<Vec<String>> {
+    let phase = reporter.phase(Phase::Deploy);
+    let (name, ns) = (&release.name, &release.namespace);
+    if let Some(k) = &charted.kube
+        && let Ok(Some(refusal)) = preview::check(k, &charted.ctx, release, config.adopt_namespace).await
+    {
+        return Err(refusal.into());
+    }
+    let current = match &charted.plan_state {
+        Some(Ok(Some((rev, status)))) => {
+            format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
+        }
+        Some(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
+        Some(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
+        None => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
+    };
+    let mut plan = vec![format!("would {current} with Helm {}", charted.helm.version())];
+    if with_pull_secret {
+        plan.push(format!(
+            "would write the pull Secret {} and attach it to the namespace's default ServiceAccount",
+            config.pull_secret
+        ));
+    }
+    plan.push(format!("would wait up to {}s for the rollout, then run check-release", config.timeout.as_secs()));
+    phase.skip(plan[0].clone());
+    reporter.phase(Phase::Verify).skip("would check the rollout");
+    Ok(plan)
+}
+
+/// A release Helm installed or upgraded, still under the deploy lock, with the watch its verify
+/// reads.
+pub struct Installed {
+    /// The release as Helm left it.
+    pub release: Release,
+    /// The deploy lock, held until the verify has decided.
+    pub lock: DeployLock,
+    /// The rollout watch, started before Helm.
+    pub watch: RolloutWatch,
+    /// When the deploy phase started (the verify gets what is left of `[deploy] timeout`).
+    pub started: Instant,
+    /// The cluster's time at the start: events before it are not this deploy's.
+    pub since: k8s_openapi::jiff::Timestamp,
+}
+
+/// The deploy phase: the namespace claimed (and the pull Secret written), the deploy lock taken,
+/// the release checked to be current (closed PR, newer commit), a pending Helm operation
+/// recovered, then `helm upgrade --install` while the rollout is watched. Records the phase with
+/// the reporter; on an error or a signal the lock is released by its drop.
+pub async fn install(
+    config: &Config,
+    charted: &Charted,
+    input: &DeliverInputs<'_>,
+    reporter: &Reporter,
+) -> anyhow::Result<Installed> {
+    let dc = &config.deploy;
+    let (release, ctx, helm) = (input.release, &charted.ctx, &charted.helm);
+    let phase = reporter.phase(Phase::Deploy);
+    let started = Instant::now();
+    let kube = charted.kube.as_ref().expect("a deploy has a connected cluster");
+    let since = k8s_openapi::jiff::Timestamp::now();
+    match prepare_namespace(kube, ctx, release, input.pull_secret.as_ref(), dc).await? {
+        preview::Claimed::Created => phase.note(format!("created namespace {}", release.namespace)),
+        preview::Claimed::Adopted => {
+            phase.note(format!("adopted namespace {} (`adopt_namespace`): it is now this preview's", release.namespace))
+        }
+        preview::Claimed::Ours => {}
+    }
+    let (name, ns) = (&release.name, &release.namespace);
+    shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
+    // Released on every path: explicitly by the caller, by its drop on an error or a signal.
+    let lock = DeployLock::acquire(kube, ctx, release, dc.timeout).await.at(Phase::Deploy)?;
+    // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm (and wake a
+    // sleeping preview).
+    if let Some(note) =
+        lifecycle::check_current(kube, release, &ctx.sha, input.chart_root, config.lifecycle.wake_on_push).await?
+    {
+        phase.note(note);
+    }
+    let recovered = {
+        // A Helm rollback runs to its end, even when a signal comes meanwhile.
+        let _deferred = shutdown::defer();
+        recover_pending(helm, kube, release, &lock, dc.timeout).await?
+    };
+    if let Some(note) = recovered {
+        shutdown::note_release(format!("{note}; release {name} in namespace {ns} was not upgraded"));
+        phase.note(note);
+    }
+    let mut watch = RolloutWatch::start(kube, &release.namespace).await.at(Phase::Deploy)?;
+    phase.waiting(format!(
+        "helm upgrade --install {} (Helm {}): waiting for the rollout",
+        release.name,
+        helm.version()
+    ));
+    let dreq = DeployRequest { release, chart: &charted.rendered, config: dc, lock: &lock };
+    let note = |m: String| phase.note(m);
+    let deployed = upgrade(&dreq, helm, kube, &mut watch, &note).await.at(Phase::Deploy)?;
+    shutdown::note_release(format!(
+        "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
+        deployed.revision
+    ));
+    phase.finish(format!(
+        "release {} revision {} in namespace {} ({})",
+        deployed.name, deployed.revision, deployed.namespace, deployed.chart
+    ));
+    Ok(Installed { release: deployed, lock, watch, started, since })
+}
+
+/// Undoes a release its verify failed (`failures`: pods that failed after Helm returned; none
+/// when only `error` findings failed it): back to the revision before, or uninstalled when it
+/// was the first; then the lock is released. Pod failures are an error (exit 5); findings alone
+/// are not (the caller reports the run as blocked). When the lock was lost meanwhile, nothing is
+/// rolled back: another run holding it may be deploying.
+pub async fn roll_back_unverified(
+    charted: &Charted,
+    kube: &Kube,
+    release: &ReleaseTarget,
+    installed: Installed,
+    failures: Vec<PodFailure>,
+    config: &DeployConfig,
+    phase: &PhaseHandle,
+) -> anyhow::Result<()> {
+    let Installed { release: deployed, lock, watch, .. } = installed;
+    let (helm, deployed) = (&charted.helm, &deployed);
+    let (name, ns) = (&release.name, &release.namespace);
+    let failures = evidence(kube, &release.namespace, failures, config.log_lines).await;
+    if let Err(lost) = lock.check() {
+        let lost = DeployError::LockLost {
+            lost,
+            state: format!(
+                "the verify of revision {} failed and it was not rolled back; {}",
+                deployed.revision,
+                release_state(helm, kube, release).await
+            ),
+        };
+        return Err(PhaseError::new(Phase::Deploy, lost).into());
+    }
+    let restored = {
+        let _deferred = shutdown::defer();
+        roll_back(helm, deployed, config.timeout).await.at(Phase::Deploy)?
+    };
+    let back = match (restored, deployed.previous_revision) {
+        (Some(r), Some(to)) if r != to => format!("rolled back to revision {to} (now serving as revision {r})"),
+        (Some(r), _) => format!("rolled back to revision {r}"),
+        (None, _) => "uninstalled the failed first install".into(),
+    };
+    shutdown::note_release(format!("release {name} in namespace {ns}: its verify failed and it was {back}"));
+    phase.note(back);
+    // Not deployed, but its `sha-*` tag is the PR's: teardown deletes it too.
+    let _ = lifecycle::record_deployed(kube, ns, &charted.ctx.sha, false).await;
+    lock.release().await;
+    if !failures.is_empty() {
+        let failed =
+            rolled_back(release, "a new pod failed after Helm returned".into(), failures, restored, &watch.state);
+        return Err(PhaseError::new(Phase::Deploy, failed).into());
+    }
+    Ok(())
 }
 
 /// Sends `signal` to Helm: SIGTERM asks it to stop (it cancels its wait and rolls the release

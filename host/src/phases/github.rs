@@ -14,6 +14,7 @@ use crate::clients::github::{
     AppCredentials, DeploymentState, GithubClient, GithubError, GithubOptions, IssueComment, TokenKind,
 };
 use crate::config::{Config, ConfigError, Env, Section};
+use crate::error::ResultExt;
 use crate::report::RunReport;
 use crate::secret::Secret;
 
@@ -196,9 +197,9 @@ pub async fn github_client(config: &GithubConfig, env: &Env, repository: Option<
                     "a GitHub App needs its installation: set `github.installation_id` (or name the repository)"
                 );
             }
-            GithubClient::for_app(options, &app, repository).await?
+            GithubClient::for_app(options, &app, repository).await.outside_line()?
         }
-        _ => GithubClient::with_token(options, github_token(config, env)?)?,
+        _ => GithubClient::with_token(options, github_token(config, env)?).outside_line()?,
     };
     Ok(client)
 }
@@ -207,7 +208,7 @@ impl Github {
     /// Connects with `[github]`'s credentials and learns who the token is.
     pub async fn connect(config: &GithubConfig, env: &Env, repository: &str) -> anyhow::Result<Github> {
         let client = github_client(config, env, Some(repository)).await?;
-        let identity = client.identity().await?.login;
+        let identity = client.identity().await.outside_line()?.login;
         Ok(Github { client, identity, repository: repository.into(), instance: config.instance.clone() })
     }
 
@@ -306,7 +307,7 @@ impl Github {
                 .and_then(|(_, a)| a.get(COMMENT_ANNOTATION).and_then(|v| v.parse::<u64>().ok())),
             _ => None,
         };
-        let all = self.client.list_issue_comments(&self.repository, number).await?;
+        let all = self.client.list_issue_comments(&self.repository, number).await.outside_line()?;
         // Only our own comments carrying our marker: anyone can paste the marker.
         let mut ours: Vec<&IssueComment> =
             all.iter().filter(|c| c.author() == self.identity && c.body.contains(&marker)).collect();
@@ -314,14 +315,14 @@ impl Github {
         ours.sort_by_key(|c| (Some(c.id) != remembered, c.id));
         let kept = match ours.split_first() {
             Some((first, rest)) => {
-                let c = self.client.update_issue_comment(&self.repository, first.id, body).await?;
+                let c = self.client.update_issue_comment(&self.repository, first.id, body).await.outside_line()?;
                 for dup in rest {
-                    self.client.delete_issue_comment(&self.repository, dup.id).await?;
+                    self.client.delete_issue_comment(&self.repository, dup.id).await.outside_line()?;
                     gh.duplicates_deleted += 1;
                 }
                 c
             }
-            None => self.client.create_issue_comment(&self.repository, number, body).await?,
+            None => self.client.create_issue_comment(&self.repository, number, body).await.outside_line()?,
         };
         gh.comment_id = Some(kept.id);
         gh.comment_url = Some(kept.html_url.clone());

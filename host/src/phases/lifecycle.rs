@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::kube::inuse::ImagesInUse;
 use crate::config::{ConfigError, Env, Section};
+use crate::error::ResultExt;
+use crate::model::Phase;
 
 /// Annotation: the PR is closed (teardown started); a run refuses.
 pub const CLOSED: &str = "prpod.dev/closed";
@@ -298,7 +300,7 @@ pub async fn check_current(
     git_dir: Option<&std::path::Path>,
     wake_on_push: bool,
 ) -> anyhow::Result<Option<String>> {
-    let Some((_, ann)) = kube.namespace_meta(&release.namespace).await? else { return Ok(None) };
+    let Some((_, ann)) = kube.namespace_meta(&release.namespace).await.at(Phase::Deploy)? else { return Ok(None) };
     if let Some(at) = ann.get(CLOSED) {
         let e = crate::phases::preview::OwnershipError::Closed { namespace: release.namespace.clone(), at: at.clone() };
         return Err(Stop::from(e).into());
@@ -310,7 +312,7 @@ pub async fn check_current(
         if !wake_on_push {
             return Err(Stop::Asleep { namespace: release.namespace.clone() }.into());
         }
-        restore_replicas(kube, &release.namespace, recorded).await?;
+        restore_replicas(kube, &release.namespace, recorded).await.at(Phase::Deploy)?;
         notes.push(format!("woke the preview (it was asleep): replicas {recorded}"));
     }
     let Some(deployed) = ann.get(DEPLOYED_COMMIT).filter(|d| d.as_str() != sha && !sha.is_empty()) else {

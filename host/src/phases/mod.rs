@@ -13,7 +13,6 @@ pub mod context;
 pub mod deploy;
 pub mod github;
 pub mod lifecycle;
-pub mod lock;
 pub mod preview;
 pub mod push;
 pub mod registry;
@@ -345,318 +344,58 @@ pub struct Delivered {
 /// checked, and the deploy says what it would do (reading the release's current revision when
 /// the cluster answers).
 pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &Reporter) -> anyhow::Result<Delivered> {
-    use crate::clients::helm::Helm;
-    use crate::clients::kube::Kube;
-    use crate::model::DeployTarget;
-
-    let mut out = Delivered::default();
-    let host = PluginHost::shared()?;
     let dc = &config.deploy;
-    let (release, ctx_in) = (input.release, input.ctx);
-
-    // --- chart: generate or take, render, check ---------------------------------------------
-    let phase = reporter.phase(Phase::Chart);
-    let target = dc.kube_target();
-    // The cluster's version and the kinds it serves decide what the chart is rendered against
-    // and which objects are namespaced (discovery); a plan also reads the release's latest
-    // revision (through the API, no Helm process). Both start now, so the TLS handshake and the
-    // requests overlap the chart's generation. A plan without a cluster falls back to Helm's
-    // default capabilities and prpod's built-in list of cluster-scoped kinds.
-    let cluster_read = {
-        let (target, ns, name, plan) =
-            (target.clone(), release.namespace.clone(), release.name.clone(), input.mode == Mode::Plan);
-        // A prefetch was made for the config's target, which is this one.
-        let early = if plan { None } else { input.prefetched.take() };
-        tokio::spawn(async move {
-            if let Some(early) = early
-                && let Ok(Ok((kube, api))) = early.await
-            {
-                return Some(Ok((kube, api, None)));
-            }
-            let read = async move {
-                let kube = Kube::connect(&target).await?;
-                let (api, state) = if plan {
-                    let (api, state) =
-                        tokio::join!(chart::ClusterApi::discover(&kube), kube.helm_release_state(&ns, &name));
-                    (api, Some(state))
-                } else {
-                    (chart::ClusterApi::discover(&kube).await, None)
-                };
-                Ok::<_, crate::clients::kube::KubeError>((kube, api, state))
-            };
-            if plan {
-                tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok()
-            } else {
-                Some(read.await)
-            }
-        })
+    let release = input.release;
+    let charted = chart::prepare(config, &mut input, reporter).await?;
+    let mut out = Delivered {
+        chart: Some(charted.chart.clone()),
+        rendered: Some(charted.rendered.rendered.clone()),
+        findings: charted.findings.clone(),
+        ..Delivered::default()
     };
-    let helm = Helm::detect(&dc.helm, target.clone(), crate::config::cache_dir()).await?;
-    let registry = crate::clients::registry::api_host(input.image.repository.split('/').next().unwrap_or(""));
-    let mut ctx = ctx_in.clone();
-    ctx.target = Some(DeployTarget {
-        registry: registry.to_string(),
-        image: input.image.clone(),
-        tags: input.tags.clone(),
-        release: release.clone(),
-    });
-    let chart_dir = match (&dc.chart, input.chart_root) {
-        (Some(c), Some(root)) => Some(root.join(c)),
-        (Some(c), None) => Some(config.resolve_path(c)),
-        (None, _) => None,
-    };
-    let values_files = dc
-        .values
-        .iter()
-        .map(|v| match input.chart_root {
-            Some(root) => root.join(v),
-            None => config.resolve_path(v),
-        })
-        .collect();
-    // Values files in the pull request's checkout: no symlink followed on the way (one to a file
-    // of the runner would be read by Helm into the manifests), regular, and bounded.
-    if let Some(root) = input.chart_root {
-        for v in &dc.values {
-            crate::input::check_repository_file(root, v, MAX_VALUES_BYTES, "the values file (`[deploy] values`)")?;
-        }
-    }
-    let generator = match chart_dir {
-        Some(_) => None,
-        None => Some(
-            host.load(&config.plugin_ref(World::ChartGenerator))?.with_limits(config.limits_for(World::ChartGenerator)),
-        ),
-    };
-    let mut verifiers = Vec::new();
-    for (r, limits) in config.verifiers() {
-        verifiers.push(host.load(&r)?.with_limits(limits));
-    }
-    let read = cluster_read.await.map_err(|e| {
-        anyhow::Error::new(crate::error::FailureKind::Internal).context(format!("reading the cluster's API: {e}"))
-    })?;
-    let (kube, cluster, plan_state, unread) = match (input.mode, read) {
-        (_, Some(Ok((kube, Ok(api), state)))) => (Some(kube), api, state.map(|s| s.map_err(|e| e.to_string())), None),
-        (Mode::Apply, Some(Ok((_, Err(e), _)) | Err(e))) => return Err(e.into()),
-        (_, Some(Ok((_, Err(e), state)))) => {
-            (None, chart::ClusterApi::builtin(), state.map(|s| s.map_err(|e| e.to_string())), Some(e.to_string()))
-        }
-        (_, Some(Err(e))) => (None, chart::ClusterApi::builtin(), Some(Err(e.to_string())), Some(e.to_string())),
-        (_, None) => (None, chart::ClusterApi::builtin(), None, Some("no answer within 5 s".to_string())),
-    };
-    if let Some(why) = unread {
-        phase.note(format!(
-            "the cluster's API could not be read ({why}): the chart renders with Helm's default capabilities \
-             and is judged with prpod's built-in list of cluster-scoped kinds; a deploy asks the cluster"
-        ));
-    }
-    let req = chart::ChartRequest {
-        ctx: &ctx,
-        release,
-        image: &input.image,
-        chart_dir,
-        repository: Some(match input.chart_root {
-            Some(root) => root.to_path_buf(),
-            None => config.resolve_path(std::path::Path::new(".")),
-        }),
-        cluster: &cluster,
-        values_files,
-        set: &dc.set,
-        app: &config.app,
-        replicas: input.replicas,
-        pull_secret: input.pull_secret.as_ref().map(|_| dc.pull_secret.as_str()),
-    };
-    let rendered = chart::render(&req, &helm, generator.as_ref()).await?;
-    let chart_name = chart::chart_name(&rendered.dir);
-    let from = match &rendered.source {
-        chart::ChartSource::Generated { plugin } => format!("generated by {plugin}"),
-        chart::ChartSource::Directory { path } => match input.chart_root.and_then(|r| path.strip_prefix(r).ok()) {
-            Some(rel) => format!("from the repository's {}", rel.display()),
-            None => format!("from {}", path.display()),
-        },
-    };
-    out.chart = Some(format!("{chart_name} ({from})"));
-    out.rendered = Some(rendered.rendered.clone());
-    let scope = chart::ScopePolicy { cluster: &cluster, allow_cluster_kinds: &dc.allow_cluster_kinds };
-    let findings = chart::check_manifests(&ctx, &rendered, &input.image, scope, &verifiers).await?;
-    for f in &findings {
-        phase.finding(f.clone());
-    }
-    let errors = findings.iter().filter(|f| f.finding.severity == crate::model::Severity::Error).count();
-    out.findings = findings;
-    let kinds: Vec<String> = rendered.manifests.iter().map(|m| format!("{}/{}", m.kind, m.name)).collect();
-    let names: Vec<&str> = verifiers.iter().map(|v| v.name()).collect();
-    phase.finish(format!(
-        "{chart_name} {from}, Helm {}, {}: {}; {errors} error finding(s) ({} and prpod's checks)",
-        helm.version(),
-        rendered.rendered_against,
-        kinds.join(", "),
-        names.join(", ")
-    ));
-    if errors > 0 {
+    if charted.errors() > 0 {
         out.blocked = true;
         reporter.phase(Phase::Deploy).skip("blocked by error findings: nothing was deployed");
         return Ok(out);
     }
-
-    // --- plan: what the deploy would do -----------------------------------------------------
     if input.mode == Mode::Plan {
-        let phase = reporter.phase(Phase::Deploy);
-        let (name, ns) = (&release.name, &release.namespace);
-        // Whose the namespace is: a plan refuses what a run would refuse (reading only).
-        if let Some(k) = &kube
-            && let Ok(Some(refusal)) = preview::check(k, &ctx, release, dc.adopt_namespace).await
-        {
-            return Err(refusal.into());
-        }
-        let current = match plan_state {
-            Some(Ok(Some((rev, status)))) => {
-                format!("upgrade release {name} in namespace {ns} from revision {rev} ({status})")
-            }
-            Some(Ok(None)) => format!("install release {name} in namespace {ns} (new)"),
-            Some(Err(e)) => format!("install or upgrade release {name} in namespace {ns} (its state is unknown: {e})"),
-            None => format!("install or upgrade release {name} in namespace {ns} (the cluster did not answer)"),
-        };
-        out.plan.push(format!("would {current} with Helm {}", helm.version()));
-        if input.pull_secret.is_some() {
-            out.plan.push(format!(
-                "would write the pull Secret {} and attach it to the namespace's default ServiceAccount",
-                dc.pull_secret
-            ));
-        }
-        out.plan.push(format!("would wait up to {}s for the rollout, then run check-release", dc.timeout.as_secs()));
-        phase.skip(out.plan[0].clone());
-        reporter.phase(Phase::Verify).skip("would check the rollout");
+        out.plan = deploy::describe_plan(&charted, release, input.pull_secret.is_some(), dc, reporter).await?;
         return Ok(out);
     }
 
-    // --- deploy -----------------------------------------------------------------------------
-    let phase = reporter.phase(Phase::Deploy);
-    let started = std::time::Instant::now();
-    let kube = kube.expect("a deploy has a connected cluster");
-    let since = k8s_openapi::jiff::Timestamp::now();
-    match deploy::prepare_namespace(&kube, &ctx, release, input.pull_secret.as_ref(), dc).await? {
-        preview::Claimed::Created => phase.note(format!("created namespace {}", release.namespace)),
-        preview::Claimed::Adopted => {
-            phase.note(format!("adopted namespace {} (`adopt_namespace`): it is now this preview's", release.namespace))
-        }
-        preview::Claimed::Ours => {}
-    }
-    let (name, ns) = (&release.name, &release.namespace);
-    crate::shutdown::note_release(format!("release {name} in namespace {ns} was not changed"));
-    // Released on every path: explicitly below, by its drop on an error or a signal.
-    let lock = deploy::DeployLock::acquire(&kube, &ctx, release, dc.timeout).await?;
-    // Closed meanwhile, or superseded by a newer commit of the PR: stop before Helm (and wake a
-    // sleeping preview).
-    if let Some(note) =
-        lifecycle::check_current(&kube, release, &ctx.sha, input.chart_root, config.lifecycle.wake_on_push).await?
-    {
-        phase.note(note);
-    }
-    let recovered = {
-        // A Helm rollback runs to its end, even when a signal comes meanwhile.
-        let _deferred = crate::shutdown::defer();
-        deploy::recover_pending(&helm, &kube, release, &lock, dc.timeout).await?
-    };
-    if let Some(note) = recovered {
-        crate::shutdown::note_release(format!("{note}; release {name} in namespace {ns} was not upgraded"));
-        phase.note(note);
-    }
-    let mut watch = rollout::RolloutWatch::start(&kube, &release.namespace).await?;
-    phase.waiting(format!(
-        "helm upgrade --install {} (Helm {}): waiting for the rollout",
-        release.name,
-        helm.version()
-    ));
-    let dreq = deploy::DeployRequest { release, chart: &rendered, config: dc, lock: &lock };
-    let note = |m: String| phase.note(m);
-    let deployed = deploy::upgrade(&dreq, &helm, &kube, &mut watch, &note).await?;
-    crate::shutdown::note_release(format!(
-        "release {name} in namespace {ns} is at revision {} (deployed); its verify did not finish",
-        deployed.revision
-    ));
-    phase.finish(format!(
-        "release {} revision {} in namespace {} ({})",
-        deployed.name, deployed.revision, deployed.namespace, deployed.chart
-    ));
-    out.release = Some(deployed.clone());
-
-    // --- verify -----------------------------------------------------------------------------
+    let mut installed = deploy::install(config, &charted, &input, reporter).await?;
+    out.release = Some(installed.release.clone());
+    let kube = charted.kube.as_ref().expect("a deploy has a connected cluster");
     let phase = reporter.phase(Phase::Verify);
-    phase.waiting("waiting for every replica to be ready");
-    let left = dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
-    let settled = verify::settle(&mut watch, release, left, dc.crash_restarts).await?;
-    let status = settled.snapshot.release_status(release, Some(since));
-    let after = verify::check_release(&ctx, &status, &verifiers).await?;
-    for f in &after {
-        phase.finding(f.clone());
-    }
-    let errors = after.iter().filter(|f| f.finding.severity == crate::model::Severity::Error).count();
-    out.findings.extend(after);
-    if !settled.failures.is_empty() || errors > 0 {
-        let failures = rollout::evidence(&kube, &release.namespace, settled.failures.clone(), dc.log_lines).await;
-        // Another run holding the lock now may be deploying: a rollback would undo its work.
-        if let Err(lost) = lock.check() {
-            return Err(deploy::DeployError::LockLost {
-                lost,
-                state: format!(
-                    "the verify of revision {} failed and it was not rolled back; {}",
-                    deployed.revision,
-                    deploy::release_state(&helm, &kube, release).await
-                ),
-            }
-            .into());
-        }
-        let restored = {
-            let _deferred = crate::shutdown::defer();
-            deploy::roll_back(&helm, &deployed, dc.timeout).await?
-        };
-        let back = match (restored, deployed.previous_revision) {
-            (Some(r), Some(to)) if r != to => format!("rolled back to revision {to} (now serving as revision {r})"),
-            (Some(r), _) => format!("rolled back to revision {r}"),
-            (None, _) => "uninstalled the failed first install".into(),
-        };
-        crate::shutdown::note_release(format!("release {name} in namespace {ns}: its verify failed and it was {back}"));
-        phase.note(back);
-        // Not deployed, but its `sha-*` tag is the PR's: teardown deletes it too.
-        let _ = lifecycle::record_deployed(&kube, ns, &ctx.sha, false).await;
-        lock.release().await;
-        if !failures.is_empty() {
-            return Err(deploy::rolled_back(
-                release,
-                "a new pod failed after Helm returned".into(),
-                failures,
-                restored,
-                &watch.state,
-            )
-            .into());
-        }
+    // What is left of `[deploy] timeout` after the deploy, and never less than 5 s.
+    let started = installed.started;
+    let left = || dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
+    let verdict = verify::verify_release(
+        &mut installed.watch,
+        &charted,
+        release,
+        installed.since,
+        left(),
+        dc.crash_restarts,
+        &phase,
+    )
+    .await?;
+    out.findings.extend(verdict.findings.iter().cloned());
+    if !verdict.passed() {
+        let failures = verdict.settled.failures.clone();
+        deploy::roll_back_unverified(&charted, kube, release, installed, failures, dc, &phase).await?;
         out.blocked = true;
         out.release = None;
         return Ok(out);
     }
     // Verified: the commit and time, for superseding, teardown's tags and gc (recorded under the
     // Lease; a failure costs only those).
-    if let Err(e) = lifecycle::record_deployed(&kube, ns, &ctx.sha, true).await {
+    if let Err(e) = lifecycle::record_deployed(kube, &release.namespace, &charted.ctx.sha, true).await {
         phase.note(format!("the deployed commit was not recorded on the namespace: {e}"));
     }
-    lock.release().await;
-    if settled.settled {
-        let left = dc.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_secs(5));
-        let unrouted = verify::wait_for_endpoints(&kube, release, left).await?;
-        if !unrouted.is_empty() {
-            phase.note(format!(
-                "service(s) {} route to no ready pod yet; the preview URL may not answer (check their selectors)",
-                unrouted.join(", ")
-            ));
-        }
-    }
-    out.preview_url = verify::preview_url(&kube, release).await?;
-    let pods: usize = status.workloads.iter().map(|w| w.pods.len()).sum();
-    let ready: u32 = status.workloads.iter().map(|w| w.ready).sum();
-    phase.finish(format!(
-        "{ready} ready of {pods} pod(s){}{}",
-        if settled.settled { "" } else { " (not settled in time)" },
-        out.preview_url.as_deref().map(|u| format!("; {u}")).unwrap_or_default()
-    ));
+    installed.lock.release().await;
+    out.preview_url = verify::served(kube, release, &verdict, left(), &phase).await?;
+    phase.finish(verdict.summary(out.preview_url.as_deref()));
     Ok(out)
 }
 

@@ -4,6 +4,8 @@
 //! itself (buildx) are not pushed again: the phase is skipped and reports buildx's digest.
 
 use crate::clients::registry::{ImageName, OciImage, PushEvent};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::model::{BuiltImage, PushedImage, TagSet};
 use crate::phases::registry::Registry;
 use crate::report::PhaseHandle;
@@ -39,7 +41,7 @@ pub async fn push(
         };
         return Ok((pushed, true));
     };
-    let oci = OciImage::open(layout)?;
+    let oci = OciImage::open(layout).at(Phase::Push)?;
     let transfer = phase.transfer();
     let progress = |e: &PushEvent| match e {
         PushEvent::Started { total_bytes, .. } => transfer.add_total(*total_bytes),
@@ -60,7 +62,7 @@ pub async fn push(
         )),
         PushEvent::Tagged { .. } => {}
     };
-    let pushed = registry.client.push(&oci, image, &tags, &progress).await?;
+    let pushed = registry.client.push(&oci, image, &tags, &progress).await.at(Phase::Push)?;
     Ok((pushed, false))
 }
 

@@ -3,6 +3,8 @@
 //! primary tag's digest), so credentials are read once per run.
 
 use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient, RegistryConfig};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::secret::Secret;
 
 /// The registry side of a run: one client, and the credentials it resolves (builders get them
@@ -20,8 +22,9 @@ impl Registry {
     /// `password` (from `--registry-password-stdin`) beating the other sources for that host.
     /// Reads a password variable or file now, so a missing one fails before any work.
     pub fn for_push(config: &RegistryConfig, image: &ImageName, password: Option<&Secret>) -> anyhow::Result<Registry> {
-        let credentials = config.credentials(image.api_host(), password.cloned())?;
-        let client = RegistryClient::new(config.options()?, credentials.clone())?;
+        let credentials = config.credentials(image.api_host(), password.cloned()).at(Phase::Context)?;
+        let client =
+            RegistryClient::new(config.options().at(Phase::Context)?, credentials.clone()).at(Phase::Context)?;
         Ok(Registry { client, credentials })
     }
 }

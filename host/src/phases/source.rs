@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use crate::clients::git;
 use crate::config::{ConfigError, Env, Section};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::model::{Checkout, PrContext};
 use crate::phases::Secrets;
 use crate::report::PhaseHandle;
@@ -130,7 +132,7 @@ pub async fn fetch_checkout(
         stall: Duration::from_secs(config.stall_timeout_secs),
     };
     let repo = git::Repo::new(&dir, credentials, timeouts);
-    repo.init_bare().await?;
+    repo.init_bare().await.at(Phase::Source)?;
     let objects = if repo.has_commit(&ctx.sha).await {
         phase.note(format!("{} is already in the clone cache", short(&ctx.sha)));
         0
@@ -142,10 +144,10 @@ pub async fn fetch_checkout(
             fallback.push(format!("refs/pull/{n}/head"));
         }
         fallback.push(format!("refs/heads/{}", ctx.branch));
-        repo.fetch_commit(url, &ctx.sha, config.depth, &fallback).await?
+        repo.fetch_commit(url, &ctx.sha, config.depth, &fallback).await.at(Phase::Source)?
     };
     let work = work_dir(&root)?;
-    repo.checkout_into(work.path(), &ctx.sha).await?;
+    repo.checkout_into(work.path(), &ctx.sha).await.at(Phase::Source)?;
     drop(lock);
     Ok(Checkout {
         path: work.path().to_path_buf(),

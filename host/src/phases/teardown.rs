@@ -14,6 +14,7 @@ use crate::clients::kube::{Kube, KubeError};
 use crate::clients::registry::delete::Deleted;
 use crate::clients::registry::{ImageName, RegistryClient};
 use crate::config::Config;
+use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::lifecycle::{self, DigestDeletion, KeptTag};
 use crate::phases::preview::{self, Owner};
@@ -53,15 +54,15 @@ impl TagDeleter for DistributionTags {
     }
 
     async fn tag_digests(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        Ok(self.client.tag_digests(&self.name).await?)
+        Ok(self.client.tag_digests(&self.name).await.outside_line()?)
     }
 
     async fn delete_digest(&self, digest: &str, _tags: &[String]) -> anyhow::Result<bool> {
-        Ok(self.client.delete_manifest(&self.name, digest).await? == Deleted::Deleted)
+        Ok(self.client.delete_manifest(&self.name, digest).await.outside_line()? == Deleted::Deleted)
     }
 
     async fn created(&self, digest: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.client.image_created(&self.name, digest).await?)
+        Ok(self.client.image_created(&self.name, digest).await.outside_line()?)
     }
 }
 
@@ -70,10 +71,13 @@ impl DistributionTags {
     /// `password`, from `--registry-password-stdin`).
     pub fn from_config(config: &Config, password: Option<Secret>) -> anyhow::Result<Option<DistributionTags>> {
         let Some(repo) = config.image.repository.as_deref() else { return Ok(None) };
-        let name = ImageName::parse(repo).context("`image.repository` is not usable")?.value;
+        let name = ImageName::parse(repo).outside_line().context("`image.repository` is not usable")?.value;
         let registry = crate::phases::registry_config(config);
-        let creds = registry.credentials(name.api_host(), password)?;
-        Ok(Some(DistributionTags { client: RegistryClient::new(registry.options()?, creds)?, name }))
+        let creds = registry.credentials(name.api_host(), password).outside_line()?;
+        Ok(Some(DistributionTags {
+            client: RegistryClient::new(registry.options().outside_line()?, creds).outside_line()?,
+            name,
+        }))
     }
 }
 
@@ -101,7 +105,7 @@ pub async fn find_preview(
     what: &str,
 ) -> anyhow::Result<Option<NamespaceView>> {
     let ns = &release.namespace;
-    let Some(v) = kube.namespace_view(ns).await? else { return Ok(None) };
+    let Some(v) = kube.namespace_view(ns).await.outside_line()? else { return Ok(None) };
     match preview::owner_of(ctx, release, &v.labels, &v.annotations) {
         Owner::Us => {}
         Owner::OtherPreview(owner) | Owner::NotPrpods(owner) => anyhow::bail!(
@@ -147,14 +151,14 @@ pub async fn uninstall(
     release: &ReleaseTarget,
     dry_run: bool,
 ) -> anyhow::Result<&'static str> {
-    if !kube.helm_release_exists(&release.namespace, &release.name).await? {
+    if !kube.helm_release_exists(&release.namespace, &release.name).await.outside_line()? {
         return Ok("absent");
     }
     if dry_run {
         return Ok("would uninstall");
     }
-    let helm = Helm::detect(&config.helm, config.kube_target(), crate::config::cache_dir()).await?;
-    helm.uninstall(&release.name, &release.namespace, config.timeout).await?;
+    let helm = Helm::detect(&config.helm, config.kube_target(), crate::config::cache_dir()).await.outside_line()?;
+    helm.uninstall(&release.name, &release.namespace, config.timeout).await.outside_line()?;
     Ok("uninstalled")
 }
 
@@ -217,7 +221,7 @@ pub async fn plan_pr_tags(
         match in_use {
             // The preview's own pods are going with it.
             Some(u) => Ok(u.without_namespace(ns)),
-            None => kube.images_in_use(Some(ns)).await.map_err(anyhow::Error::from),
+            None => kube.images_in_use(Some(ns)).await.outside_line().map_err(anyhow::Error::from),
         }
     })?;
     let path = repository.split_once('/').map_or(repository.as_str(), |(_, p)| p);

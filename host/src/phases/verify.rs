@@ -10,11 +10,15 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::clients::kube::{Kube, KubeError, PodView, WarningView, WorkloadView};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::model::{
     ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
 };
+use crate::phases::chart::Charted;
 use crate::phases::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::plugins::{Plugin, PluginError};
+use crate::report::PhaseHandle;
 
 /// What the cluster showed of a release.
 #[derive(Debug, Clone, Default)]
@@ -228,6 +232,77 @@ pub fn digests(snapshot: &Snapshot) -> Vec<String> {
         .collect();
     out.dedup();
     out
+}
+
+/// What the verify phase found: the rollout as it settled (or not) and check-release's findings.
+pub struct Verdict {
+    /// The rollout once it settled, or when the time ran out.
+    pub settled: Settled,
+    /// The release as check-release saw it.
+    pub status: ReleaseStatus,
+    /// check-release's findings.
+    pub findings: Vec<ReportedFinding>,
+}
+
+impl Verdict {
+    /// Whether the release may stay: no pod failed and no `error` finding.
+    pub fn passed(&self) -> bool {
+        self.settled.failures.is_empty()
+            && !self.findings.iter().any(|f| f.finding.severity == crate::model::Severity::Error)
+    }
+
+    /// The phase's summary line.
+    pub fn summary(&self, preview_url: Option<&str>) -> String {
+        let pods: usize = self.status.workloads.iter().map(|w| w.pods.len()).sum();
+        let ready: u32 = self.status.workloads.iter().map(|w| w.ready).sum();
+        format!(
+            "{ready} ready of {pods} pod(s){}{}",
+            if self.settled.settled { "" } else { " (not settled in time)" },
+            preview_url.map(|u| format!("; {u}")).unwrap_or_default()
+        )
+    }
+}
+
+/// Waits (up to `wait`) for the release's rollout to settle, then runs the chart's verifiers'
+/// check-release on it; the findings go to `phase`.
+pub async fn verify_release(
+    watch: &mut RolloutWatch,
+    charted: &Charted,
+    release: &ReleaseTarget,
+    since: Timestamp,
+    wait: Duration,
+    crash_restarts: u32,
+    phase: &PhaseHandle,
+) -> anyhow::Result<Verdict> {
+    phase.waiting("waiting for every replica to be ready");
+    let settled = settle(watch, release, wait, crash_restarts).await.at(Phase::Verify)?;
+    let status = settled.snapshot.release_status(release, Some(since));
+    let findings = check_release(&charted.ctx, &status, &charted.verifiers).await?;
+    for f in &findings {
+        phase.finding(f.clone());
+    }
+    Ok(Verdict { settled, status, findings })
+}
+
+/// A verified release's services, waited for (up to `wait`) until they route to a ready pod
+/// (a note names those that do not), and where the preview answers.
+pub async fn served(
+    kube: &Kube,
+    release: &ReleaseTarget,
+    verdict: &Verdict,
+    wait: Duration,
+    phase: &PhaseHandle,
+) -> anyhow::Result<Option<String>> {
+    if verdict.settled.settled {
+        let unrouted = wait_for_endpoints(kube, release, wait).await.at(Phase::Verify)?;
+        if !unrouted.is_empty() {
+            phase.note(format!(
+                "service(s) {} route to no ready pod yet; the preview URL may not answer (check their selectors)",
+                unrouted.join(", ")
+            ));
+        }
+    }
+    Ok(preview_url(kube, release).await.at(Phase::Verify)?)
 }
 
 #[cfg(test)]

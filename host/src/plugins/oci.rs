@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::clients::registry::{
     ImageName, ImageReference, OciDescriptor, OciImageManifest, RawManifest, RegistryClient, RegistryError,
 };
+use crate::error::PhaseError;
 
 use super::wit_version::{self, ComponentFacts};
 
@@ -495,7 +496,9 @@ pub async fn fetch(
 ) -> anyhow::Result<Fetched> {
     let text = reference.to_string();
     // Registry errors stay in the chain as themselves: their kind decides the exit code.
-    let registry = |source: RegistryError| anyhow::Error::new(source).context(format!("failed to fetch plugin {text}"));
+    let registry = |source: RegistryError| {
+        anyhow::Error::new(PhaseError::outside_line(source)).context(format!("failed to fetch plugin {text}"))
+    };
     let wanted = match manifest_digest {
         Some(d) => reference.pinned(d),
         None => reference.clone(),

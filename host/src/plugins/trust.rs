@@ -34,6 +34,7 @@ use crate::clients::registry::{
     ImageName, ImageReference, OciDescriptor, OciImageManifest, RawManifest, RegistryClient, RegistryError,
     sha256_digest,
 };
+use crate::error::PhaseError;
 
 /// The layer media type of a cosign simple-signing payload.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -262,7 +263,8 @@ pub async fn ensure_signed(
     let sig_ref = ImageReference { name: reference.name.clone(), tag: Some(tag.clone()), digest: None };
     // Registry errors stay in the chain as themselves: their kind decides the exit code.
     let registry = |source: RegistryError| {
-        anyhow::Error::new(source).context(format!("failed to fetch the signature of plugin {text}"))
+        anyhow::Error::new(PhaseError::outside_line(source))
+            .context(format!("failed to fetch the signature of plugin {text}"))
     };
     if client.manifest_digest(&sig_ref).await.map_err(registry)?.is_none() {
         return Err(TrustError::Unsigned { reference: text, repository: reference.name.to_string(), tag }.into());

@@ -12,10 +12,17 @@
 //!   the preview's name that prpod did not make; another preview's namespace is never adopted.
 //! * `default`, `kube-system`, `kube-public` and `kube-node-lease` are never a preview's,
 //!   whatever a tag-policy plugin returns ([`check_target`]).
+//!
+//! The preview's deploy lock ([`lock`]: one Lease per release, around deploy and teardown) lives
+//! here too: identity and lock are the one concern deploy, verify and teardown share.
+
+pub mod lock;
 
 use std::collections::BTreeMap;
 
 use crate::clients::kube::{Kube, KubeError};
+use crate::error::ResultExt;
+use crate::model::Phase;
 use crate::model::{PrContext, ReleaseTarget};
 
 /// Namespaces no preview may use, adopted or not.
@@ -217,8 +224,8 @@ pub async fn claim(kube: &Kube, ctx: &PrContext, release: &ReleaseTarget, adopt:
     let (labels, annotations) = (labels(ctx, release), annotations(ctx));
     // Twice at most: a create that loses a race re-reads what the winner made.
     for _ in 0..2 {
-        let Some((have, have_ann)) = kube.namespace_meta(ns).await? else {
-            if kube.create_namespace(ns, &labels, &annotations).await? {
+        let Some((have, have_ann)) = kube.namespace_meta(ns).await.at(Phase::Deploy)? else {
+            if kube.create_namespace(ns, &labels, &annotations).await.at(Phase::Deploy)? {
                 return Ok(Claimed::Created);
             }
             continue;
@@ -232,14 +239,14 @@ pub async fn claim(kube: &Kube, ctx: &PrContext, release: &ReleaseTarget, adopt:
             return Err(OwnershipError::Closed { namespace: ns.clone(), at: at.clone() }.into());
         }
         // Adopting: only where no Helm release of this name was made by someone else.
-        if !ours && kube.helm_release_exists(ns, &release.name).await? {
+        if !ours && kube.helm_release_exists(ns, &release.name).await.at(Phase::Deploy)? {
             return Err(OwnershipError::ForeignRelease { namespace: ns.clone(), release: release.name.clone() }.into());
         }
         // The commit annotation changes every run: write only what differs from what was read.
         let current = labels.iter().all(|(k, v)| have.get(k) == Some(v))
             && annotations.iter().all(|(k, v)| have_ann.get(k) == Some(v));
         if !current {
-            kube.label_namespace(ns, &labels, &annotations).await?;
+            kube.label_namespace(ns, &labels, &annotations).await.at(Phase::Deploy)?;
         }
         return Ok(if ours { Claimed::Ours } else { Claimed::Adopted });
     }
