@@ -4,10 +4,10 @@
 use clap::Args;
 
 use super::ContextArgs;
-use crate::ops::run::read_stdin_secret;
 use super::run::DeployFlags;
 use crate::config::{Config, Env};
 use crate::ops::dispatch::{DispatchRequest, dispatch};
+use crate::ops::run::read_stdin_secret;
 use crate::report::Reporter;
 
 /// `prpod dispatch` arguments.

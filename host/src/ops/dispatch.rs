@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::clients::kube::job::{self, CacheClaim, DispatchSpec, PodState};
 use crate::clients::kube::{self, Kube};
 use crate::config::{Config, ConfigError, Env, Section};
-use crate::error::{Classify, FailureKind};
+use crate::error::{Classify, FailureKind, PhaseError, ResultExt};
 use crate::model::{Phase, PrContext, ReleaseTarget};
 use crate::phases::build::Backend;
 use crate::phases::context::ContextFlags;
@@ -309,7 +309,7 @@ pub fn job_secrets(
     let password = match registry_password {
         Some(p) => Some(p),
         None => match &r.password_file {
-            Some(f) => Some(crate::clients::registry::PasswordSource::File(f.clone()).read()?),
+            Some(f) => Some(crate::clients::registry::PasswordSource::File(f.clone()).read().outside_line()?),
             None => {
                 let var =
                     r.password_env.clone().unwrap_or_else(|| crate::clients::registry::DEFAULT_PASSWORD_ENV.into());
@@ -324,7 +324,7 @@ pub fn job_secrets(
         );
         out.insert(REGISTRY_PASSWORD.to_string(), p);
     }
-    if let Some((_, p, _)) = r.pull_credentials()? {
+    if let Some((_, p, _)) = r.pull_credentials().outside_line()? {
         out.insert(REGISTRY_PULL_PASSWORD.to_string(), p);
     }
     Ok(out)
@@ -503,7 +503,7 @@ pub async fn dispatch(
     req: DispatchRequest,
     reporter: &Reporter,
 ) -> anyhow::Result<DispatchReport> {
-    let image = check_dispatchable(config)?;
+    let image = check_dispatchable(config).outside_line()?;
     let values = job_secrets(config, env, req.registry_password.clone())?;
     for v in values.values() {
         reporter.redact(v);
@@ -518,8 +518,9 @@ pub async fn dispatch(
     let registry = run.registry.clone().ok_or_else(|| anyhow::anyhow!("the walk produced no registry"))?;
     // The kubelet pulls the job image with the pull credentials (the separate-pull-credential
     // rule: never the push credentials, unless the operator said so).
-    let image_host = crate::clients::registry::ImageReference::parse(&image)?.value.name.api_host().to_string();
-    let pull = registry.credentials.pull_secret(&image_host).await?;
+    let image_host =
+        crate::clients::registry::ImageReference::parse(&image).outside_line()?.value.name.api_host().to_string();
+    let pull = registry.credentials.pull_secret(&image_host).await.outside_line()?;
 
     let raw = match &config.path {
         Some(p) => {
@@ -545,19 +546,27 @@ pub async fn dispatch(
         return Ok(report);
     }
 
-    let kube = Kube::connect(&config.deploy.kube_target()).await?;
+    let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     let ns = &release.namespace;
     preview::claim(&kube, &ctx, &release, config.deploy.adopt_namespace).await?;
-    for j in kube.dispatch_jobs(ns).await? {
+    for j in kube.dispatch_jobs(ns).await.outside_line()? {
         if preview::owner_of(&ctx, &release, &j.labels, &j.annotations) != preview::Owner::Us {
             let owner = j.annotations.get(preview::REPOSITORY_ANNOTATION).cloned().unwrap_or_else(|| "another".into());
-            return Err(DispatchError::ForeignJob { namespace: ns.clone(), job: j.name, owner }.into());
+            return Err(PhaseError::outside_line(DispatchError::ForeignJob {
+                namespace: ns.clone(),
+                job: j.name,
+                owner,
+            })
+            .into());
         }
         let same = j.commit.as_deref() == Some(ctx.sha.as_str());
         if j.running && same && !req.reset {
-            return Err(
-                DispatchError::AlreadyRunning { namespace: ns.clone(), job: j.name, sha: ctx.sha.clone() }.into()
-            );
+            return Err(PhaseError::outside_line(DispatchError::AlreadyRunning {
+                namespace: ns.clone(),
+                job: j.name,
+                sha: ctx.sha.clone(),
+            })
+            .into());
         }
         // A finished Job of the PR is removed too (the name is reused for the same commit).
         let why = if req.reset {
@@ -568,23 +577,23 @@ pub async fn dispatch(
             "finished"
         };
         reporter.emit(Event::Note(Phase::Deploy, format!("deleting Job {ns}/{} ({why})", j.name)));
-        kube.delete_job(ns, &j.name, Duration::from_secs(120)).await?;
+        kube.delete_job(ns, &j.name, Duration::from_secs(120)).await.outside_line()?;
         if j.running || req.reset {
             report.replaced.push(j.name);
         }
     }
-    kube.apply_namespaced(ns, &job::service_account(&spec)).await?;
-    kube.apply_namespaced(ns, &job::role(&spec)).await?;
-    kube.apply_namespaced(ns, &job::role_binding(&spec)).await?;
-    kube.apply_namespaced(ns, &job::config_map(&spec)).await?;
-    kube.apply_namespaced(ns, &job::secret(&spec, &values)).await?;
+    kube.apply_namespaced(ns, &job::service_account(&spec)).await.outside_line()?;
+    kube.apply_namespaced(ns, &job::role(&spec)).await.outside_line()?;
+    kube.apply_namespaced(ns, &job::role_binding(&spec)).await.outside_line()?;
+    kube.apply_namespaced(ns, &job::config_map(&spec)).await.outside_line()?;
+    kube.apply_namespaced(ns, &job::secret(&spec, &values)).await.outside_line()?;
     if let Some(p) = &pull {
-        kube.apply_namespaced(ns, &job::image_pull_secret(&spec, &p.dockerconfigjson)).await?;
+        kube.apply_namespaced(ns, &job::image_pull_secret(&spec, &p.dockerconfigjson)).await.outside_line()?;
     }
     if let Some(c) = job::cache_claim(&spec) {
-        kube.apply_namespaced(ns, &c).await?;
+        kube.apply_namespaced(ns, &c).await.outside_line()?;
     }
-    kube.create_job(ns, &job::job(&spec)).await?;
+    kube.create_job(ns, &job::job(&spec)).await.outside_line()?;
     reporter.emit(Event::Note(Phase::Deploy, format!("started Job {ns}/{} ({})", spec.job_name, spec.image)));
     report.exit_code = Some(follow(&kube, ns, &spec.job_name, reporter).await?);
     Ok(report)
@@ -600,10 +609,10 @@ async fn follow(kube: &Kube, ns: &str, name: &str, reporter: &Reporter) -> anyho
     let mut stuck_since: Option<(tokio::time::Instant, String)> = None;
     let print = |line: &str| reporter.emit(Event::Note(Phase::Deploy, format!("│ {line}")));
     loop {
-        match kube.job_pod(ns, name).await? {
+        match kube.job_pod(ns, name).await.outside_line()? {
             PodState::Running { pod, restarts } if streamed_restarts != Some(restarts) => {
                 streamed_restarts = Some(restarts);
-                kube.follow_log(ns, &pod, print).await?;
+                kube.follow_log(ns, &pod, print).await.outside_line()?;
                 continue;
             }
             PodState::Terminated { pod, exit_code, reason } => {
@@ -612,11 +621,11 @@ async fn follow(kube: &Kube, ns: &str, name: &str, reporter: &Reporter) -> anyho
                     let _ = kube.follow_log(ns, &pod, print).await;
                 }
                 if !(0..=125).contains(&exit_code) {
-                    let why = match kube.job_failure(ns, name).await? {
+                    let why = match kube.job_failure(ns, name).await.outside_line()? {
                         Some(w) => format!("{reason} (exit {exit_code}); the Job: {w}"),
                         None => format!("{reason} (exit {exit_code})"),
                     };
-                    return Err(DispatchError::JobFailed { job: name.into(), why }.into());
+                    return Err(PhaseError::outside_line(DispatchError::JobFailed { job: name.into(), why }).into());
                 }
                 return Ok(exit_code);
             }
@@ -625,12 +634,12 @@ async fn follow(kube: &Kube, ns: &str, name: &str, reporter: &Reporter) -> anyho
             {
                 let since = stuck_since.get_or_insert_with(|| (tokio::time::Instant::now(), r.clone()));
                 if since.0.elapsed() > STUCK {
-                    return Err(DispatchError::PodStuck { pod, reason: r, message: m }.into());
+                    return Err(PhaseError::outside_line(DispatchError::PodStuck { pod, reason: r, message: m }).into());
                 }
             }
             PodState::Absent => {
-                if let Some(w) = kube.job_failure(ns, name).await? {
-                    return Err(DispatchError::JobFailed { job: name.into(), why: w }.into());
+                if let Some(w) = kube.job_failure(ns, name).await.outside_line()? {
+                    return Err(PhaseError::outside_line(DispatchError::JobFailed { job: name.into(), why: w }).into());
                 }
             }
             _ => stuck_since = None,
@@ -788,12 +797,14 @@ mod tests {
 
     #[test]
     fn a_pod_that_never_starts_is_an_external_failure_a_refusal_is_bad_input() {
+        // as `dispatch` returns them: wrapped where they cross into the command
+        let code = |e: DispatchError| crate::error::exit_code_for(&PhaseError::outside_line(e).into());
         let stuck = DispatchError::PodStuck { pod: "p".into(), reason: "ErrImagePull".into(), message: "m".into() };
-        assert_eq!(crate::error::exit_code_for(&stuck.into()), crate::error::EXIT_EXTERNAL);
+        assert_eq!(code(stuck), crate::error::EXIT_EXTERNAL);
         let failed = DispatchError::JobFailed { job: "j".into(), why: "DeadlineExceeded".into() };
-        assert_eq!(crate::error::exit_code_for(&failed.into()), crate::error::EXIT_EXTERNAL);
+        assert_eq!(code(failed), crate::error::EXIT_EXTERNAL);
         let running = DispatchError::AlreadyRunning { namespace: "n".into(), job: "j".into(), sha: "s".into() };
-        assert_eq!(crate::error::exit_code_for(&running.into()), crate::error::EXIT_INPUT);
+        assert_eq!(code(running), crate::error::EXIT_INPUT);
     }
 
     #[test]
