@@ -156,7 +156,7 @@ pub struct Config {
     pub app: AppConfig,
     /// `[registry]`: registry credentials, TLS and push settings.
     #[serde(default)]
-    pub registry: crate::clients::registry::RegistryConfig,
+    pub registry: crate::phases::registry::RegistryConfig,
     /// `[github]`: the GitHub API, its credentials, and which events `prpod event` acts on.
     #[serde(default)]
     pub github: crate::phases::github::GithubConfig,
@@ -567,7 +567,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.source.depth, 5);
-        assert_eq!(c.build.backend, crate::phases::build::Backend::Buildah);
+        assert_eq!(c.build.backend, crate::phases::build::BackendChoice::Named("buildah"));
         let env = Env::from_pairs([
             ("PRPOD_SOURCE_DEPTH", "0"),
             ("PRPOD_BUILDAH_ROOT", "/env/root"),
@@ -578,7 +578,7 @@ mod tests {
         assert_eq!(c.source.depth, 0);
         assert_eq!(c.build.buildah.root.as_deref(), Some(Path::new("/env/root")));
         assert_eq!(c.build.buildah.runroot, None, "an empty variable is unset");
-        assert_eq!(c.build.backend, crate::phases::build::Backend::Native);
+        assert_eq!(c.build.backend, crate::phases::build::BackendChoice::Named("native"));
         assert_eq!(c.image.repository.as_deref(), Some("ghcr.io/acme/web"));
     }
 

@@ -24,7 +24,8 @@ use crate::clients::kube::{self, Kube};
 use crate::config::{Config, ConfigError, Env, Section};
 use crate::error::{Classify, FailureKind, PhaseError, ResultExt};
 use crate::model::{Phase, PrContext, ReleaseTarget};
-use crate::phases::build::Backend;
+use crate::phases::build::backend::by_name;
+use crate::phases::build::{BackendChoice, InPod};
 use crate::phases::context::ContextFlags;
 use crate::phases::deploy::duration_text;
 use crate::phases::{self, Inputs, Mode, Secrets, preview};
@@ -143,12 +144,17 @@ pub enum DispatchError {
         /// The backend.
         backend: &'static str,
     },
-    /// buildx in a Job: no docker daemon there.
+    /// A build backend that cannot build in a pod (buildx: no docker daemon there).
     #[error(
-        "`build.backend = \"buildx\"` cannot run in a dispatched Job (there is no docker daemon in it): use the native \
-         backend (or buildah with `[dispatch] allow_privileged_builds = true`)"
+        "`build.backend = \"{backend}\"` cannot run in a dispatched Job ({why}): use the native backend (or buildah \
+         with `[dispatch] allow_privileged_builds = true`)"
     )]
-    Buildx,
+    NotInPod {
+        /// The backend.
+        backend: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
     /// A plugin the Job cannot reach.
     #[error(
         "plugin `{reference}` ({world}) is a file on this machine, which the Job cannot read: push it to a registry \
@@ -265,12 +271,15 @@ const REGISTRY_CA: &str = "registry-ca.crt";
 /// plugin on this machine's disk.
 pub fn check_dispatchable(config: &Config) -> Result<String, DispatchError> {
     let image = config.dispatch_image().ok_or(DispatchError::NoImage)?;
-    match config.build.backend {
-        Backend::Buildah if !config.dispatch.allow_privileged_builds => {
-            return Err(DispatchError::PrivilegedBuild { backend: "buildah" });
+    if let BackendChoice::Named(name) = config.build.backend
+        && let Some(backend) = by_name(name)
+    {
+        match backend.in_pod() {
+            InPod::Restricted => {}
+            InPod::Privileged if config.dispatch.allow_privileged_builds => {}
+            InPod::Privileged => return Err(DispatchError::PrivilegedBuild { backend: backend.name() }),
+            InPod::Unsupported(why) => return Err(DispatchError::NotInPod { backend: backend.name(), why }),
         }
-        Backend::Buildx => return Err(DispatchError::Buildx),
-        _ => {}
     }
     let mut refs: Vec<(World, Option<&String>)> = vec![
         (World::TagPolicy, config.plugins.tag_policy.reference.as_ref()),
@@ -312,7 +321,7 @@ pub fn job_secrets(
             Some(f) => Some(crate::clients::registry::PasswordSource::File(f.clone()).read().outside_line()?),
             None => {
                 let var =
-                    r.password_env.clone().unwrap_or_else(|| crate::clients::registry::DEFAULT_PASSWORD_ENV.into());
+                    r.password_env.clone().unwrap_or_else(|| crate::phases::registry::DEFAULT_PASSWORD_ENV.into());
                 env.get(&var).map(Secret::new)
             }
         },
@@ -474,7 +483,7 @@ pub fn spec(
         // The namespace exists when the Job runs (dispatch made it); either Helm's rights.
         rules: job::role_rules(&kube::run_rights(true, ingress, None), &release.namespace),
         image_pull_secret,
-        privileged_build: d.allow_privileged_builds && config.build.backend == Backend::Buildah,
+        privileged_build: d.allow_privileged_builds && config.build.backend.named().and_then(by_name).is_some_and(|b| b.in_pod() == InPod::Privileged),
     }
 }
 
@@ -709,7 +718,7 @@ mod tests {
         let s = spec(&c, &ctx(), &target(), "i".into(), BTreeMap::new(), vec![], false);
         assert!(s.privileged_build);
         let c = config("[dispatch]\nimage = \"i\"\n[build]\nbackend = \"buildx\"\n");
-        assert!(matches!(check_dispatchable(&c), Err(DispatchError::Buildx)));
+        assert!(matches!(check_dispatchable(&c), Err(DispatchError::NotInPod { backend: "buildx", .. })));
         let c = config("[dispatch]\nimage = \"i\"\n[plugins.verifier]\nref = \"mine.wasm\"\n");
         assert!(matches!(check_dispatchable(&c), Err(DispatchError::LocalPlugin { .. })));
     }

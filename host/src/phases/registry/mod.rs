@@ -2,7 +2,11 @@
 //! context phase from `[registry]` and handed to build, push and deploy (the pull Secret, the
 //! primary tag's digest), so credentials are read once per run.
 
-use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient, RegistryConfig};
+mod config;
+
+pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
+
+use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient};
 use crate::error::ResultExt;
 use crate::model::Phase;
 use crate::secret::Secret;

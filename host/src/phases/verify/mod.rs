@@ -5,10 +5,13 @@
 //! judges. An `error` finding fails the run: the release is rolled back to the revision before
 //! (or uninstalled, when this was its first), and prpod exits 1.
 
+pub mod rollout;
+
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use self::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::clients::kube::{Kube, KubeError, PodView, WarningView, WorkloadView};
 use crate::error::ResultExt;
 use crate::model::Phase;
@@ -16,7 +19,6 @@ use crate::model::{
     ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
 };
 use crate::phases::chart::Charted;
-use crate::phases::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::plugins::{Plugin, PluginError};
 use crate::report::PhaseHandle;
 
