@@ -249,7 +249,7 @@ mod tests {
     use crate::clients::helm::HelmError;
     use crate::clients::kube::KubeError;
     use crate::clients::registry::RegistryError;
-    use crate::native_build::NativeBuildError;
+    use crate::phases::build::native::NativeBuildError;
     use crate::phases::chart::ChartError;
     use crate::phases::deploy::{DeployError, LockLost};
     use crate::shutdown::Signal;

@@ -10,10 +10,6 @@ pub mod config;
 pub mod error;
 pub mod input;
 pub mod model;
-// The native builder lives under the build phase (`phases::build::native`); this alias keeps
-// `error.rs`'s downcast list compiling until exit codes come from `error::Classify` alone.
-#[doc(hidden)]
-pub use phases::build::native as native_build;
 pub mod ops;
 pub mod phases;
 pub mod plugins;

@@ -483,7 +483,8 @@ pub fn spec(
         // The namespace exists when the Job runs (dispatch made it); either Helm's rights.
         rules: job::role_rules(&kube::run_rights(true, ingress, None), &release.namespace),
         image_pull_secret,
-        privileged_build: d.allow_privileged_builds && config.build.backend.named().and_then(by_name).is_some_and(|b| b.in_pod() == InPod::Privileged),
+        privileged_build: d.allow_privileged_builds
+            && config.build.backend.named().and_then(by_name).is_some_and(|b| b.in_pod() == InPod::Privileged),
     }
 }
 

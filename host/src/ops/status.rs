@@ -11,7 +11,8 @@ use crate::config::{Config, Env};
 use crate::error::ResultExt;
 use crate::model::{PrContext, ReleaseTarget};
 use crate::phases::context::ContextFlags;
-use crate::phases::{self, rollout, verify};
+use crate::phases::verify::rollout;
+use crate::phases::{self, verify};
 use crate::plugins::{PluginHost, World};
 use crate::report::{PodLine, StatusReport, WorkloadLine};
 

@@ -13,7 +13,8 @@ use super::{BuildConfig, registry_hosts};
 use crate::clients::buildah::{self, Buildah};
 use crate::clients::registry::ImageName;
 use crate::config::{ConfigError, Env, Section};
-use crate::model::BuiltImage;
+use crate::error::ResultExt;
+use crate::model::{BuiltImage, Phase};
 use crate::phases::registry::{Registry, RegistryConfig};
 use crate::report::Check;
 
@@ -73,8 +74,9 @@ impl Backend for BuildahBackend {
         let find_cache = async {
             for tag in &tags.cache_from {
                 let repo = buildah::cache_repository(&image.to_string(), tag);
-                let name = ImageName::parse(&repo).with_context(|| format!("cache repository {repo}"))?.value;
-                if registry.client.has_tags(&name).await? {
+                let name =
+                    ImageName::parse(&repo).at(Phase::Build).with_context(|| format!("cache repository {repo}"))?.value;
+                if registry.client.has_tags(&name).await.at(Phase::Build)? {
                     return Ok::<_, anyhow::Error>(Some(repo));
                 }
             }
@@ -107,10 +109,11 @@ impl Backend for BuildahBackend {
             iidfile: work.join("iid"),
             isolation: b.isolation,
         };
-        let built = tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await?;
+        let built =
+            tool.build(&req, &|l| tracing::debug!(target: "prpod::build", "buildah: {l}")).await.at(Phase::Build)?;
         let layout = work.join("image");
-        tool.push_to_layout(&built.image_id, &layout).await?;
-        let digest = crate::clients::registry::OciImage::open(&layout)?.digest().to_string();
+        tool.push_to_layout(&built.image_id, &layout).await.at(Phase::Build)?;
+        let digest = crate::clients::registry::OciImage::open(&layout).at(Phase::Build)?.digest().to_string();
         Ok(BuiltImage {
             backend: "buildah".into(),
             repository: image.to_string(),
@@ -204,7 +207,7 @@ async fn registry_files(
     std::fs::create_dir_all(&private).with_context(|| format!("failed to create {}", private.display()))?;
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let doc = registry.credentials.dockerconfigjson(&hosts).await?;
+    let doc = registry.credentials.dockerconfigjson(&hosts).await.at(Phase::Build)?;
     let authfile = private.join("auth.json");
     {
         use std::io::Write;

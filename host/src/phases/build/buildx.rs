@@ -10,7 +10,8 @@ use super::backend::{self, Backend, BackendJob};
 use super::{BuildConfig, registry_hosts};
 use crate::clients::buildx::{self, Buildx};
 use crate::config::{ConfigError, Env, Section};
-use crate::model::BuiltImage;
+use crate::error::ResultExt;
+use crate::model::{BuiltImage, Phase};
 use crate::phases::registry::Registry;
 use crate::report::Check;
 
@@ -65,7 +66,7 @@ impl Backend for BuildxBackend {
             namespace: x.namespace.clone(),
             replicas: x.replicas,
         };
-        if tool.ensure_builder(&builder).await? {
+        if tool.ensure_builder(&builder).await.at(Phase::Build)? {
             phase.note(format!("created buildx builder {} (driver {})", builder.name, builder.driver));
         }
         let req = buildx::BuildRequest {
@@ -83,8 +84,10 @@ impl Backend for BuildxBackend {
             bake_target: x.bake_target.clone(),
             metadata_file: work.join("metadata.json"),
         };
-        let digest =
-            tool.build_push(&builder, &req, &|l| tracing::debug!(target: "prpod::build", "buildx: {l}")).await?;
+        let digest = tool
+            .build_push(&builder, &req, &|l| tracing::debug!(target: "prpod::build", "buildx: {l}"))
+            .await
+            .at(Phase::Build)?;
         Ok(BuiltImage {
             backend: "buildx".into(),
             repository: image.to_string(),
@@ -188,7 +191,7 @@ async fn docker_config_dir(
 ) -> anyhow::Result<Option<PathBuf>> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let hosts_v: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let doc = registry.credentials.dockerconfigjson(&hosts_v).await?;
+    let doc = registry.credentials.dockerconfigjson(&hosts_v).await.at(Phase::Build)?;
     let ours: serde_json::Value = serde_json::from_str(doc.expose()).unwrap_or_default();
     let auths = ours.get("auths").and_then(|a| a.as_object()).cloned().unwrap_or_default();
     if auths.is_empty() {

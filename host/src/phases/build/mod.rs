@@ -25,7 +25,8 @@ use serde::Deserialize;
 
 use crate::clients::registry::{ImageName, ImageReference};
 use crate::config::{Config, ConfigError, Env, Section};
-use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
+use crate::error::ResultExt;
+use crate::model::{BuiltImage, Checkout, Phase, PrContext, TagSet};
 use crate::report::PhaseHandle;
 
 /// `[image]`: what is built and where it goes.
@@ -139,7 +140,7 @@ pub fn image_name(image: &ImageConfig, phase: &PhaseHandle) -> anyhow::Result<Im
              (e.g. ghcr.io/acme/web)"
         );
     };
-    let parsed = ImageName::parse(repo).context("`image.repository` is not usable")?;
+    let parsed = ImageName::parse(repo).at(Phase::Build).context("`image.repository` is not usable")?;
     if let Some(from) = parsed.changed_from {
         phase.note(format!("image repository {from} normalised to {} (registries refuse uppercase)", parsed.value));
     }

@@ -30,7 +30,8 @@ pub use layer::{BuiltLayer, LayerEntry, LayerKind, write_layer};
 use crate::clients::registry::{
     ImageName, ImageReference, OciDescriptor, OciImage, OciImageIndex, OciImageManifest, RegistryClient, RegistryError,
 };
-use crate::error::{Classify, FailureKind};
+use crate::error::{Classify, FailureKind, PhaseError, ResultExt};
+use crate::model::Phase;
 
 /// A native build failed.
 #[derive(Debug, thiserror::Error)]
@@ -765,7 +766,7 @@ impl crate::phases::build::Backend for Native {
         match check_dockerfile(dockerfile) {
             Ok(_) => Ok(None),
             Err(e @ NativeBuildError::Dockerfile { .. }) => Ok(Some(e.to_string())),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(PhaseError::new(Phase::Build, e).into()),
         }
     }
 
@@ -781,7 +782,9 @@ impl crate::phases::build::Backend for Native {
             out_dir: out_dir.clone(),
             source_date_epoch: None,
         };
-        let out = build(&req, &job.registry.client, &|e| tracing::debug!(target: "prpod::build", ?e)).await?;
+        let out = build(&req, &job.registry.client, &|e| tracing::debug!(target: "prpod::build", ?e))
+            .await
+            .at(Phase::Build)?;
         Ok(crate::model::BuiltImage {
             backend: "native".into(),
             repository: job.image.to_string(),
