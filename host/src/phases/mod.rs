@@ -17,7 +17,9 @@ pub mod lock;
 pub mod preview;
 pub mod push;
 pub mod registry;
-pub mod rollout;
+// The rollout state machine is verify's (phases/verify/rollout.rs); this alias keeps
+// `phases::rollout` paths working until their callers move.
+pub use verify::rollout;
 pub mod sleep;
 pub mod source;
 pub mod teardown;

@@ -75,3 +75,19 @@ impl Kube {
         Ok(())
     }
 }
+
+impl Kube {
+    /// Sets the replicas of Deployment `name` (through its scale subresource).
+    pub async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> Result<(), KubeError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"spec": {"replicas": replicas}});
+        api.patch_scale(
+            name,
+            &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| KubeError::from_kube(format!("scale Deployment {namespace}/{name}"), e))?;
+        Ok(())
+    }
+}

@@ -5,15 +5,17 @@
 //! judges. An `error` finding fails the run: the release is rolled back to the revision before
 //! (or uninstalled, when this was its first), and prpod exits 1.
 
+pub mod rollout;
+
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use self::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::clients::kube::{Kube, KubeError, PodView, WarningView, WorkloadView};
 use crate::model::{
     ContainerStatus, PodStatus, PrContext, ReleaseStatus, ReleaseTarget, ReportedFinding, WarningEvent, WorkloadStatus,
 };
-use crate::phases::rollout::{PodFailure, Rollout, RolloutWatch};
 use crate::plugins::{Plugin, PluginError};
 
 /// What the cluster showed of a release.

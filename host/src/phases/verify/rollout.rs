@@ -268,7 +268,9 @@ pub struct RolloutWatch {
 
 impl RolloutWatch {
     /// Starts watching `namespace` and returns once the pods that exist now are known (so every
-    /// pod a deploy creates afterwards counts as new).
+    /// pod a deploy creates afterwards counts as new). `Err` when the cluster refuses the watch
+    /// (a right missing) or the pods are not listed within 30 s; a transient failure on the way
+    /// is recovered by the watch itself.
     pub async fn start(kube: &Kube, namespace: &str) -> Result<RolloutWatch, KubeError> {
         let mut w = RolloutWatch {
             stream: Box::pin(kube.watch_namespace(namespace)),
@@ -297,11 +299,11 @@ impl RolloutWatch {
         &self.namespace
     }
 
-    /// Waits for the next observation and takes it in; `None` when the watch ended. A failed
-    /// watch (a 410 Gone, a dropped connection, an API server restarting) is not an
-    /// observation: the watcher resumes after its backoff and relists what it missed, so this
-    /// logs the failure and keeps waiting; it never returns `Err` (the signature stays for
-    /// callers that match on it).
+    /// Waits for the next observation and takes it in; `None` when the watch ended. Transient
+    /// failures never reach here (the watch recovers by itself, see
+    /// `clients::kube::watch`); a refusal in mid-rollout (a right revoked) is logged and the
+    /// wait goes on, since the watcher keeps retrying behind it. It never returns `Err` (the
+    /// signature stays for callers that match on it).
     pub async fn next(&mut self) -> Option<Result<(), KubeError>> {
         loop {
             match self.stream.next().await? {
