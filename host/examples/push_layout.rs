@@ -5,7 +5,8 @@
 //! Credentials: PRPOD_REGISTRY_USER + PRPOD_REGISTRY_PASSWORD for the target registry; CA:
 //! PRPOD_REGISTRY_CA; plain-HTTP hosts: PRPOD_REGISTRY_PLAIN_HTTP. Prints one JSON line.
 
-use prpod::clients::registry::{ImageName, OciImage, RegistryClient, RegistryConfig};
+use prpod::clients::registry::{ImageName, OciImage, RegistryClient};
+use prpod::phases::registry::RegistryConfig;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -156,7 +156,7 @@ pub struct Config {
     pub app: AppConfig,
     /// `[registry]`: registry credentials, TLS and push settings.
     #[serde(default)]
-    pub registry: crate::clients::registry::RegistryConfig,
+    pub registry: crate::phases::registry::RegistryConfig,
     /// `[github]`: the GitHub API, its credentials, and which events `prpod event` acts on.
     #[serde(default)]
     pub github: crate::phases::github::GithubConfig,

@@ -218,7 +218,7 @@ async fn registry_checks(config: &Config, repo: &str) -> Vec<Check> {
 /// job, and whether it can read the repository (with those credentials alone). Without one, the
 /// registry must let the cluster pull anonymously.
 async fn pull_secret_checks(
-    registry: &crate::clients::registry::RegistryConfig,
+    registry: &crate::phases::registry::RegistryConfig,
     resolver: &crate::clients::registry::CredentialResolver,
     name: &ImageName,
 ) -> Vec<Check> {

@@ -9,10 +9,11 @@ use serde::Deserialize;
 
 use crate::clients::buildah::{self, Buildah};
 use crate::clients::buildx::{self, Buildx};
-use crate::clients::registry::{ImageName, ImageReference, RegistryConfig};
+use crate::clients::registry::{ImageName, ImageReference};
 use crate::config::{Config, ConfigError, Env, Section};
 use crate::model::{BuiltImage, Checkout, PrContext, TagSet};
 use crate::native_build::{self, NativeBuildError, NativeBuildRequest};
+use crate::phases::registry::RegistryConfig;
 use crate::report::PhaseHandle;
 
 /// `[image]`: what is built and where it goes.

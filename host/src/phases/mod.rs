@@ -213,7 +213,8 @@ fn redact_secrets(inputs: &Inputs<'_>, reporter: &Reporter) {
 /// variables (the defaults, or the ones `[registry]` names) and files. Files are read as the
 /// credentials resolver reads them (bounded, trailing newline removed).
 fn registry_secrets(inputs: &Inputs<'_>) -> Vec<Secret> {
-    use crate::clients::registry::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, PasswordSource};
+    use crate::clients::registry::PasswordSource;
+    use crate::phases::registry::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV};
     let r = &inputs.config.registry;
     let vars = [DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV].into_iter();
     let vars = vars.chain(r.password_env.as_deref()).chain(r.pull_password_env.as_deref());
@@ -664,7 +665,7 @@ pub async fn deliver(config: &Config, mut input: DeliverInputs<'_>, reporter: &R
 
 /// The `[registry]` settings (credential sources, CA, plain-HTTP hosts), with `PRPOD_REGISTRY_*`
 /// applied.
-pub fn registry_config(config: &Config) -> crate::clients::registry::RegistryConfig {
+pub fn registry_config(config: &Config) -> crate::phases::registry::RegistryConfig {
     // `[registry]` from prpod.toml; the variables again in case the config was not read through
     // `Config::apply_env` (they beat the file either way).
     let mut r = config.registry.clone();

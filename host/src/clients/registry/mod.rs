@@ -23,7 +23,6 @@
 //! ```
 
 mod artifact;
-mod config;
 mod credentials;
 pub mod delete;
 mod error;
@@ -37,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use artifact::PulledBlob;
-pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
 pub use credentials::{Access, CredentialResolver, Credentials, PasswordSource, PullSecret, Resolved, short_lived};
 pub use error::RegistryError;
 pub use layout::{BlobSource, OciImage};

@@ -2,7 +2,11 @@
 //! context phase from `[registry]` and handed to build, push and deploy (the pull Secret, the
 //! primary tag's digest), so credentials are read once per run.
 
-use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient, RegistryConfig};
+mod config;
+
+pub use config::{DEFAULT_PASSWORD_ENV, DEFAULT_PULL_PASSWORD_ENV, RegistryConfig};
+
+use crate::clients::registry::{CredentialResolver, ImageName, RegistryClient};
 use crate::secret::Secret;
 
 /// The registry side of a run: one client, and the credentials it resolves (builders get them

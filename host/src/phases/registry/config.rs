@@ -1,4 +1,6 @@
-//! `[registry]` in `prpod.toml`: credential sources and how to reach registries.
+//! `[registry]` in `prpod.toml`: credential sources and how to reach registries, and the
+//! mapping from it to the registry client's settings ([`RegistryOptions`], a
+//! [`CredentialResolver`]): the client takes those as arguments and never reads the config.
 //!
 //! ```toml
 //! [registry]
@@ -20,7 +22,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{CredentialResolver, PasswordSource, RegistryError, RegistryOptions, RetryPolicy};
+use crate::clients::registry::{
+    CredentialResolver, PasswordSource, RegistryError, RegistryOptions, RetryPolicy, api_host,
+};
 use crate::config::{ConfigError, Env, Section};
 use crate::secret::Secret;
 
@@ -140,8 +144,8 @@ impl RegistryConfig {
         };
         r = r.with_pull_with_push(self.pull_with_push_credentials);
         let bound = match &self.host {
-            Some(h) => super::reference::api_host(h.trim()).to_string(),
-            None => super::reference::api_host(push_host).to_string(),
+            Some(h) => api_host(h.trim()).to_string(),
+            None => api_host(push_host).to_string(),
         };
         if let Some((username, password, source)) = self.pull_credentials()? {
             if self.pull_with_push_credentials {
@@ -171,7 +175,7 @@ impl RegistryConfig {
             source_desc: source.clone(),
             detail: "a password was given but no username: set `registry.username` or PRPOD_REGISTRY_USER".into(),
         })?;
-        let push_api = super::reference::api_host(push_host);
+        let push_api = api_host(push_host);
         if bound != push_api {
             return Err(RegistryError::Credentials {
                 source_desc: source,
@@ -227,8 +231,8 @@ impl Section for RegistryConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Access, Credentials, api_host, short_lived};
     use super::*;
+    use crate::clients::registry::{Access, Credentials, short_lived};
 
     #[test]
     fn env_fills_unset_keys_and_ranges_are_checked() {
