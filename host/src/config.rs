@@ -562,7 +562,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.source.depth, 5);
-        assert_eq!(c.build.backend, crate::phases::build::Backend::Buildah);
+        assert_eq!(c.build.backend, crate::phases::build::BackendChoice::Named("buildah"));
         let env = Env::from_pairs([
             ("PRPOD_SOURCE_DEPTH", "0"),
             ("PRPOD_BUILDAH_ROOT", "/env/root"),
@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(c.source.depth, 0);
         assert_eq!(c.build.buildah.root.as_deref(), Some(Path::new("/env/root")));
         assert_eq!(c.build.buildah.runroot, None, "an empty variable is unset");
-        assert_eq!(c.build.backend, crate::phases::build::Backend::Native);
+        assert_eq!(c.build.backend, crate::phases::build::BackendChoice::Named("native"));
         assert_eq!(c.image.repository.as_deref(), Some("ghcr.io/acme/web"));
     }
 

@@ -10,7 +10,10 @@ pub mod config;
 pub mod error;
 pub mod input;
 pub mod model;
-pub mod native_build;
+// The native builder lives under the build phase (`phases::build::native`); this alias keeps
+// `error.rs`'s downcast list compiling until exit codes come from `error::Classify` alone.
+#[doc(hidden)]
+pub use phases::build::native as native_build;
 pub mod ops;
 pub mod phases;
 pub mod plugins;

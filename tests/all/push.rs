@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prpod::clients::registry::{
     CredentialResolver, ImageName, OciDescriptor, OciImage, PushEvent, RegistryClient, RegistryError, RegistryOptions,
 };
-use prpod::native_build::{self, LayerEntry, LayerKind, NativeBuildRequest};
+use prpod::phases::build::native::{self as native_build, LayerEntry, LayerKind, NativeBuildRequest};
 use prpod::secret::Secret;
 use prpod_test_support::{Registry, TempDir, unique_name, world};
 

@@ -17,7 +17,6 @@ use crate::clients::helm::{Helm, HelmMajor};
 use crate::clients::kube::{self, Kube};
 use crate::clients::registry::{Credentials, ImageName, RegistryClient};
 use crate::config::{Config, Env};
-use crate::phases::build::Backend;
 use crate::phases::{self};
 use crate::report::{Check, CheckStatus, DoctorReport, Reporter};
 
@@ -102,23 +101,9 @@ pub async fn run(args: DoctorArgs, mut config: Config, env: &Env, reporter: &Rep
             "install Helm 3.x or 4.x (https://helm.sh/docs/intro/install/) or set `[deploy] helm` / PRPOD_HELM",
         )),
     }
-    let backend = config.build.backend;
-    let buildah = version_of("buildah", &["--version"], Tool::Buildah).await;
-    let buildx = version_of("docker", &["buildx", "version"], Tool::Docker).await;
-    let builder_check = |name: &str, r: &Result<String, String>, needed: bool, fix: &str| match r {
-        Ok(v) => ok(name, v.clone()),
-        Err(e) if needed => fail(name, format!("not usable: {e}"), fix.to_string()),
-        Err(_) => {
-            ok(name, format!("not installed (only needed for `[build] backend = \"{name}\"` or Dockerfiles with RUN)"))
-        }
-    };
-    checks.push(builder_check("buildah", &buildah, backend == Backend::Buildah, "apt-get install buildah runc"));
-    checks.push(builder_check(
-        "buildx",
-        &buildx,
-        backend == Backend::Buildx,
-        "install Docker with the buildx plugin, or use `[build] backend = \"buildah\"`",
-    ));
+    for b in crate::phases::build::BACKENDS {
+        checks.extend(b.doctor_checks(config.build.backend.is(*b)).await);
+    }
 
     // --- registry ------------------------------------------------------------------------
     match &config.image.repository {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Env};
-use crate::phases::build::Backend;
+use crate::phases::build::BackendChoice;
 use crate::phases::context::ContextFlags;
 use crate::report::{Format, Reporter};
 
@@ -138,27 +138,31 @@ impl From<OutputArg> for Format {
     }
 }
 
-/// `--backend`: the clap face of [`Backend`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
-    /// `native` without RUN lines, else buildx when `docker buildx version` works, else buildah.
-    Auto,
-    /// prpod's own daemonless builder (no RUN).
-    Native,
-    /// `buildah build --layers`.
-    Buildah,
-    /// `docker buildx build` / `bake`.
-    Buildx,
+/// `--backend`: the clap face of [`BackendChoice`]; its values are `auto` and the names of
+/// [`crate::phases::build::BACKENDS`], so a new backend needs no change here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendArg(BackendChoice);
+
+impl clap::ValueEnum for BackendArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::OnceLock<Vec<BackendArg>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| BackendChoice::all().map(BackendArg).collect())
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self.0 {
+            BackendChoice::Auto => "the first of the backends below that can build the Dockerfile here".to_string(),
+            BackendChoice::Named(n) => {
+                crate::phases::build::backend::by_name(n).map(|b| b.describe()).unwrap_or(n).to_string()
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(help))
+    }
 }
 
-impl From<BackendArg> for Backend {
-    fn from(a: BackendArg) -> Backend {
-        match a {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::Native => Backend::Native,
-            BackendArg::Buildah => Backend::Buildah,
-            BackendArg::Buildx => Backend::Buildx,
-        }
+impl From<BackendArg> for BackendChoice {
+    fn from(a: BackendArg) -> BackendChoice {
+        a.0
     }
 }
 

@@ -249,6 +249,18 @@ impl Buildx {
         matches!(tokio::time::timeout(Duration::from_secs(10), run).await, Ok(Ok(st)) if st.success())
     }
 
+    /// What `docker buildx version` prints (within 10 s), or why it did not run.
+    pub async fn version(&self) -> Result<String, String> {
+        let run = self.command(&[s("buildx"), s("version")]).stdout(Stdio::piped()).stderr(Stdio::piped()).output();
+        let out = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .map_err(|_| "did not answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
+        let line = text.lines().next().unwrap_or("").trim().to_string();
+        if out.status.success() { Ok(line) } else { Err(line) }
+    }
+
     async fn output(&self, args: &[OsString]) -> Result<std::process::Output, BuildxError> {
         self.command(args)
             .stdout(Stdio::piped())

@@ -735,6 +735,59 @@ fn entry(
     LayerEntry { path, kind, mode, uid, gid }
 }
 
+/// prpod's own daemonless builder (no `RUN`), as a [`Backend`](crate::phases::build::Backend).
+pub struct Native;
+
+#[async_trait::async_trait]
+impl crate::phases::build::Backend for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn describe(&self) -> &'static str {
+        "prpod's in-process builder"
+    }
+
+    fn auto_note(&self) -> String {
+        "the Dockerfile needs no RUN: built in-process".into()
+    }
+
+    fn install_hint(&self) -> &'static str {
+        "nothing (it is part of prpod)"
+    }
+
+    async fn unavailable(&self, dockerfile: &Path) -> anyhow::Result<Option<String>> {
+        match check_dockerfile(dockerfile) {
+            Ok(_) => Ok(None),
+            Err(e @ NativeBuildError::Dockerfile { .. }) => Ok(Some(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn build(&self, job: &crate::phases::build::BackendJob<'_>) -> anyhow::Result<crate::model::BuiltImage> {
+        let out_dir = job.work.join("image");
+        let req = NativeBuildRequest {
+            context_dir: job.context_dir.to_path_buf(),
+            // Relative, so errors name the Dockerfile as the user wrote it.
+            dockerfile: job.dockerfile_rel.to_path_buf(),
+            build_args: job.args.clone(),
+            labels: job.labels.clone(),
+            platform: Some(job.platform.clone()),
+            out_dir: out_dir.clone(),
+            source_date_epoch: None,
+        };
+        let out = build(&req, &job.registry.client, &|e| tracing::debug!(target: "prpod::build", ?e)).await?;
+        Ok(crate::model::BuiltImage {
+            backend: "native".into(),
+            repository: job.image.to_string(),
+            layout: Some(out_dir),
+            digest: out.image.digest().to_string(),
+            steps: None,
+            work_dir: None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
