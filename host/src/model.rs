@@ -4,10 +4,24 @@
 //! and their serde form (snake_case keys) is the JSON that `prpod plugin call` reads and prints.
 //! Keeping one vocabulary for code, WIT and JSON is deliberate: a plugin author reading a JSON
 //! report sees the same names their plugin receives.
+//!
+//! # Images: one vocabulary
+//!
+//! - [`ImageName`] is a repository, registry host included, without tag or digest
+//!   (`ghcr.io/acme/web`), normalised once when read; the host's code passes it, not strings.
+//! - [`ImageReference`](crate::clients::registry::ImageReference) is a repository with a tag or a
+//!   digest (a `FROM` line, `--image`): the one reference type.
+//! - [`BuiltImage`] is a build's output before the push; [`PushedImage`] is the pushed result
+//!   (repository, digest, tags). Both carry the [`ImageName`], which serialises as its string.
+//! - [`ImageRef`] is only the plugin-facing WIT record `image-ref` (strings, as plugins see
+//!   them): it is made from the types above where a plugin or the chart values need it, and is
+//!   no vocabulary of its own inside the host.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::clients::registry::ImageName;
 
 /// What happened to the pull request that started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -135,7 +149,10 @@ fn authority(url: &str) -> Option<(usize, &str)> {
     Some((start, &rest[..end]))
 }
 
-/// A reference to a container image.
+/// The WIT record `image-ref` that plugins (and chart values) see: a repository string with a
+/// tag and/or digest. Inside the host an image is an [`ImageName`] or an
+/// [`ImageReference`](crate::clients::registry::ImageReference); this record is made from them at
+/// the plugin boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRef {
@@ -147,6 +164,13 @@ pub struct ImageRef {
     /// Digest (`sha256:...`), if known.
     #[serde(default)]
     pub digest: Option<String>,
+}
+
+impl From<crate::clients::registry::ImageReference> for ImageRef {
+    /// The plugin boundary: the host's reference as the strings plugins see.
+    fn from(r: crate::clients::registry::ImageReference) -> ImageRef {
+        ImageRef { repository: r.name.to_string(), tag: r.tag, digest: r.digest }
+    }
 }
 
 /// The tags a tag-policy assigns to one build.
@@ -479,8 +503,8 @@ pub struct LayerStats {
 /// An image pushed under its tags (the push phase's value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PushedImage {
-    /// Repository, registry host included.
-    pub repository: String,
+    /// Repository, registry host included (serialised as `registry/repository`).
+    pub repository: ImageName,
     /// Manifest digest, as the registry reported it.
     pub digest: String,
     /// Every tag now pointing at `digest`.
@@ -494,8 +518,8 @@ pub struct PushedImage {
 pub struct BuiltImage {
     /// The backend that built it (`native`, `buildah`, `buildx`).
     pub backend: String,
-    /// Repository it is meant for, registry host included.
-    pub repository: String,
+    /// Repository it is meant for, registry host included (serialised as `registry/repository`).
+    pub repository: ImageName,
     /// An OCI image layout directory holding the image, for prpod's own push; `None` when the
     /// backend pushed the image itself (buildx).
     pub layout: Option<PathBuf>,
@@ -612,6 +636,38 @@ pub struct KubeTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushed_and_built_images_serialise_their_repository_as_the_string_reports_always_had() {
+        let name = ImageName::parse("ghcr.io/Acme/Web").unwrap().value;
+        let pushed = PushedImage {
+            repository: name.clone(),
+            digest: "sha256:ab".into(),
+            tags: vec!["pr-1".into()],
+            layers: LayerStats::default(),
+        };
+        let json = serde_json::to_value(&pushed).unwrap();
+        assert_eq!(json["repository"], "ghcr.io/acme/web");
+        let built = BuiltImage {
+            backend: "native".into(),
+            repository: ImageName::parse("nginx").unwrap().value,
+            layout: None,
+            digest: "sha256:ab".into(),
+            steps: None,
+            work_dir: None,
+        };
+        assert_eq!(serde_json::to_value(&built).unwrap()["repository"], "docker.io/library/nginx");
+    }
+
+    #[test]
+    fn an_image_reference_becomes_the_plugin_record_field_for_field() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let r = crate::clients::registry::ImageReference::parse(&format!("127.0.0.1:5443/Acme/Web:PR-1@{digest}"));
+        let i = ImageRef::from(r.unwrap().value);
+        assert_eq!(i.repository, "127.0.0.1:5443/acme/web");
+        assert_eq!(i.tag.as_deref(), Some("PR-1"));
+        assert_eq!(i.digest, Some(digest));
+    }
 
     #[test]
     fn urls_with_credentials_are_found_and_redacted() {

@@ -466,6 +466,21 @@ fn deploy_upgrade_scale_and_crash_with_helm_3() {
     deploy_upgrade_scale_crash(true);
 }
 
+/// `deploy` without `--image` deploys what the policy's primary tag points at; when the tag is
+/// not in the registry it stops before the cluster, naming `repository:tag` and the fix.
+#[test]
+fn deploy_without_image_names_the_missing_primary_tag() {
+    let repo = format!("prpod-test/never-pushed-{}", std::process::id());
+    let p = Preview::new(false, &repo, "");
+    let mut args: Vec<String> = vec!["--output".into(), "json".into(), "deploy".into()];
+    args.extend(p.context(&fake_sha("never-pushed")));
+    let out = p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&out));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let wanted = format!("{}:pr-{} does not exist: build and push it first", p.repository, p.pr);
+    assert!(all.contains(&wanted), "wanted `{wanted}` in: {}", explain(&out));
+}
+
 /// A repository chart whose image comes from another registry: the default verifier's error
 /// stops the deploy; the cluster is exactly as before; the finding, with its plugin, is printed
 /// and in the JSON. `plan` before and after writes nothing to the registry or the cluster.

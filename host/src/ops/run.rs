@@ -111,7 +111,7 @@ pub async fn build(
     Ok(RunReport {
         context: run.context,
         tags: run.tags,
-        image: pushed.map(|p| ImageSummary { repository: p.repository.clone(), digest: p.digest.clone() }),
+        image: pushed.map(|p| ImageSummary { repository: p.repository.to_string(), digest: p.digest.clone() }),
         backend: run.built.as_ref().map(|b| b.backend.clone()),
         // buildx pushes by itself and says nothing about layers.
         layers: pushed.filter(|_| run.built.as_ref().is_some_and(|b| b.layout.is_some())).map(|p| p.layers),
@@ -223,30 +223,32 @@ async fn line(
         run.release.as_ref().context("the walk produced no release")?,
     );
     report.release = Some(release.clone());
-    let repository = run.repository.clone().context("the walk produced no image repository")?;
+    let repository = run.image.clone().context("the walk produced no image repository")?;
 
     // The registry bundle the walk resolved in its context phase (credentials are read once).
     let registry = run.registry.clone().context("the walk produced no registry")?;
-    let image = match (&run.pushed, image_flag) {
-        (Some(p), _) => ImageRef {
-            repository: p.repository.clone(),
+    // The image to deploy, as a reference; it becomes the plugin-facing `ImageRef` here.
+    let reference = match (&run.pushed, image_flag) {
+        (Some(p), _) => ImageReference {
+            name: p.repository.clone(),
             tag: Some(tags.primary.clone()),
             digest: Some(p.digest.clone()),
         },
         (None, Some(flag)) => {
             let r = parse_pinned(&flag)?;
-            ImageRef { repository: r.name.to_string(), tag: r.tag.or(Some(tags.primary.clone())), digest: r.digest }
+            ImageReference { tag: r.tag.or(Some(tags.primary.clone())), ..r }
         }
         (None, None) if mode == Mode::Plan => {
-            ImageRef { repository: repository.clone(), tag: Some(tags.primary.clone()), digest: None }
+            ImageReference { name: repository, tag: Some(tags.primary.clone()), digest: None }
         }
-        (None, None) => resolve_primary(&registry.client, &repository, &tags.primary).await?,
+        (None, None) => resolve_primary(&registry.client, repository, &tags.primary).await?,
     };
+    let host = reference.name.api_host().to_string();
+    let image = ImageRef::from(reference);
     if let Some(d) = &image.digest {
         report.image = Some(ImageSummary { repository: image.repository.clone(), digest: d.clone() });
     }
     report.deploy_image = Some(phases::chart::image_reference(&image));
-    let host = ImageName::parse(&image.repository).at(Phase::Deploy)?.value.api_host().to_string();
     let pull = pull_secret(&registry.credentials, &host, reporter).await?;
     let chart_root = run.checkout.as_ref().map(|c| c.path.clone()).or(source_dir);
     let input = DeliverInputs {
@@ -313,10 +315,10 @@ async fn pull_secret(resolver: &CredentialResolver, host: &str, reporter: &Repor
 }
 
 /// What the policy's primary tag points at (a HEAD on the registry).
-async fn resolve_primary(client: &RegistryClient, repository: &str, tag: &str) -> anyhow::Result<ImageRef> {
-    let reference = ImageReference::parse(&format!("{repository}:{tag}")).at(Phase::Deploy)?.value;
+async fn resolve_primary(client: &RegistryClient, repository: ImageName, tag: &str) -> anyhow::Result<ImageReference> {
+    let reference = ImageReference { name: repository, tag: Some(tag.to_string()), digest: None };
     let digest = client.manifest_digest(&reference).await.at(Phase::Deploy)?.with_context(|| {
-        format!("{repository}:{tag} does not exist: build and push it first (`prpod build`), or pass --image REPO@sha256:...")
+        format!("{reference} does not exist: build and push it first (`prpod build`), or pass --image REPO@sha256:...")
     })?;
-    Ok(ImageRef { repository: repository.to_string(), tag: Some(tag.to_string()), digest: Some(digest) })
+    Ok(ImageReference { digest: Some(digest), ..reference })
 }

@@ -84,7 +84,8 @@ impl Secrets {
 pub struct Run {
     /// The PR context.
     pub context: Option<PrContext>,
-    /// The image repository (normalised).
+    /// The image repository (normalised), registry host included; its string form is
+    /// `image.to_string()`.
     pub image: Option<ImageName>,
     /// The registry client and credentials of the run (deploy reuses them for pull secrets).
     pub registry: Option<registry::Registry>,
@@ -92,8 +93,6 @@ pub struct Run {
     pub tags: Option<TagSet>,
     /// The tag-policy's release.
     pub release: Option<ReleaseTarget>,
-    /// The image repository (normalised), registry host included.
-    pub repository: Option<String>,
     /// The checked-out commit.
     pub checkout: Option<Checkout>,
     /// The built image.
@@ -120,7 +119,6 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let image = build::image_name(&config.image, &phase)?;
     let registry =
         registry::Registry::for_push(&registry_config(config), &image, inputs.secrets.registry_password.as_ref())?;
-    let repository = image.to_string();
     refuse_untrusted_fork(&ctx, inputs)?;
     phase.finish(context::summary(&ctx));
     run.context = Some(ctx.clone());
@@ -134,20 +132,19 @@ pub async fn walk(inputs: &Inputs<'_>, last: Phase, reporter: &Reporter) -> anyh
     let host = PluginHost::shared()?;
     let plugin = host.load(&config.plugin_ref(World::TagPolicy))?;
     let plugin = plugin.with_limits(config.limits_for(World::TagPolicy));
-    let tags = plugin.compute_tags(&ctx, &repository).await?;
+    let tags = plugin.compute_tags(&ctx, &image.to_string()).await?;
     let release = plugin.release(&ctx).await?;
     // A policy cannot send a preview to the cluster's own namespaces.
     preview::check_target(&release)?;
     phase.finish(format!("{} (+{} more)", tags.primary, tags.extra.len()));
     run.tags = Some(tags.clone());
     run.release = Some(release);
-    run.repository = Some(repository.clone());
     if last == Phase::Tags {
         return Ok(run);
     }
 
     if inputs.mode == Mode::Plan {
-        return plan_build(inputs, ctx, repository, tags, run, reporter).await;
+        return plan_build(inputs, ctx, &image, tags, run, reporter).await;
     }
 
     let phase = reporter.phase(Phase::Source);
@@ -252,7 +249,7 @@ fn refuse_untrusted_fork(ctx: &PrContext, inputs: &Inputs<'_>) -> anyhow::Result
 async fn plan_build(
     inputs: &Inputs<'_>,
     ctx: PrContext,
-    repository: String,
+    image: &ImageName,
     tags: TagSet,
     mut run: Run,
     reporter: &Reporter,
@@ -267,9 +264,9 @@ async fn plan_build(
     run.checkout = Some(checkout);
     reporter
         .phase(Phase::Build)
-        .skip(format!("would build {repository} from {sha12} (backend {})", inputs.config.build.backend.name()));
+        .skip(format!("would build {image} from {sha12} (backend {})", inputs.config.build.backend.name()));
     let all: Vec<&str> = std::iter::once(&tags.primary).chain(&tags.extra).map(String::as_str).collect();
-    reporter.phase(Phase::Push).skip(format!("would push {repository} as {}", all.join(", ")));
+    reporter.phase(Phase::Push).skip(format!("would push {image} as {}", all.join(", ")));
     Ok(run)
 }
 

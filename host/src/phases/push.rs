@@ -33,12 +33,8 @@ pub async fn push(
     let tags = image_tags(tags);
     let Some(layout) = &built.layout else {
         // buildx pushed with every tag and told us the digest.
-        let pushed = PushedImage {
-            repository: image.to_string(),
-            digest: built.digest.clone(),
-            tags,
-            layers: Default::default(),
-        };
+        let pushed =
+            PushedImage { repository: image.clone(), digest: built.digest.clone(), tags, layers: Default::default() };
         return Ok((pushed, true));
     };
     let oci = OciImage::open(layout).at(Phase::Push)?;

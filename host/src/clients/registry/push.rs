@@ -201,12 +201,7 @@ impl RegistryClient {
             self.put_manifest_with(target, tag, image.manifest(), &notify).await?;
             let _ = events.send(PushEvent::Tagged { tag: tag.clone(), digest: image.digest().to_string() });
         }
-        Ok(PushedImage {
-            repository: target.to_string(),
-            digest: image.digest().to_string(),
-            tags: tags.to_vec(),
-            layers,
-        })
+        Ok(PushedImage { repository: target.clone(), digest: image.digest().to_string(), tags: tags.to_vec(), layers })
     }
 
     /// Gets one blob into `target`: skip, mount, or upload.

@@ -85,6 +85,14 @@ impl fmt::Display for ImageName {
     }
 }
 
+/// Serialised as its [`Display`](fmt::Display) string (`registry/repository`), the shape the JSON
+/// report has always had for a repository.
+impl serde::Serialize for ImageName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A reference to one image: a repository with a tag and/or a digest (a `FROM` line, a retag
 /// source). The repository is normalised like [`ImageName::parse`]; the tag keeps its case.
 #[derive(Debug, Clone, PartialEq, Eq)]

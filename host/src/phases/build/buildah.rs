@@ -116,7 +116,7 @@ impl Backend for BuildahBackend {
         let digest = crate::clients::registry::OciImage::open(&layout).at(Phase::Build)?.digest().to_string();
         Ok(BuiltImage {
             backend: "buildah".into(),
-            repository: image.to_string(),
+            repository: (*image).clone(),
             layout: Some(layout),
             digest,
             steps: Some(built.steps),

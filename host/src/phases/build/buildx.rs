@@ -90,7 +90,7 @@ impl Backend for BuildxBackend {
             .at(Phase::Build)?;
         Ok(BuiltImage {
             backend: "buildx".into(),
-            repository: image.to_string(),
+            repository: (*image).clone(),
             layout: None,
             digest,
             steps: None,

@@ -787,7 +787,7 @@ impl crate::phases::build::Backend for Native {
             .at(Phase::Build)?;
         Ok(crate::model::BuiltImage {
             backend: "native".into(),
-            repository: job.image.to_string(),
+            repository: job.image.clone(),
             layout: Some(out_dir),
             digest: out.image.digest().to_string(),
             steps: None,
