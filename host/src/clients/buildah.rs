@@ -379,20 +379,8 @@ impl Buildah {
     pub async fn version() -> Result<String, String> {
         let mut c = tokio::process::Command::new("buildah");
         c.env_clear().envs(super::child_env::allowed(super::child_env::Tool::Buildah)).arg("--version");
-        first_line(c).await
+        super::child_env::first_line(c).await
     }
-}
-
-/// The first line `buildah --version` prints (within 10 s), or why it did not run: for `prpod doctor`.
-async fn first_line(mut c: tokio::process::Command) -> Result<String, String> {
-    let out =
-        tokio::time::timeout(std::time::Duration::from_secs(10), c.stdin(Stdio::null()).kill_on_drop(true).output())
-            .await
-            .map_err(|_| "did not answer within 10 s".to_string())?
-            .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
-    let line = text.lines().next().unwrap_or("").trim().to_string();
-    if out.status.success() { Ok(line) } else { Err(line) }
 }
 
 #[cfg(test)]

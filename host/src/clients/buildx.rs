@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use crate::error::{Classify, FailureKind};
 
@@ -245,20 +244,12 @@ impl Buildx {
 
     /// Whether `docker buildx version` works (within 10 s).
     pub async fn available(&self) -> bool {
-        let run = self.command(&[s("buildx"), s("version")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        matches!(tokio::time::timeout(Duration::from_secs(10), run).await, Ok(Ok(st)) if st.success())
+        self.version().await.is_ok()
     }
 
     /// What `docker buildx version` prints (within 10 s), or why it did not run.
     pub async fn version(&self) -> Result<String, String> {
-        let run = self.command(&[s("buildx"), s("version")]).stdout(Stdio::piped()).stderr(Stdio::piped()).output();
-        let out = tokio::time::timeout(Duration::from_secs(10), run)
-            .await
-            .map_err(|_| "did not answer within 10 s".to_string())?
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
-        let line = text.lines().next().unwrap_or("").trim().to_string();
-        if out.status.success() { Ok(line) } else { Err(line) }
+        super::child_env::first_line(self.command(&[s("buildx"), s("version")])).await
     }
 
     async fn output(&self, args: &[OsString]) -> Result<std::process::Output, BuildxError> {

@@ -16,6 +16,25 @@
 
 use std::ffi::{OsStr, OsString};
 
+/// The first line a tool prints (its stdout, else its stderr) within 10 s, or why it did not
+/// run: what `prpod doctor` and a backend's checks show of `git --version`, `buildah --version`,
+/// `docker buildx version`. `command` already carries the tool's allow-listed environment.
+pub async fn first_line(mut command: tokio::process::Command) -> Result<String, String> {
+    let run = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .map_err(|_| "did not answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if out.status.success() { Ok(line) } else { Err(line) }
+}
+
 /// A program prpod runs, which decides the variables it gets besides [`COMMON`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {

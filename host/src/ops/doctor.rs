@@ -3,8 +3,6 @@
 //! version) and every right a deploy needs in the target namespace (SelfSubjectAccessReview,
 //! from the one list the run follows: [`kube::run_rights`]). Each failure says how to fix it.
 
-use std::time::Duration;
-
 use futures::future::join_all;
 
 use super::status::release_target;
@@ -39,21 +37,9 @@ fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check 
 /// The first line `cmd args` prints, or why it could not run. Like every child, it sees only
 /// `tool`'s allow-listed environment.
 async fn version_of(cmd: &str, args: &[&str], tool: Tool) -> Result<String, String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::process::Command::new(cmd)
-            .args(args)
-            .env_clear()
-            .envs(child_env::allowed(tool))
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| "did not answer within 10 s".to_string())?
-    .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).to_string();
-    let line = text.lines().next().unwrap_or("").trim().to_string();
-    if out.status.success() { Ok(line) } else { Err(line) }
+    let mut c = tokio::process::Command::new(cmd);
+    c.args(args).env_clear().envs(child_env::allowed(tool));
+    child_env::first_line(c).await
 }
 
 /// `prpod doctor`: every check, each failure with its fix.
