@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(code_at(KubeError::Api { what: s("get"), code: 503, message: s("down") }), 4);
         // git
         assert_eq!(code_at(GitError::Auth { url: s("https://g/r"), username: s("x-access-token") }), 2);
-        assert_eq!(code_at(GitError::Unreachable { url: s("https://g/r"), why: s("refused") }), 4);
+        assert_eq!(code_at(GitError::Unreachable { url: s("https://g/r"), why: s("refused"), attempts: 3 }), 4);
         assert_eq!(code_at(GitError::Mismatch { want: s("a"), got: s("b"), cache: s("/c") }), 70);
         // buildah, buildx
         assert_eq!(code_at(BuildahError::Missing(s("buildah"))), 2);
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_phase_error_reads_as_the_error_it_wraps() {
-        let e = GitError::Unreachable { url: s("https://g/r"), why: s("refused") };
+        let e = GitError::Unreachable { url: s("https://g/r"), why: s("refused"), attempts: 3 };
         let message = e.to_string();
         let wrapped: anyhow::Error = PhaseError::new(Phase::Source, e).into();
         assert_eq!(wrapped.to_string(), message);
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(FailureKind::GcRefused.exit_code(), 7);
         assert_eq!(FailureKind::GcUnknown.exit_code(), 8);
         // A client error that never crossed a phase boundary is not read: bad input.
-        let raw = GitError::Unreachable { url: s("https://g/r"), why: s("refused") };
+        let raw = GitError::Unreachable { url: s("https://g/r"), why: s("refused"), attempts: 3 };
         assert_eq!(exit_code_for(&anyhow::Error::new(raw)), EXIT_INPUT);
     }
 

@@ -425,6 +425,60 @@ fn unreachable_git_servers_fail_fast_and_name_the_server() {
     drop(listener);
 }
 
+/// A git server that answers 503 twice (restarting behind a load balancer) is fetched from
+/// on the third attempt; one that stays down fails with exit 4 after three attempts, naming
+/// the server and pushing nothing. The 503s come from the fault proxy in front of the world's
+/// real git server.
+#[test]
+fn a_git_server_answering_503_is_tried_again_then_given_up_on() {
+    use crate::fault_proxy::{FaultProxy, Faults};
+    let w = world();
+    let app = app_copy();
+    let (url, sha) = publish(w, app.path(), &format!("build-test/{}", unique_name("retry")));
+    let (upstream, path) = url.strip_prefix("http://").unwrap().split_once('/').unwrap();
+    let run = Runner::new(w);
+    let base = format!("BASE={}", w.web_image_tls);
+
+    let flaky = FaultProxy::start(upstream, Faults { unavailable: 2, ..Default::default() });
+    let via = format!("http://{}/{path}", flaky.addr);
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    let out = run.build(&[
+        "--repo-url",
+        &via,
+        "--pr",
+        "13",
+        "--branch",
+        "main",
+        "--sha",
+        &sha,
+        "--image",
+        &image,
+        "--build-arg",
+        &base,
+    ]);
+    let v = ok(&out);
+    assert_eq!(v["context"]["sha"], sha);
+    let log = flaky.log.lock().unwrap().clone();
+    assert_eq!(log.iter().filter(|l| l.ends_with("-> 503")).count(), 2, "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("POST") && l.contains("git-upload-pack") && l.ends_with("200")),
+        "{log:#?}"
+    );
+
+    let down = FaultProxy::start(upstream, Faults { always_unavailable: true, ..Default::default() });
+    let via = format!("http://{}/{path}", down.addr);
+    let image = w.registry_tls.image(&format!("acme/{}", unique_name("web")));
+    assert_fails(
+        &run,
+        &["--repo-url", &via, "--branch", "main", "--sha", &sha, "--image", &image],
+        &image,
+        4,
+        &format!("{via} after 3 attempts"),
+    );
+    let log = down.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "one request per attempt (the first, info/refs, fails each time): {log:#?}");
+}
+
 #[test]
 fn secrets_stay_out_of_child_argv_logs_and_the_clone_cache() {
     let w = world();

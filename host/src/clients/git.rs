@@ -135,13 +135,18 @@ pub enum GitError {
         /// What git said, scrubbed.
         why: String,
     },
-    /// The server could not be reached or kept failing.
-    #[error("failed to reach the git server at {url}: {why}")]
+    /// The server could not be reached or kept failing (5xx, refused or dropped connections),
+    /// after [`FETCH_ATTEMPTS`] attempts.
+    #[error(
+        "failed to reach the git server at {url} after {attempts} attempts: {why}; check the URL, or try again later"
+    )]
     Unreachable {
         /// Repository URL.
         url: String,
-        /// What git said, scrubbed.
+        /// What git said the last time, scrubbed.
         why: String,
+        /// How many fetches were tried.
+        attempts: u32,
     },
     /// git went silent for too long.
     #[error("failed to {what} {url}: no answer from the server within {secs} s (unreachable or stalled)")]
@@ -187,6 +192,13 @@ impl Classify for GitError {
         }
     }
 }
+
+/// How many times a fetch that failed to reach the server (5xx, refused or dropped
+/// connections) is tried in all.
+pub const FETCH_ATTEMPTS: u32 = 3;
+
+/// The wait before the second attempt; the third waits twice as long.
+const FETCH_RETRY_WAIT: Duration = Duration::from_millis(500);
 
 /// How long git may stay silent.
 #[derive(Debug, Clone, Copy)]
@@ -430,9 +442,28 @@ impl Repo {
             Fetch::Unshallow => args.push("--unshallow"),
         }
         args.extend(["--", url, refspec]);
-        let out = self.git(&args, true, "fetch from", url).await?;
-        let failure = if out.success { FetchFailure::Other } else { classify_stderr(&out.stderr) };
-        Ok((out, failure))
+        // A git server behind a load balancer answers 502/503 while it restarts, and connections
+        // drop: those (and only those: never a refusal of the token, a 404 or a stall that
+        // already waited out its limit) are tried again, as the registry client does. A failed
+        // fetch changes no ref and leaves no pack behind, so a retry starts clean.
+        let mut attempt = 1;
+        loop {
+            let out = self.git(&args, true, "fetch from", url).await?;
+            let failure = if out.success { FetchFailure::Other } else { classify_stderr(&out.stderr) };
+            if failure != FetchFailure::Unreachable || attempt >= FETCH_ATTEMPTS {
+                return Ok((out, failure));
+            }
+            let wait = FETCH_RETRY_WAIT * attempt;
+            tracing::info!(
+                target: "prpod::git",
+                "fetch from {url} failed ({}); attempt {}/{FETCH_ATTEMPTS} in {} ms",
+                tail(&out.stderr),
+                attempt + 1,
+                wait.as_millis()
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     fn fetch_error(&self, url: &str, failure: FetchFailure, out: &Output) -> GitError {
@@ -443,7 +474,9 @@ impl Repo {
             },
             FetchFailure::NotFound => GitError::NotFound { url: url.into() },
             FetchFailure::Redirected => GitError::Redirected { url: url.into(), why: tail(&out.stderr) },
-            FetchFailure::Unreachable => GitError::Unreachable { url: url.into(), why: tail(&out.stderr) },
+            FetchFailure::Unreachable => {
+                GitError::Unreachable { url: url.into(), why: tail(&out.stderr), attempts: FETCH_ATTEMPTS }
+            }
             FetchFailure::NotServed | FetchFailure::Other => {
                 GitError::Failed { what: format!("fetch from {url}"), why: tail(&out.stderr) }
             }
