@@ -319,6 +319,64 @@ fn sigterm_during_a_deploy_stops_helm_releases_the_lock_and_exits_143() {
     assert_eq!(statuses.last().map(|(_, s)| s.as_str()), Some("deployed"), "{statuses:?}");
 }
 
+/// The children of process `pid` (every thread's), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    }
+    out
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// prpod alone killed with SIGKILL (an OOM kill; no destructor runs) while Helm upgrades: Helm
+/// is not left orphaned to finish the upgrade behind an expiring Lease. The kernel sends it
+/// SIGTERM (prpod asks for that when it starts Helm), and it stops well before the revision,
+/// slowed to become ready after 60 s, could have finished.
+#[test]
+fn helm_stops_when_prpod_is_killed_alone() {
+    let p = slow_preview(1, "");
+    let out = deploy_cmd(&p, &fake_sha("orphan-1")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    slow_down_next_revision(&p);
+    let child = deploy_cmd(&p, &fake_sha("orphan-2")).spawn().unwrap();
+    let rt = rt();
+    let target = KubeTarget { kubeconfig: Some(world().kubeconfig.clone()), context: None };
+    let kube = rt.block_on(Kube::connect(&target)).unwrap();
+    wait_for("Helm to start the upgrade", Duration::from_secs(60), || {
+        revisions(&kube, &rt, &p.ns).iter().any(|(_, s)| s == "pending-upgrade").then_some(())
+    });
+    let helm: Vec<u32> = children(child.id())
+        .into_iter()
+        .filter(|c| std::fs::read_to_string(format!("/proc/{c}/cmdline")).is_ok_and(|l| l.contains("upgrade")))
+        .collect();
+    assert_eq!(helm.len(), 1, "one Helm upgrade runs under prpod");
+    let helm = helm[0];
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let killed = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "killed");
+    wait_for("the orphaned Helm to stop", Duration::from_secs(30), || (!alive(helm)).then_some(()));
+    println!("Helm stopped {:?} after prpod was killed", killed.elapsed());
+    // Helm stopped: the slowed revision 2 never became `deployed`. Helm either rolled it back
+    // (`failed`, then a `deployed` revision 3 of revision 1's contents) or died before it
+    // could (its stderr is a pipe nobody reads any more, and Go dies on a write to it): then it
+    // stays `pending-upgrade`, which the next run recovers once the killed run's Lease expired
+    // (a_run_killed_with_sigkill_is_taken_over_after_the_expiry).
+    let statuses = revisions(&kube, &rt, &p.ns);
+    let second = statuses.iter().find(|(r, _)| *r == 2).map(|(_, s)| s.as_str());
+    assert!(matches!(second, Some("pending-upgrade" | "failed")), "{statuses:?}");
+    assert!(leases(&p.ns).contains("prpod-deploy-"), "the killed run's Lease is left to expire");
+}
+
 /// A release whose latest revision is `failed` (an upgrade that timed out, outside prpod), then
 /// a deploy whose verify fails (Helm 3 calls a Deployment with `maxUnavailable: 1` ready at once;
 /// its pod never is): prpod rolls back to the last `deployed` revision, past the failed one,

@@ -332,13 +332,34 @@ impl Helm {
         Ok(path)
     }
 
+    // The one unsafe block: `pre_exec`, for the parent-death signal below.
+    #[allow(unsafe_code)]
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.binary);
         c.args(args).env_clear().envs(helm_env()).envs(self.home.env());
         c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // A kill of prpod must not orphan a Helm mid-upgrade; but dropping the future (a
-        // timeout) must stop it, or it would keep running behind our back.
+        // Dropping the future (a timeout) must stop Helm, or it would keep running behind our
+        // back.
         c.kill_on_drop(true);
+        // A SIGKILL of prpod alone (an OOM kill, `kill -9` of one pid) runs no destructor: Helm
+        // would go on upgrading, orphaned, while the deploy Lease expires and the next run starts
+        // a Helm of its own on the same release. The kernel sends Helm SIGTERM instead (Helm's
+        // own handling: it stops and, with --rollback-on-failure/--atomic, rolls back), as
+        // prpod's SIGTERM handling does. The signal follows the *thread* that spawned Helm: here
+        // a tokio worker, which lives as long as the runtime (prpod has no `block_in_place`,
+        // which could turn it into a blocking-pool thread that exits when idle).
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls are made (two syscalls).
+        unsafe {
+            c.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+                // prpod may have died between the fork and the prctl: then no signal would come.
+                if rustix::process::Pid::as_raw(rustix::process::getppid()) as u32 != parent {
+                    return Err(std::io::Error::other("prpod exited before Helm started"));
+                }
+                Ok(())
+            });
+        }
         c
     }
 
