@@ -591,24 +591,27 @@ fn streamed(stderr: &str) -> Vec<String> {
     stderr.lines().filter_map(|l| l.split_once("│ ").map(|(_, r)| r.trim_end().to_string())).collect()
 }
 
-/// The commit of each revision of `release` in `ns`, oldest first (`pr.commit` of its values).
+/// The commit of each revision of the release `ns` in `ns`, oldest first (the
+/// `prpod.dev/commit` annotation in its manifest).
 fn revision_commits(ns: &str) -> Vec<String> {
     let w = world();
     let home = prpod_test_support::HelmHome::new();
     let helm = |args: &[&str]| {
         let out = home.command(&w.helm, &w.kubeconfig).args(args).args(["--namespace", ns]).output().unwrap();
         assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
     };
-    let history = helm(&["history", ns, "--output", "json"]);
+    let history: Value = serde_json::from_str(&helm(&["history", ns, "--output", "json"])).unwrap();
     history
         .as_array()
         .unwrap()
         .iter()
         .map(|r| {
-            let rev = r["revision"].to_string();
-            let v = helm(&["get", "values", ns, "--all", "--revision", &rev, "--output", "json"]);
-            v["pr"]["commit"].as_str().unwrap_or_default().to_string()
+            let manifest = helm(&["get", "manifest", ns, "--revision", &r["revision"].to_string()]);
+            // (`prpod.dev/commit: "SHA"`, or `"prpod.dev/commit": "SHA"` as Helm 4 stores it)
+            let line = manifest.lines().find(|l| l.contains("prpod.dev/commit")).expect("no commit annotation");
+            let value = line.rsplit_once(':').unwrap().1.trim().trim_matches(['"', ',']);
+            value.to_string()
         })
         .collect()
 }
