@@ -674,6 +674,7 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
 
     // Two commits of the PR, dispatched one after the other: the older's Job runs when the newer
     // is dispatched. The newer's dispatch goes through a proxy that cuts its connections.
+    let two = std::time::Instant::now();
     let branch = crate::run::PrBranch::clone(&url, "feature/two");
     let older = branch.commit_and_push("older");
     let spawn = |sha: &str, kubeconfig: Option<&std::path::Path>| {
@@ -724,6 +725,7 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
     assert_eq!(r["replaced"], serde_json::json!([older_job]), "{r}");
     let pod_log = w.kubectl_ok(["logs", "-n", &p.ns, &format!("job/{newer_job}"), "-c", "prpod"]);
     let pod_lines: Vec<String> = pod_log.lines().map(|l| l.trim_end().to_string()).collect();
+    assert!(log.contains("resuming it after the last line"), "the cut did not end the log stream: {log}");
     assert_eq!(streamed(&log), pod_lines, "what dispatch streamed across the cut is not the pod's log");
     let (code, _, log) = first.finish();
     assert_eq!(code, Some(6), "the superseded dispatch: {log}");
@@ -745,6 +747,7 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
     assert_eq!(commits.last(), Some(&newer), "{commits:?}");
     let first_newer = commits.iter().position(|c| *c == newer).unwrap();
     assert!(!commits[first_newer..].contains(&older), "the older commit deployed after the newer: {commits:?}");
+    eprintln!("two dispatches of one PR, the newer across a cut: {:.1} s", two.elapsed().as_secs_f64());
 
     // a RUN line: the native backend refuses it in the Job, dispatch exits with the run's 2
     let src = TempDir::new("hello-web-run");

@@ -739,12 +739,12 @@ async fn follow(kube: &Kube, ns: &str, name: &str, reporter: &Reporter) -> anyho
     let mut cursor = job::LogCursor::default();
     let mut stuck_since: Option<(tokio::time::Instant, String)> = None;
     let mut failing_since: Option<tokio::time::Instant> = None;
-    let print = |line: &str| reporter.emit(Event::Note(Phase::Deploy, format!("│ {line}")));
     loop {
-        match follow_step(kube, ns, name, &mut cursor, &mut stuck_since, print).await {
+        match follow_step(kube, ns, name, &mut cursor, &mut stuck_since, reporter).await {
             Ok(Some(code)) => return Ok(code),
             Ok(None) => failing_since = None,
             Err(Step::Kube(e)) if e.is_transient() => {
+                reporter.emit(Event::Note(Phase::Deploy, format!("{e}; trying again")));
                 let since = failing_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > UNREACHABLE {
                     return Err(PhaseError::outside_line(e).into());
@@ -779,11 +779,18 @@ async fn follow_step(
     name: &str,
     cursor: &mut job::LogCursor,
     stuck_since: &mut Option<(tokio::time::Instant, String)>,
-    print: impl Fn(&str) + Copy,
+    reporter: &Reporter,
 ) -> Result<Option<i32>, Step> {
+    let print = |line: &str| reporter.emit(Event::Note(Phase::Deploy, format!("│ {line}")));
     match kube.job_pod(ns, name).await? {
         PodState::Running { pod, .. } => {
             *stuck_since = None;
+            if cursor.started() {
+                reporter.emit(Event::Note(
+                    Phase::Deploy,
+                    format!("the log stream of {ns}/{pod} ended while it runs: resuming it after the last line"),
+                ));
+            }
             kube.follow_log(ns, &pod, cursor, true, false, print).await?;
         }
         PodState::Terminated { pod, exit_code, reason } => {

@@ -781,6 +781,11 @@ pub struct LogCursor {
 }
 
 impl LogCursor {
+    /// Whether a line was passed on already (a next stream resumes).
+    pub fn started(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// The `sinceTime` of the next stream: the second of the newest passed line (`None`: from
     /// the container's start).
     pub fn since(&self) -> Option<Timestamp> {
