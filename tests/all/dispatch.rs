@@ -9,7 +9,9 @@
 //! The RBAC tests run the Job with the world's pause image (it runs until deleted), so the
 //! Job's objects can be inspected while it runs; `dispatch` is killed once the Job exists.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prpod_test_support::{TempDir, unique_name, wait_for, world};
@@ -323,6 +325,156 @@ fn dispatch_sets_up_a_namespace_scoped_job_supersedes_resets_and_refuses_foreign
     );
 }
 
+/// A ServiceAccount (in a namespace of its own) bound to a ClusterRole of `rights`: the
+/// dispatching identity; its kubeconfig. The ClusterRole, its binding and the namespace go on
+/// drop.
+struct Dispatcher {
+    name: String,
+    kubeconfig: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Dispatcher {
+    fn new(rights: &[&prpod::clients::kube::ApiRight]) -> Dispatcher {
+        let w = world();
+        let name = unique_name("prpod-dispatcher").replace(['/', '_'], "-").to_lowercase();
+        w.kubectl_ok(["create", "namespace", &name]);
+        let dir = TempDir::new("dispatcher");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let d = Dispatcher { name: name.clone(), kubeconfig: kubeconfig.clone(), _dir: dir };
+        d.grant(rights);
+        w.kubectl_apply(
+            &name,
+            &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: dispatcher}}\n---\n\
+                 apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\n\
+                 subjects: [{{kind: ServiceAccount, name: dispatcher, namespace: {name}}}]\n\
+                 roleRef: {{kind: ClusterRole, name: {name}, apiGroup: rbac.authorization.k8s.io}}\n"
+            ),
+        );
+        let secret = wait_for("the dispatcher's token", Duration::from_secs(30), || {
+            let out =
+                w.kubectl(["get", "serviceaccount", "dispatcher", "-n", &name, "-o", "jsonpath={.secrets[0].name}"]);
+            (out.status.success() && !out.stdout.is_empty()).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        });
+        let token = w.kubectl_ok(["get", "secret", &secret, "-n", &name, "-o", "jsonpath={.data.token}"]);
+        use base64::Engine;
+        let token = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token.trim()).unwrap()).unwrap();
+        prpod_test_support::write_private(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: w, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
+                 users: [{{name: d, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: d, context: {{cluster: w, user: d}}}}]\n\
+                 current-context: d\n",
+                w.kube_api,
+                w.kube_ca.display()
+            )
+            .as_bytes(),
+        );
+        d
+    }
+
+    /// Makes the ClusterRole exactly `rights`.
+    fn grant(&self, rights: &[&prpod::clients::kube::ApiRight]) {
+        let rules: Vec<String> = rights
+            .iter()
+            .map(|r| {
+                let res = match r.subresource {
+                    Some(s) => format!("{}/{s}", r.resource),
+                    None => r.resource.to_string(),
+                };
+                format!("{{apiGroups: [\"{}\"], resources: [\"{res}\"], verbs: [\"{}\"]}}", r.group, r.verb)
+            })
+            .collect();
+        world().kubectl_apply(
+            "default",
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {}}}\nrules: [{}]\n",
+                self.name,
+                rules.join(", ")
+            ),
+        );
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let w = world();
+        let _ = w.kubectl(["delete", "clusterrolebinding,clusterrole", &self.name, "--ignore-not-found"]);
+        let _ = w.kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+    }
+}
+
+/// The dispatching identity needs exactly the README's list: a ServiceAccount bound to a
+/// ClusterRole of the rights `dispatch` names ([`job::dispatch_rights`] for a new namespace, and
+/// the Job's Role's rights, which it grants) dispatches a PR up to its running Job; with one of
+/// its own rights less (`delete jobs.batch`), or one of the Role's (`get endpoints`), dispatch
+/// refuses before writing anything, naming the missing right (exit 2).
+#[test]
+fn the_dispatching_identity_needs_exactly_the_listed_rights() {
+    use prpod::clients::kube::job;
+    let w = world();
+    let p = Preview::new(
+        false,
+        &unique_name("prpod-test/dispatch"),
+        &format!("[dispatch]\nimage = \"{}\"\n", w.pause_image),
+    );
+    let config = prpod::config::Config::default();
+    let role = prpod::ops::dispatch::role_rights(&config);
+    let own = job::dispatch_rights(false, false, false);
+    let all: Vec<_> = own.iter().chain(role.iter()).copied().collect();
+    let d = Dispatcher::new(&all);
+    let dispatch = |sha: &str| {
+        let mut args = vec!["dispatch".to_string()];
+        args.extend(p.context(sha));
+        let mut c = p.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        c.env("KUBECONFIG", &d.kubeconfig);
+        c
+    };
+    let refused = |sha: &str, right: &str| {
+        let out = dispatch(sha).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+        let err = crate::stderr(&out);
+        assert!(err.contains("dispatching identity may not") && err.contains(right), "{right} is not named: {err}");
+        assert_no_secrets(&out.stderr, "dispatch's stderr");
+        err
+    };
+
+    // (the authorizer sees a changed ClusterRole a moment later)
+    let sa = format!("system:serviceaccount:{}:dispatcher", d.name);
+    let settle = |verb: &str, resource: &str, allowed: bool| {
+        wait_for("the ClusterRole to take effect", Duration::from_secs(20), || {
+            (can_i(&sa, verb, resource, &p.ns) == allowed).then_some(())
+        })
+    };
+
+    // one of dispatch's own rights less: refused before the namespace is made
+    let less: Vec<_> = all.iter().copied().filter(|r| !(r.verb == "delete" && r.resource == "jobs")).collect();
+    d.grant(&less);
+    settle("delete", "jobs.batch", false);
+    let sha1 = crate::run::fake_sha("rights1");
+    refused(&sha1, "delete jobs.batch");
+    assert!(!w.kubectl(["get", "namespace", &p.ns]).status.success(), "the refused dispatch made the namespace");
+    // one of the Job's Role's less: dispatch could not grant it
+    let less: Vec<_> = all.iter().copied().filter(|r| !(r.verb == "get" && r.resource == "endpoints")).collect();
+    d.grant(&less);
+    settle("delete", "jobs.batch", true);
+    settle("get", "endpoints", false);
+    let err = refused(&sha1, "get endpoints");
+    assert!(err.contains("the Job's Role") && !err.contains("delete jobs.batch"), "{err}");
+
+    // exactly the list: the Job runs
+    d.grant(&all);
+    settle("get", "endpoints", true);
+    let mut child = dispatch(&sha1).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let job = wait_running(&p.ns, &sha1, &mut child);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(job.starts_with(&format!("prpod-pr-{}-", p.pr)), "{job}");
+    let bound = w.kubectl_ok(["get", "rolebinding", "prpod-run", "-n", &p.ns, "-o", "jsonpath={.roleRef.name}"]);
+    assert_eq!(bound.trim(), "prpod-run");
+}
+
 /// The job image, staged by `images/pr-job/build` (with the prpod under test: the debug build)
 /// and built by prpod's native builder from the world's git server, pushed to the plain
 /// registry (the node pulls from it by its pod-gateway name, 10.244.0.1:47500, with no
@@ -376,15 +528,107 @@ fn build_job_image() -> (String, u64) {
     (format!("{repository}@{}", r["image"]["digest"].as_str().unwrap()), size)
 }
 
+/// The job image, built once per test binary ([`build_job_image`]).
+fn job_image() -> &'static (String, u64) {
+    static IMAGE: OnceLock<(String, u64)> = OnceLock::new();
+    IMAGE.get_or_init(build_job_image)
+}
+
+/// A spawned `prpod dispatch` whose stderr is read as it comes.
+struct Spawned {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    fn new(mut command: Command) -> Spawned {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn prpod dispatch");
+        let stderr: Arc<Mutex<String>> = Arc::default();
+        let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Spawned { child, stderr, reader: Some(reader) }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `what`, failing if dispatch exits first.
+    fn wait_for_stderr(&mut self, what: &str, timeout: Duration) {
+        wait_for(&format!("`{what}` in dispatch's output"), timeout, || {
+            if self.stderr().contains(what) {
+                return Some(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("dispatch exited ({st}) before `{what}`: {}", self.stderr());
+            }
+            None
+        })
+    }
+
+    /// Waits for the exit; the exit code, stdout and stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let st = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        let err = self.stderr();
+        assert_no_secrets(stdout.as_bytes(), "dispatch's stdout");
+        assert_no_secrets(err.as_bytes(), "dispatch's stderr");
+        (st.code(), stdout, err)
+    }
+}
+
+/// The run's log lines as dispatch streamed them (after `│ `).
+fn streamed(stderr: &str) -> Vec<String> {
+    stderr.lines().filter_map(|l| l.split_once("│ ").map(|(_, r)| r.trim_end().to_string())).collect()
+}
+
+/// The commit of each revision of the release `ns` in `ns`, oldest first (the
+/// `prpod.dev/commit` annotation in its manifest).
+fn revision_commits(ns: &str) -> Vec<String> {
+    let w = world();
+    let home = prpod_test_support::HelmHome::new();
+    let helm = |args: &[&str]| {
+        let out = home.command(&w.helm, &w.kubeconfig).args(args).args(["--namespace", ns]).output().unwrap();
+        assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let history: Value = serde_json::from_str(&helm(&["history", ns, "--output", "json"])).unwrap();
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let manifest = helm(&["get", "manifest", ns, "--revision", &r["revision"].to_string()]);
+            // (`prpod.dev/commit: "SHA"`, or `"prpod.dev/commit": "SHA"` as Helm 4 stores it)
+            let line = manifest.lines().find(|l| l.contains("prpod.dev/commit")).expect("no commit annotation");
+            let value = line.rsplit_once(':').unwrap().1.trim().trim_matches(['"', ',']);
+            value.to_string()
+        })
+        .collect()
+}
+
 /// The job image (built here by prpod's native builder) runs `prpod run` for the example PR in a
 /// real Job: dispatch streams the run's log and exits 0, the preview answers HTTP with the
-/// commit; a commit whose Dockerfile has a RUN line fails the run in the Job (the native
-/// backend), and dispatch exits 2 with the error in the streamed log. Nothing secret in either
-/// output.
+/// commit. Then two dispatches of one PR, one commit after the other: the newer supersedes the
+/// older's running Job (deleted; its dispatch exits 6), and only the newer commit ends deployed
+/// (no revision of the older after the newer's). The newer's dispatch talks to the API server
+/// through a proxy that cuts every connection once the log streams: dispatch resumes the log,
+/// and what it streamed is the pod's log, no line twice, none lost. A commit whose Dockerfile
+/// has a RUN line fails the run in the Job (the native backend), and dispatch exits 2 with the
+/// error in the streamed log. Nothing secret in any output.
 #[test]
 fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
     let w = world();
-    let (image, staged) = build_job_image();
+    let (image, staged) = job_image().clone();
     eprintln!("job image {image}: {} MB staged (debug prpod)", staged / 1_000_000);
     let name = unique_name("acme/hello-web");
     let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
@@ -409,11 +653,14 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
         .unwrap();
     };
     write_config(&p);
-    let dispatch = |p: &Preview, url: &str, sha: &str| {
+    let args = |p: &Preview, url: &str, branch: &str, sha: &str| {
         let mut args = vec!["--output".to_string(), "json".into(), "dispatch".into()];
         args.extend(["--repo-url".into(), url.into(), "--pr".into(), p.pr.to_string()]);
-        args.extend(["--branch".into(), "main".into(), "--base".into(), "main".into(), "--sha".into(), sha.into()]);
-        p.prpod(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        args.extend(["--branch".into(), branch.into(), "--base".into(), "main".into(), "--sha".into(), sha.into()]);
+        args
+    };
+    let dispatch = |p: &Preview, url: &str, sha: &str| {
+        p.prpod(&args(p, url, "main", sha).iter().map(String::as_str).collect::<Vec<_>>())
     };
     let out = dispatch(&p, &url_pod, &sha);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
@@ -424,6 +671,83 @@ fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
     assert!(log.contains("│") && log.contains("verify"), "the run's log was not streamed: {log}");
     let served = crate::run::pages(&p.ns);
     assert!(!served.is_empty() && served.iter().all(|s| s.contains(&sha)), "{served:?}");
+
+    // Two commits of the PR, dispatched one after the other: the older's Job runs when the newer
+    // is dispatched. The newer's dispatch goes through a proxy that cuts its connections.
+    let two = std::time::Instant::now();
+    let branch = crate::run::PrBranch::clone(&url, "feature/two");
+    let older = branch.commit_and_push("older");
+    let spawn = |sha: &str, kubeconfig: Option<&std::path::Path>| {
+        let a = args(&p, &url_pod, "feature/two", sha);
+        let mut c = p.command(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        if let Some(k) = kubeconfig {
+            c.env("KUBECONFIG", k);
+        }
+        Spawned::new(c)
+    };
+    let mut first = spawn(&older, None);
+    first.wait_for_stderr("│ ", Duration::from_secs(120));
+    let older_job = jobs(&p.ns).into_iter().find(|(_, c)| *c == older).expect("the older commit's Job").0;
+    let newer = branch.commit_and_push("newer");
+    let text = std::fs::read_to_string(&w.kubeconfig).unwrap();
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap().to_string();
+    let proxy = crate::fault_proxy::TcpFaultProxy::start(server.rsplit_once(':').unwrap().0, &server);
+    let proxied = p.dir.path().join("kubeconfig-proxied");
+    prpod_test_support::write_private(
+        &proxied,
+        text.replace(&format!("https://{server}"), &format!("https://{}", proxy.addr)).as_bytes(),
+    );
+    let mut second = spawn(&newer, Some(&proxied));
+    // the older Job is deleted before the newer's starts; the newer's log streams, then every
+    // connection to the API server is cut (new ones refused for a second)
+    second.wait_for_stderr("│ ", Duration::from_secs(120));
+    let newer_job = jobs(&p.ns).into_iter().find(|(_, c)| *c == newer).expect("the newer commit's Job").0;
+    let phase = |job: &str| {
+        w.kubectl_ok([
+            "get",
+            "pods",
+            "-n",
+            &p.ns,
+            "-l",
+            &format!("job-name={job}"),
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ])
+    };
+    let running = phase(&newer_job);
+    proxy.cut(Duration::from_secs(1));
+    assert_eq!(running.trim(), "Running", "the log stream was cut after the run ended");
+    assert!(proxy.cut_count.load(std::sync::atomic::Ordering::SeqCst) > 0, "no connection was cut");
+    let (code, stdout, log) = second.finish();
+    assert_eq!(code, Some(0), "the newer commit's dispatch: {log}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["replaced"], serde_json::json!([older_job]), "{r}");
+    let pod_log = w.kubectl_ok(["logs", "-n", &p.ns, &format!("job/{newer_job}"), "-c", "prpod"]);
+    let pod_lines: Vec<String> = pod_log.lines().map(|l| l.trim_end().to_string()).collect();
+    assert!(log.contains("resuming it after the last line"), "the cut did not end the log stream: {log}");
+    assert_eq!(streamed(&log), pod_lines, "what dispatch streamed across the cut is not the pod's log");
+    let (code, _, log) = first.finish();
+    assert_eq!(code, Some(6), "the superseded dispatch: {log}");
+    assert!(log.contains("superseded"), "{log}");
+    assert!(jobs(&p.ns).iter().all(|(j, _)| *j != older_job), "the older Job is still there");
+    // only the newer commit ends deployed, and the older never deployed after it
+    let deployed = w.kubectl_ok([
+        "get",
+        "deployments",
+        "-n",
+        &p.ns,
+        "-o",
+        "jsonpath={.items[*].metadata.annotations.prpod\\.dev/commit}",
+    ]);
+    assert_eq!(deployed.trim(), newer);
+    let served = crate::run::pages(&p.ns);
+    assert!(!served.is_empty() && served.iter().all(|s| s.contains(&newer)), "{served:?}");
+    let commits = revision_commits(&p.ns);
+    assert_eq!(commits.last(), Some(&newer), "{commits:?}");
+    let first_newer = commits.iter().position(|c| *c == newer).unwrap();
+    assert!(!commits[first_newer..].contains(&older), "the older commit deployed after the newer: {commits:?}");
+    eprintln!("two dispatches of one PR, the newer across a cut: {:.1} s", two.elapsed().as_secs_f64());
 
     // a RUN line: the native backend refuses it in the Job, dispatch exits with the run's 2
     let src = TempDir::new("hello-web-run");

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clients::kube::job::{self, CacheClaim, DispatchSpec, PodState};
+use crate::clients::kube::job::{self, CacheClaim, DispatchSpec, JobStatus, PodState};
 use crate::clients::kube::{self, Kube};
 use crate::config::{Config, ConfigError, Env, Section};
 use crate::error::{Classify, FailureKind, PhaseError, ResultExt};
@@ -196,6 +196,33 @@ pub enum DispatchError {
         /// Its message.
         message: String,
     },
+    /// The dispatching identity lacks rights the dispatch needs.
+    #[error(
+        "the dispatching identity may not {what} in namespace {namespace}; grant it these rights (a ClusterRole bound \
+         to it: the README's \"The dispatching identity needs\" lists them; `namespaces` cannot be granted by a Role \
+         in the namespace), or dispatch with a kubeconfig that holds them",
+        what = rights_text(missing, role_missing)
+    )]
+    MissingRights {
+        /// The PR's namespace.
+        namespace: String,
+        /// Rights dispatch itself uses (`create jobs.batch`).
+        missing: Vec<String>,
+        /// Rights of the Job's Role the identity does not hold (and so cannot grant).
+        role_missing: Vec<String>,
+    },
+    /// The Job was deleted while it ran: superseded by a newer dispatch of the PR, or replaced by
+    /// `--reset`.
+    #[error(
+        "Job {namespace}/{job} was deleted while it ran: a newer dispatch of this PR superseded it (or --reset replaced \
+         it); its run was stopped (SIGTERM: it released the deploy lock) and the newer Job deploys the PR"
+    )]
+    Superseded {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        job: String,
+    },
     /// The Job ended without the run's exit code.
     #[error("the Job {job} ended without the run's exit code: {why}")]
     JobFailed {
@@ -206,10 +233,26 @@ pub enum DispatchError {
     },
 }
 
+fn rights_text(missing: &[String], role_missing: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(missing.join(", "));
+    }
+    if !role_missing.is_empty() {
+        parts.push(format!(
+            "grant the Job's Role {} (Kubernetes lets an identity grant only rights it holds, unless it may `escalate` \
+             roles and `bind` the Role)",
+            role_missing.join(", ")
+        ));
+    }
+    parts.join("; nor ")
+}
+
 impl Classify for DispatchError {
     fn failure_kind(&self) -> Option<FailureKind> {
         match self {
             DispatchError::PodStuck { .. } | DispatchError::JobFailed { .. } => Some(FailureKind::External),
+            DispatchError::Superseded { .. } => Some(FailureKind::Superseded),
             _ => None,
         }
     }
@@ -464,7 +507,6 @@ pub fn spec(
     labels.insert(job::COMMIT_LABEL.into(), ctx.sha.clone());
     labels.insert(job::COMPONENT.0.into(), job::COMPONENT.1.into());
     let d = &config.dispatch;
-    let ingress = config.app.ingress_host.is_some();
     DispatchSpec {
         namespace: release.namespace.clone(),
         job_name: job_name(ctx, release),
@@ -480,11 +522,80 @@ pub fn spec(
             .map(|c| CacheClaim { size: c.size.clone(), storage_class: c.storage_class.clone() }),
         active_deadline_secs: (config.deploy.timeout + d.build_time).as_secs() as i64,
         ttl_after_finished_secs: d.ttl_after_finished.as_secs() as i32,
-        // The namespace exists when the Job runs (dispatch made it); either Helm's rights.
-        rules: job::role_rules(&kube::run_rights(true, ingress, None), &release.namespace),
+        rules: job::role_rules(&role_rights(config), &release.namespace),
         image_pull_secret,
         privileged_build: d.allow_privileged_builds
             && config.build.backend.named().and_then(by_name).is_some_and(|b| b.in_pod() == InPod::Privileged),
+    }
+}
+
+/// The rights of the Job's Role: a run's, into a namespace that exists (dispatch made it), with
+/// an Ingress when the app has one, for either Helm.
+pub fn role_rights(config: &Config) -> Vec<&'static kube::ApiRight> {
+    kube::run_rights(true, config.app.ingress_host.is_some(), None)
+}
+
+/// Asks the cluster (SelfSubjectAccessReviews) whether the dispatching identity holds every
+/// right this dispatch into `ns` uses ([`job::dispatch_rights`]) and may grant the Job's Role
+/// (`escalate` and `bind` on roles, or every right of the Role), before anything is written;
+/// the missing ones, named. A cluster that does not answer the reviews is not refused here:
+/// the writes below would name their own refusal.
+async fn check_rights(kube: &Kube, ns: &str, config: &Config, reporter: &Reporter) -> anyhow::Result<()> {
+    let exists = matches!(kube.namespace_meta(ns).await, Ok(Some(_)));
+    let ask = |r: &kube::ApiRight| {
+        if r.resource == "namespaces" {
+            kube.can_i(None, r.verb, r.group, r.resource, r.subresource, Some(ns))
+        } else {
+            kube.can_i(Some(ns), r.verb, r.group, r.resource, r.subresource, None)
+        }
+    };
+    let missing = async |rights: &[&'static kube::ApiRight]| -> Result<Vec<String>, kube::KubeError> {
+        let answers = futures::future::join_all(rights.iter().map(|r| ask(r))).await;
+        let mut out = Vec::new();
+        for (r, a) in rights.iter().zip(answers) {
+            if !a?.allowed {
+                out.push(right_text(r, ns));
+            }
+        }
+        Ok(out)
+    };
+    let result = async {
+        let own = missing(&job::dispatch_rights(
+            exists,
+            config.dispatch.cache_volume.is_some(),
+            config.deploy.adopt_namespace,
+        ))
+        .await?;
+        let rbac = "rbac.authorization.k8s.io";
+        let (escalate, bind) = futures::future::join(
+            kube.can_i(Some(ns), "escalate", rbac, "roles", None, None),
+            kube.can_i(Some(ns), "bind", rbac, "roles", None, Some(job::SERVICE_ACCOUNT)),
+        )
+        .await;
+        let role = if escalate?.allowed && bind?.allowed { Vec::new() } else { missing(&role_rights(config)).await? };
+        Ok::<_, kube::KubeError>((own, role))
+    }
+    .await;
+    match result {
+        Ok((own, role)) if own.is_empty() && role.is_empty() => Ok(()),
+        Ok((missing, role_missing)) => {
+            Err(PhaseError::outside_line(DispatchError::MissingRights { namespace: ns.into(), missing, role_missing })
+                .into())
+        }
+        Err(e) => {
+            reporter
+                .emit(Event::Note(Phase::Deploy, format!("could not check the dispatching identity's rights: {e}")));
+            Ok(())
+        }
+    }
+}
+
+/// `create jobs.batch`, `get namespaces/NS`: a right as a refusal names it.
+fn right_text(r: &kube::ApiRight, ns: &str) -> String {
+    if r.resource == "namespaces" {
+        format!("{} namespaces/{ns}", r.verb)
+    } else {
+        format!("{} {}", r.verb, r.resource_name())
     }
 }
 
@@ -558,6 +669,7 @@ pub async fn dispatch(
 
     let kube = Kube::connect(&config.deploy.kube_target()).await.outside_line()?;
     let ns = &release.namespace;
+    check_rights(&kube, ns, config, reporter).await?;
     preview::claim(&kube, &ctx, &release, config.deploy.adopt_namespace).await?;
     for j in kube.dispatch_jobs(ns).await.outside_line()? {
         if preview::owner_of(&ctx, &release, &j.labels, &j.annotations) != preview::Owner::Us {
@@ -612,50 +724,114 @@ pub async fn dispatch(
 /// How long the pod may stay unable to start (image pull, config) before dispatch gives up.
 const STUCK: Duration = Duration::from_secs(90);
 
-/// Follows Job `name`'s pod: streams its log (again after a container restart) and returns the
-/// container's exit code.
+/// How long the cluster may keep failing transiently (unreachable, 5xx) while dispatch follows
+/// the Job before it gives up.
+const UNREACHABLE: Duration = Duration::from_secs(60);
+
+/// Follows Job `name`'s pod: streams its log and returns the container's exit code.
+///
+/// The pod never restarts its container (`restartPolicy: Never`, `backoffLimit: 0`), but a log
+/// stream can end before the container does: the API server or the kubelet closes a long
+/// request, a proxy or load balancer cuts it. While the container runs, each ended stream is
+/// resumed where it stopped ([`job::LogCursor`]: no line twice, none lost); once it has ended,
+/// the rest of its log is read before its exit code is returned.
 async fn follow(kube: &Kube, ns: &str, name: &str, reporter: &Reporter) -> anyhow::Result<i32> {
-    let mut streamed_restarts: Option<i32> = None;
+    let mut cursor = job::LogCursor::default();
     let mut stuck_since: Option<(tokio::time::Instant, String)> = None;
-    let print = |line: &str| reporter.emit(Event::Note(Phase::Deploy, format!("│ {line}")));
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        match kube.job_pod(ns, name).await.outside_line()? {
-            PodState::Running { pod, restarts } if streamed_restarts != Some(restarts) => {
-                streamed_restarts = Some(restarts);
-                kube.follow_log(ns, &pod, print).await.outside_line()?;
-                continue;
-            }
-            PodState::Terminated { pod, exit_code, reason } => {
-                if streamed_restarts.is_none() {
-                    // (it ran to its end between two looks: its whole log at once)
-                    let _ = kube.follow_log(ns, &pod, print).await;
-                }
-                if !(0..=125).contains(&exit_code) {
-                    let why = match kube.job_failure(ns, name).await.outside_line()? {
-                        Some(w) => format!("{reason} (exit {exit_code}); the Job: {w}"),
-                        None => format!("{reason} (exit {exit_code})"),
-                    };
-                    return Err(PhaseError::outside_line(DispatchError::JobFailed { job: name.into(), why }).into());
-                }
-                return Ok(exit_code);
-            }
-            PodState::Waiting { pod, reason: Some((r, m)) }
-                if !matches!(r.as_str(), "ContainerCreating" | "PodInitializing") =>
-            {
-                let since = stuck_since.get_or_insert_with(|| (tokio::time::Instant::now(), r.clone()));
-                if since.0.elapsed() > STUCK {
-                    return Err(PhaseError::outside_line(DispatchError::PodStuck { pod, reason: r, message: m }).into());
+        match follow_step(kube, ns, name, &mut cursor, &mut stuck_since, reporter).await {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => failing_since = None,
+            Err(Step::Kube(e)) if e.is_transient() => {
+                reporter.emit(Event::Note(Phase::Deploy, format!("{e}; trying again")));
+                let since = failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > UNREACHABLE {
+                    return Err(PhaseError::outside_line(e).into());
                 }
             }
-            PodState::Absent => {
-                if let Some(w) = kube.job_failure(ns, name).await.outside_line()? {
-                    return Err(PhaseError::outside_line(DispatchError::JobFailed { job: name.into(), why: w }).into());
-                }
-            }
-            _ => stuck_since = None,
+            Err(Step::Kube(e)) => return Err(PhaseError::outside_line(e).into()),
+            Err(Step::Dispatch(e)) => return Err(PhaseError::outside_line(e).into()),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Why a look at the Job stopped [`follow`].
+enum Step {
+    /// The cluster failed (transiently or not).
+    Kube(kube::KubeError),
+    /// The Job cannot give the run's exit code.
+    Dispatch(DispatchError),
+}
+
+impl From<kube::KubeError> for Step {
+    fn from(e: kube::KubeError) -> Step {
+        Step::Kube(e)
+    }
+}
+
+/// One look at Job `name`'s pod: streams what its log has (following it while the container
+/// runs); the exit code once the container has ended.
+async fn follow_step(
+    kube: &Kube,
+    ns: &str,
+    name: &str,
+    cursor: &mut job::LogCursor,
+    stuck_since: &mut Option<(tokio::time::Instant, String)>,
+    reporter: &Reporter,
+) -> Result<Option<i32>, Step> {
+    let print = |line: &str| reporter.emit(Event::Note(Phase::Deploy, format!("│ {line}")));
+    match kube.job_pod(ns, name).await? {
+        PodState::Running { pod, .. } => {
+            *stuck_since = None;
+            if cursor.started() {
+                reporter.emit(Event::Note(
+                    Phase::Deploy,
+                    format!("the log stream of {ns}/{pod} ended while it runs: resuming it after the last line"),
+                ));
+            }
+            kube.follow_log(ns, &pod, cursor, true, false, print).await?;
+        }
+        PodState::Terminated { pod, exit_code, reason } => {
+            // the lines since the last stream (all of them when it ran to its end between two
+            // looks); a pod deleted meanwhile has no log left to read
+            match kube.follow_log(ns, &pod, cursor, false, true, print).await {
+                Err(e) if e.code() == Some(404) => {}
+                r => r?,
+            }
+            if (0..=125).contains(&exit_code) {
+                return Ok(Some(exit_code));
+            }
+            return Err(Step::Dispatch(match kube.job_status(ns, name).await? {
+                JobStatus::Deleted => DispatchError::Superseded { namespace: ns.into(), job: name.into() },
+                JobStatus::Failed(w) => DispatchError::JobFailed {
+                    job: name.into(),
+                    why: format!("{reason} (exit {exit_code}); the Job: {w}"),
+                },
+                JobStatus::Other => {
+                    DispatchError::JobFailed { job: name.into(), why: format!("{reason} (exit {exit_code})") }
+                }
+            }));
+        }
+        PodState::Waiting { pod, reason: Some((r, m)) }
+            if !matches!(r.as_str(), "ContainerCreating" | "PodInitializing") =>
+        {
+            let since = stuck_since.get_or_insert_with(|| (tokio::time::Instant::now(), r.clone()));
+            if since.0.elapsed() > STUCK {
+                return Err(Step::Dispatch(DispatchError::PodStuck { pod, reason: r, message: m }));
+            }
+        }
+        PodState::Absent => match kube.job_status(ns, name).await? {
+            JobStatus::Deleted => {
+                return Err(Step::Dispatch(DispatchError::Superseded { namespace: ns.into(), job: name.into() }));
+            }
+            JobStatus::Failed(why) => return Err(Step::Dispatch(DispatchError::JobFailed { job: name.into(), why })),
+            JobStatus::Other => {}
+        },
+        PodState::Waiting { .. } => *stuck_since = None,
+    }
+    Ok(None)
 }
 
 /// A file path the Job reads a credential from (for the README and tests).

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, LocalObjectReference,
@@ -23,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use serde::Serialize;
 
@@ -53,6 +53,137 @@ pub const RUN_AS: i64 = 65532;
 pub const COMMIT_LABEL: &str = "prpod.dev/commit";
 /// The label that marks prpod's dispatch Jobs.
 pub const COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "prpod-dispatch");
+
+/// When the dispatching identity needs a right of [`DISPATCH_RIGHTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchNeed {
+    /// Every dispatch.
+    Always,
+    /// The PR's namespace does not exist yet: dispatch creates it.
+    NamespaceAbsent,
+    /// `[dispatch] cache_volume`: the caches' PVC.
+    CacheVolume,
+    /// `deploy.adopt_namespace`: a namespace not labelled as the PR's is checked for another
+    /// Helm release.
+    AdoptNamespace,
+}
+
+/// A right of the identity that runs `prpod dispatch`, and when it needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchRight {
+    /// The right, in the PR's namespace (for `namespaces`: on the PR's namespace itself).
+    pub right: ApiRight,
+    /// When.
+    pub need: DispatchNeed,
+}
+
+const fn dispatch_right(
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: Option<&'static str>,
+    need: DispatchNeed,
+    why: &'static str,
+) -> DispatchRight {
+    DispatchRight { right: ApiRight { verb, group, resource, subresource, when: &[], why }, need }
+}
+
+const APPLIED: &str = "dispatch applies the Job's ServiceAccount, Role, RoleBinding, ConfigMap and Secrets \
+                       (server-side apply: create the first time, patch after)";
+const JOBS: &str = "dispatch lists the PR's Jobs, deletes a superseded one, creates the new one and reads its state";
+const PODS: &str = "dispatch finds the Job's pod, stops a superseded Job's pod and streams the pod's log";
+
+/// Every Kubernetes API right `prpod dispatch` itself uses, in the PR's namespace: the requests
+/// of this module's methods and of the preview's ownership check. Besides these, the identity
+/// must hold every right of the Job's Role (a run's: [`super::run_rights`] for a namespace that
+/// exists), since Kubernetes lets an identity grant only rights it holds, unless it may
+/// `escalate` roles and `bind` the Role.
+///
+/// The one list: `dispatch` asks the cluster for the rows that apply before it writes anything
+/// and names the missing ones; the README's table ("The dispatching identity needs") and the
+/// tests' ClusterRole for a dispatching ServiceAccount follow it.
+pub const DISPATCH_RIGHTS: &[DispatchRight] = &[
+    dispatch_right(
+        "get",
+        "",
+        "namespaces",
+        None,
+        DispatchNeed::Always,
+        "the PR's namespace is read first (the ownership check)",
+    ),
+    dispatch_right(
+        "create",
+        "",
+        "namespaces",
+        None,
+        DispatchNeed::NamespaceAbsent,
+        "dispatch creates the PR's namespace",
+    ),
+    dispatch_right(
+        "patch",
+        "",
+        "namespaces",
+        None,
+        DispatchNeed::Always,
+        "dispatch labels the namespace (repository, PR, commit)",
+    ),
+    dispatch_right(
+        "list",
+        "",
+        "secrets",
+        None,
+        DispatchNeed::AdoptNamespace,
+        "adopting a namespace: is another Helm release in it?",
+    ),
+    dispatch_right("create", "", "serviceaccounts", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("patch", "", "serviceaccounts", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("create", "rbac.authorization.k8s.io", "roles", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("patch", "rbac.authorization.k8s.io", "roles", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("create", "rbac.authorization.k8s.io", "rolebindings", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("patch", "rbac.authorization.k8s.io", "rolebindings", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("create", "", "configmaps", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("patch", "", "configmaps", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("create", "", "secrets", None, DispatchNeed::Always, APPLIED),
+    dispatch_right("patch", "", "secrets", None, DispatchNeed::Always, APPLIED),
+    dispatch_right(
+        "create",
+        "",
+        "persistentvolumeclaims",
+        None,
+        DispatchNeed::CacheVolume,
+        "dispatch applies the caches' PVC",
+    ),
+    dispatch_right(
+        "patch",
+        "",
+        "persistentvolumeclaims",
+        None,
+        DispatchNeed::CacheVolume,
+        "dispatch applies the caches' PVC",
+    ),
+    dispatch_right("list", "batch", "jobs", None, DispatchNeed::Always, JOBS),
+    dispatch_right("get", "batch", "jobs", None, DispatchNeed::Always, JOBS),
+    dispatch_right("create", "batch", "jobs", None, DispatchNeed::Always, JOBS),
+    dispatch_right("delete", "batch", "jobs", None, DispatchNeed::Always, JOBS),
+    dispatch_right("list", "", "pods", None, DispatchNeed::Always, PODS),
+    dispatch_right("deletecollection", "", "pods", None, DispatchNeed::Always, PODS),
+    dispatch_right("get", "", "pods", Some("log"), DispatchNeed::Always, PODS),
+];
+
+/// The rows of [`DISPATCH_RIGHTS`] a dispatch needs: into a namespace that exists or not, with
+/// or without the caches' PVC, adopting a namespace or not.
+pub fn dispatch_rights(namespace_exists: bool, cache_volume: bool, adopt: bool) -> Vec<&'static ApiRight> {
+    DISPATCH_RIGHTS
+        .iter()
+        .filter(|r| match r.need {
+            DispatchNeed::Always => true,
+            DispatchNeed::NamespaceAbsent => !namespace_exists,
+            DispatchNeed::CacheVolume => cache_volume,
+            DispatchNeed::AdoptNamespace => adopt,
+        })
+        .map(|r| &r.right)
+        .collect()
+}
 
 /// Optional volume for the caches: a PVC of `size` in `storage_class` (instead of emptyDir).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -443,6 +574,17 @@ pub enum PodState {
     },
 }
 
+/// Where a dispatch Job is ([`Kube::job_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Gone, or being deleted: a newer dispatch of the PR superseded it, or `--reset` replaced it.
+    Deleted,
+    /// Its `Failed` condition: the reason and message (`DeadlineExceeded: ...`).
+    Failed(String),
+    /// Running, or complete.
+    Other,
+}
+
 fn pod_state(p: &Pod) -> PodState {
     let pod = p.metadata.name.clone().unwrap_or_default();
     let status = p.status.clone().unwrap_or_default();
@@ -557,18 +699,24 @@ impl Kube {
         Ok(())
     }
 
-    /// Whether Job `name` has failed, with the reason its condition gives (`DeadlineExceeded`).
-    pub async fn job_failure(&self, namespace: &str, name: &str) -> Result<Option<String>, KubeError> {
+    /// Where Job `name` is: gone or being deleted (a newer dispatch or `--reset` removed it),
+    /// failed (with the reason its condition gives, `DeadlineExceeded`), or neither.
+    pub async fn job_status(&self, namespace: &str, name: &str) -> Result<JobStatus, KubeError> {
         let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         let job =
             api.get_opt(name).await.map_err(|e| KubeError::from_kube(format!("read Job {namespace}/{name}"), e))?;
-        Ok(job.and_then(|j| j.status).and_then(|s| {
+        let Some(job) = job else { return Ok(JobStatus::Deleted) };
+        if job.metadata.deletion_timestamp.is_some() {
+            return Ok(JobStatus::Deleted);
+        }
+        let failed = job.status.and_then(|s| {
             s.conditions
                 .into_iter()
                 .flatten()
                 .find(|c| c.type_ == "Failed" && c.status == "True")
                 .map(|c| format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
-        }))
+        });
+        Ok(failed.map_or(JobStatus::Other, JobStatus::Failed))
     }
 
     /// The state of Job `name`'s pod (the newest, should there be several).
@@ -580,21 +728,125 @@ impl Kube {
         Ok(newest.map(pod_state).unwrap_or(PodState::Absent))
     }
 
-    /// Follows the log of the job container of `pod` from its start, line by line, until the
-    /// container ends (the stream closes).
-    pub async fn follow_log(&self, namespace: &str, pod: &str, mut on_line: impl FnMut(&str)) -> Result<(), KubeError> {
+    /// Streams the log of the job container of `pod` from where `cursor` got to, line by line,
+    /// until the stream ends: with `follow`, when the container ends or the connection closes
+    /// (the API server or the kubelet may close a long request; see [`LogCursor`]); without, at
+    /// the log's current end. Pass `complete` once the container has ended: its last line is
+    /// passed on even without a newline (otherwise such a line may be cut and is left for the
+    /// next stream to send whole).
+    pub async fn follow_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        cursor: &mut LogCursor,
+        follow: bool,
+        complete: bool,
+        on_line: impl FnMut(&str),
+    ) -> Result<(), KubeError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let lp = LogParams { container: Some(CONTAINER.into()), follow: true, ..Default::default() };
+        let lp = LogParams {
+            container: Some(CONTAINER.into()),
+            follow,
+            timestamps: true,
+            since_time: cursor.since(),
+            ..Default::default()
+        };
         let what = || format!("follow the log of {namespace}/{pod}");
         let reader = api.log_stream(pod, &lp).await.map_err(|e| KubeError::from_kube(what(), e))?;
-        let mut lines = reader.lines();
-        while let Some(line) = lines.next().await {
-            match line {
-                Ok(l) => on_line(&l),
-                Err(e) => return Err(KubeError::Unreachable { what: what(), why: e.to_string() }),
+        cursor
+            .pass_lines(reader, complete, on_line)
+            .await
+            .map_err(|e| KubeError::Unreachable { what: what(), why: e.to_string() })
+    }
+}
+
+/// How far a container's log has been passed on, so that a log stream that ends before the
+/// container does (the API server or kubelet closing a long request, a proxy cutting it) is
+/// resumed without a line repeated or lost.
+///
+/// Lines are asked for with their kubelet timestamps (`timestamps=true`, RFC 3339 with
+/// nanoseconds). A resumed stream starts at the last passed line's second (`sinceTime` has
+/// whole seconds: kube rounds it, so it is floored here, never later than the line), and the
+/// lines of it already passed are skipped: every line stamped before the last one, and as many
+/// lines stamped exactly as the last one as were passed (several lines can share a stamp). A
+/// line whose stamp cannot be read is passed on as it is.
+#[derive(Debug, Default, Clone)]
+pub struct LogCursor {
+    /// The stamp of the newest line passed on.
+    last: Option<Timestamp>,
+    /// How many lines stamped `last` were passed on.
+    passed_at_last: usize,
+    /// How many lines stamped `last` the current stream has sent.
+    seen_at_last: usize,
+}
+
+impl LogCursor {
+    /// Whether a line was passed on already (a next stream resumes).
+    pub fn started(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// The `sinceTime` of the next stream: the second of the newest passed line (`None`: from
+    /// the container's start).
+    pub fn since(&self) -> Option<Timestamp> {
+        self.last.map(|t| Timestamp::from_second(t.as_second()).unwrap_or(t))
+    }
+
+    /// Lines of `reader` (one stream, as the kubelet sends it with timestamps) not passed on
+    /// before, without their stamps, to `on_line`. A last line without a newline is passed on
+    /// only when the log is `complete` (the container ended); otherwise the stream may have been
+    /// cut inside it, and the next stream sends it whole.
+    pub async fn pass_lines<R: futures::AsyncBufRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        complete: bool,
+        mut on_line: impl FnMut(&str),
+    ) -> std::io::Result<()> {
+        use futures::AsyncBufReadExt;
+        self.seen_at_last = 0;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).await? == 0 {
+                return Ok(());
+            }
+            let whole = buf.last() == Some(&b'\n');
+            if !whole && !complete {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&buf);
+            let line = text.strip_suffix('\n').unwrap_or(&text);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if let Some(l) = self.accept(line) {
+                on_line(l);
             }
         }
-        Ok(())
+    }
+
+    /// `line` (`STAMP TEXT`) without its stamp when it was not passed on before; `None` when it
+    /// was.
+    pub fn accept<'a>(&mut self, line: &'a str) -> Option<&'a str> {
+        let Some((stamp, text)) = line.split_once(' ').and_then(|(s, t)| Some((s.parse::<Timestamp>().ok()?, t)))
+        else {
+            return Some(line);
+        };
+        match self.last {
+            Some(last) if stamp < last => None,
+            Some(last) if stamp == last => {
+                self.seen_at_last += 1;
+                if self.seen_at_last <= self.passed_at_last {
+                    return None;
+                }
+                self.passed_at_last += 1;
+                Some(text)
+            }
+            _ => {
+                self.last = Some(stamp);
+                self.passed_at_last = 1;
+                self.seen_at_last = 1;
+                Some(text)
+            }
+        }
     }
 }
 
@@ -709,5 +961,139 @@ mod tests {
         let v = pod.volumes.unwrap().into_iter().find(|v| v.name == "credentials").unwrap();
         assert_eq!(v.secret.unwrap().secret_name.as_deref(), Some(SECRET));
         assert!(pod.containers[0].env.iter().flatten().all(|e| e.value_from.is_none()));
+    }
+
+    /// The kubelet's side of a log request, faked: the container's whole log (stamped lines,
+    /// some sharing a stamp, one without a final newline) and what a stream with `since` sends
+    /// (every line stamped at or after it, rounded to the second as kube sends `sinceTime`).
+    struct FakeLog(Vec<(Timestamp, String)>);
+
+    impl FakeLog {
+        fn new() -> FakeLog {
+            let at = |s: &str| s.parse::<Timestamp>().unwrap();
+            let mut lines = Vec::new();
+            for (i, t) in [
+                "2026-12-04T23:50:01.100000000Z",
+                "2026-12-04T23:50:01.700000000Z",
+                "2026-12-04T23:50:01.700000000Z",
+                "2026-12-04T23:50:01.700000000Z",
+                "2026-12-04T23:50:02.000000000Z",
+                "2026-12-04T23:50:02.999999999Z",
+                "2026-12-04T23:50:04.500000000Z",
+                "2026-12-04T23:50:04.500000000Z",
+            ]
+            .iter()
+            .enumerate()
+            {
+                lines.push((at(t), format!("line {i}: {}", "x".repeat(i))));
+            }
+            FakeLog(lines)
+        }
+
+        fn text(&self, since: Option<Timestamp>) -> String {
+            // as kube sends `sinceTime`: rounded to the second
+            let since = since.map(|s| s.round(k8s_openapi::jiff::Unit::Second).unwrap());
+            self.0.iter().filter(|(t, _)| since.is_none_or(|s| *t >= s)).map(|(t, l)| format!("{t} {l}\n")).collect()
+        }
+    }
+
+    fn pass(cursor: &mut LogCursor, bytes: &[u8], complete: bool, out: &mut Vec<String>) {
+        futures::executor::block_on(cursor.pass_lines(bytes, complete, |l| out.push(l.to_string()))).unwrap();
+    }
+
+    #[test]
+    fn a_log_stream_cut_anywhere_resumes_without_a_line_twice_or_lost() {
+        let log = FakeLog::new();
+        let want: Vec<String> = log.0.iter().map(|(_, l)| l.clone()).collect();
+        let full = log.text(None);
+        // cut after every byte: the first stream ends there (mid-line too), the second resumes
+        for cut in 0..=full.len() {
+            let mut cursor = LogCursor::default();
+            let mut out = Vec::new();
+            pass(&mut cursor, &full.as_bytes()[..cut], false, &mut out);
+            let since = cursor.since();
+            if let Some(s) = since {
+                assert_eq!(s.subsec_nanosecond(), 0, "sinceTime is whole seconds");
+            }
+            pass(&mut cursor, log.text(since).as_bytes(), false, &mut out);
+            assert_eq!(out, want, "cut at byte {cut}");
+            // the container ended: the last look sends the lines since the last second again
+            let rest = log.text(cursor.since());
+            pass(&mut cursor, rest.as_bytes(), true, &mut out);
+            assert_eq!(out, want, "cut at byte {cut}, then the final read");
+        }
+        // cut three times, at every line boundary, each resumed stream cut again
+        let ends: Vec<usize> = full.match_indices('\n').map(|(i, _)| i + 1).collect();
+        for &a in &ends {
+            let mut cursor = LogCursor::default();
+            let mut out = Vec::new();
+            pass(&mut cursor, &full.as_bytes()[..a], false, &mut out);
+            for _ in 0..2 {
+                let resumed = log.text(cursor.since());
+                let half = resumed.len() / 2;
+                pass(&mut cursor, &resumed.as_bytes()[..half], false, &mut out);
+            }
+            let rest = log.text(cursor.since());
+            pass(&mut cursor, rest.as_bytes(), true, &mut out);
+            assert_eq!(out, want, "cuts after byte {a}");
+        }
+    }
+
+    #[test]
+    fn a_last_line_without_a_newline_waits_for_the_container_to_end() {
+        let mut cursor = LogCursor::default();
+        let mut out = Vec::new();
+        let text = b"2026-12-04T23:50:01.1Z done\n2026-12-04T23:50:01.2Z exit wi";
+        pass(&mut cursor, text, false, &mut out);
+        assert_eq!(out, ["done"]);
+        pass(&mut cursor, b"2026-12-04T23:50:01.1Z done\n2026-12-04T23:50:01.2Z exit without newline", true, &mut out);
+        assert_eq!(out, ["done", "exit without newline"]);
+        // a line the kubelet did not stamp is passed on as it is
+        assert_eq!(cursor.accept("no stamp here"), Some("no stamp here"));
+    }
+
+    #[test]
+    fn the_readme_lists_every_right_of_the_dispatching_identity() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let start = readme.find("**The dispatching identity needs**").expect("the README's dispatch rights table");
+        let table: Vec<&str> =
+            readme[start..].lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).collect();
+        for r in DISPATCH_RIGHTS {
+            let res = match r.right.subresource {
+                Some(s) => format!("`{}/{s}`", r.right.resource),
+                None if r.right.group.is_empty() => format!("`{}`", r.right.resource),
+                None => format!("`{}.{}`", r.right.resource, r.right.group),
+            };
+            let verb = format!("`{}`", r.right.verb);
+            assert!(
+                table.iter().any(|row| row.contains(&res) && row.contains(&verb)),
+                "the README's table has no row with {verb} on {res}"
+            );
+        }
+        // and the rights that are not this list's: escalate/bind, or every right of the Role
+        assert!(table.iter().any(|row| row.contains("`escalate`") && row.contains("`bind`")));
+    }
+
+    #[test]
+    fn dispatch_rights_follow_the_namespace_the_cache_and_adoption() {
+        let has =
+            |rs: &[&ApiRight], verb: &str, res: &str| rs.iter().any(|r| r.verb == verb && r.resource_name() == res);
+        let first = dispatch_rights(false, false, false);
+        assert!(has(&first, "create", "namespaces") && has(&first, "create", "jobs.batch"));
+        assert!(!has(&first, "create", "persistentvolumeclaims") && !has(&first, "list", "secrets"));
+        let again = dispatch_rights(true, true, true);
+        assert!(!has(&again, "create", "namespaces"));
+        assert!(has(&again, "create", "persistentvolumeclaims") && has(&again, "list", "secrets"));
+        assert!(has(&again, "get", "pods/log") && has(&again, "deletecollection", "pods"));
+        for (i, a) in DISPATCH_RIGHTS.iter().enumerate() {
+            assert!(
+                !DISPATCH_RIGHTS[i + 1..]
+                    .iter()
+                    .any(|b| (b.right.verb, b.right.resource_name()) == (a.right.verb, a.right.resource_name())),
+                "{} {} is listed twice",
+                a.right.verb,
+                a.right.resource_name()
+            );
+        }
     }
 }
