@@ -475,22 +475,27 @@ fn the_dispatching_identity_needs_exactly_the_listed_rights() {
     assert_eq!(bound.trim(), "prpod-run");
 }
 
-/// The job image, staged by `images/pr-job/build` (with the prpod under test: the debug build)
-/// and built by prpod's native builder from the world's git server, pushed to the plain
-/// registry (the node pulls from it by its pod-gateway name, 10.244.0.1:47500, with no
-/// credentials); `REPOSITORY@DIGEST` and the staged size in bytes.
+/// The job image, staged by `images/pr-job/build` (with the prpod under test: the debug build,
+/// which the script strips) and built by prpod's native builder from the world's git server,
+/// pushed to the plain registry (the node pulls from it by its pod-gateway name,
+/// 10.244.0.1:47500, with no credentials); `REPOSITORY@DIGEST` and the staged size in bytes.
+/// `PRPOD_TEST_JOB_PRPOD` (a `--profile pr-job` prpod) and `PRPOD_TEST_JOB_LIBCURL` (from
+/// `images/pr-job/libcurl`) stage those instead, to run the image as the workflow ships it: both
+/// cost a build that the suite does not make itself.
 fn build_job_image() -> (String, u64) {
     let w = world();
     let stage = TempDir::new("pr-job-stage");
     let dir = stage.path().join("ctx");
-    let out = Command::new(crate::repo_root().join("images/pr-job/build"))
-        .arg(&dir)
-        .arg("--prpod")
-        .arg(env!("CARGO_BIN_EXE_prpod"))
-        .arg("--helm")
-        .arg(&w.helm)
-        .output()
-        .unwrap();
+    let mut build = Command::new(crate::repo_root().join("images/pr-job/build"));
+    build.arg(&dir).arg("--helm").arg(&w.helm).arg("--prpod");
+    match std::env::var_os("PRPOD_TEST_JOB_PRPOD") {
+        Some(p) => build.arg(p),
+        None => build.arg(env!("CARGO_BIN_EXE_prpod")),
+    };
+    if let Some(lib) = std::env::var_os("PRPOD_TEST_JOB_LIBCURL") {
+        build.arg("--libcurl").arg(lib);
+    }
+    let out = build.output().unwrap();
     assert!(out.status.success(), "images/pr-job/build: {}", explain(&out));
     let size: u64 =
         String::from_utf8_lossy(&Command::new("du").args(["-sb"]).arg(dir.join("rootfs")).output().unwrap().stdout)
@@ -504,7 +509,7 @@ fn build_job_image() -> (String, u64) {
     let ls = w.git.git_with_token(&w.git.token).args(["ls-remote", &url, "refs/heads/main"]).output().unwrap();
     let sha = String::from_utf8_lossy(&ls.stdout).split_whitespace().next().unwrap().to_string();
     let work = TempDir::new("pr-job-build");
-    // (the server packs the ~230 MB context, debug prpod included, before it answers)
+    // (the server packs the context, ~170 MB with the stripped debug prpod, before it answers)
     let repository = format!("{}/prpod-test/pr-job", w.registry_plain.host_pod);
     std::fs::write(
         work.path().join("prpod.toml"),
@@ -629,7 +634,7 @@ fn revision_commits(ns: &str) -> Vec<String> {
 fn dispatch_runs_the_example_pr_in_a_job_from_the_native_built_image() {
     let w = world();
     let (image, staged) = job_image().clone();
-    eprintln!("job image {image}: {} MB staged (debug prpod)", staged / 1_000_000);
+    eprintln!("job image {image}: {:.1} MB staged", staged as f64 / 1e6);
     let name = unique_name("acme/hello-web");
     let url = w.git.publish(&crate::repo_root().join("examples/hello-web"), &name);
     // (the Job clones through the pod gateway; the caller resolves the same URL)
