@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -121,8 +120,9 @@ pub struct Fetched {
     pub manifest_digest: String,
     /// `sha256:` of the component (the one layer).
     pub layer_digest: String,
-    /// The component; its sha256 is `layer_digest`.
-    pub bytes: Arc<[u8]>,
+    /// The component; its sha256 is `layer_digest`. `Bytes`, so the buffer it was read or
+    /// pulled into is shared as is (an `Arc<[u8]>` copied 20 MB once more).
+    pub bytes: bytes::Bytes,
 }
 
 impl fmt::Debug for Fetched {
@@ -528,22 +528,14 @@ pub async fn fetch(
         // Absent or damaged: pull it (a damaged file is replaced by the rename).
         _ => {
             let pulled = client
-                .pull_blob_to(&reference.name, &layer.digest, Some(layer.size as u64), MAX_LAYER_BYTES, &dir)
+                .pull_blob_to(&reference.name, &layer.digest, Some(layer.size as u64), MAX_LAYER_BYTES, &dir, true)
                 .await
                 .map_err(registry)?;
-            let path = cache.persist(&layer.digest, pulled.file)?;
-            // Read back through the same re-hashing path every later run uses.
-            match cache.read(&layer.digest, MAX_LAYER_BYTES) {
-                Ok(Some(b)) => b,
-                _ => {
-                    return Err(OciError::Cache {
-                        action: "read",
-                        path,
-                        source: std::io::Error::other("the blob changed right after it was written"),
-                    }
-                    .into());
-                }
-            }
+            cache.persist(&layer.digest, pulled.file)?;
+            // The bytes that were hashed while they streamed: reading the file back to hash it
+            // again cost a second pass over the component. Later runs re-hash the file when
+            // they read it (`OciCache::read`).
+            pulled.bytes.expect("pulled with keep_bytes")
         }
     };
     Ok(Fetched { manifest_digest: raw.digest, layer_digest: layer.digest, bytes: bytes.into() })

@@ -14,7 +14,7 @@
 //! exports alone (the type check of each world still applies) and run on the [`CURRENT`]
 //! bindings; the record shapes every released version shares make that safe.
 
-use wasmparser::{Parser, Payload};
+use wasmparser::{Chunk, Parser, Payload};
 
 /// The `prpod:plugin` version of this repository's `wit/`: what new plugins target.
 pub const CURRENT: &str = "0.2.0";
@@ -51,31 +51,58 @@ impl ComponentFacts {
     /// Reads the names of a component's top-level imports and exports, and the `prpod:plugin`
     /// version they carry. Two different versions in one component are an error.
     pub fn read(bytes: &[u8]) -> Result<ComponentFacts, String> {
+        let bad = |e: wasmparser::BinaryReaderError| format!("it cannot be parsed: {e}");
         let mut facts = ComponentFacts::default();
         let mut versions = std::collections::BTreeSet::new();
-        let mut depth = 0usize;
-        for payload in Parser::new(0).parse_all(bytes) {
-            let payload = payload.map_err(|e| format!("it cannot be parsed: {e}"))?;
+        // The parsers of the components enclosing the one being read (nested components can
+        // import interfaces too). Core modules are skipped whole: they hold no component
+        // import or export, and they are nearly all of a component's bytes (a Python
+        // component's 18 MB are the interpreter's code and data), so this reads a few KB.
+        let mut outer: Vec<Parser> = Vec::new();
+        let mut parser = Parser::new(0);
+        let mut data = bytes;
+        loop {
+            let (payload, consumed) = match parser.parse(data, true).map_err(bad)? {
+                Chunk::Parsed { payload, consumed } => (payload, consumed),
+                // `eof` is true: the parser reports a truncated input as an error instead.
+                Chunk::NeedMoreData(_) => return Err("it cannot be parsed: it is truncated".into()),
+            };
+            data = &data[consumed..];
             match payload {
-                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ModuleSection { unchecked_range, .. } => {
+                    // The enclosing parser is already past the module; the data is not.
+                    data = data.get(unchecked_range.len()..).ok_or("it cannot be parsed: a module is truncated")?;
+                }
+                Payload::ComponentSection { parser: nested, .. } => {
+                    outer.push(std::mem::replace(&mut parser, nested));
+                }
+                Payload::End(_) => match outer.pop() {
+                    Some(p) => parser = p,
+                    None => break,
+                },
                 Payload::ComponentImportSection(reader) => {
                     for import in reader {
-                        let name = import.map_err(|e| format!("it cannot be parsed: {e}"))?.name.name;
+                        let name = import.map_err(bad)?.name.name;
                         note_version(name, &mut versions);
-                        if depth == 0 {
+                        if outer.is_empty() {
                             facts.imports.push(name.to_string());
                         }
                     }
                 }
                 Payload::ComponentExportSection(reader) => {
                     for export in reader {
-                        let name = export.map_err(|e| format!("it cannot be parsed: {e}"))?.name.name;
+                        let name = export.map_err(bad)?.name.name;
                         note_version(name, &mut versions);
-                        if depth == 0 {
+                        if outer.is_empty() {
                             facts.exports.push(name.to_string());
                         }
                     }
+                }
+                // A core module given where a component is expected: its code is not needed
+                // either (its names say nothing of prpod's worlds).
+                Payload::CodeSectionStart { size, .. } => {
+                    parser.skip_section();
+                    data = data.get(size as usize..).ok_or("it cannot be parsed: a code section is truncated")?;
                 }
                 _ => {}
             }
@@ -199,6 +226,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ComponentFacts::read(&half).unwrap().worlds_by_name(), [World::ChartGenerator]);
+    }
+
+    #[test]
+    fn core_modules_are_skipped_and_nested_components_are_not_top_level() {
+        // A nested component's import still names a version; a core module (its code skipped
+        // unread) before the top-level export does not hide that export.
+        let c = wat::parse_str(
+            r#"(component
+                (component $inner (import "prpod:plugin/logging@0.1.0" (instance)))
+                (core module $m (func (export "f") (local i32) (local.set 0 (i32.const 7))) (data "padding"))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (export "generate" (func $f)))"#,
+        )
+        .unwrap();
+        let facts = ComponentFacts::read(&c).unwrap();
+        assert_eq!(facts.version.as_deref(), Some("0.1.0"));
+        assert!(facts.imports.is_empty(), "{:?}", facts.imports);
+        assert_eq!(facts.exports, ["generate"]);
+        // A component cut inside its module is an error, not a shorter list of names.
+        let at = c.windows(7).position(|w| w == b"padding").unwrap();
+        let e = ComponentFacts::read(&c[..at]).unwrap_err();
+        assert!(e.contains("cannot be parsed") && e.contains("truncated"), "{e}");
     }
 
     #[test]

@@ -19,12 +19,24 @@ use super::{BlobOutcome, ImageName, RegistryClient, RegistryError, no_notice};
 
 /// A blob pulled into a temporary file next to where it will live; its sha256 matched the digest
 /// asked for. Persist it (rename) or drop it (deleted).
-#[derive(Debug)]
 pub struct PulledBlob {
     /// The file, in the directory the caller gave.
     pub file: tempfile::NamedTempFile,
     /// Its size.
     pub size: u64,
+    /// The same bytes in memory, when asked for: the ones hashed while they streamed, so a
+    /// caller that needs them does not read the file back (and hash it again).
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PulledBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulledBlob")
+            .field("file", &self.file.path())
+            .field("size", &self.size)
+            .field("bytes", &self.bytes.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl RegistryClient {
@@ -74,7 +86,8 @@ impl RegistryClient {
 
     /// Streams blob `digest` of `name` into a temporary file in `dir`, hashing as it goes: more
     /// than `max_bytes` (or than `expected_size`, when known) stops the transfer, and a digest
-    /// that differs is refused (retried once as a transient fault, then reported).
+    /// that differs is refused (retried once as a transient fault, then reported). With
+    /// `keep_bytes`, the bytes are also kept in memory ([`PulledBlob::bytes`]).
     pub async fn pull_blob_to(
         &self,
         name: &ImageName,
@@ -82,6 +95,7 @@ impl RegistryClient {
         expected_size: Option<u64>,
         max_bytes: u64,
         dir: &Path,
+        keep_bytes: bool,
     ) -> Result<PulledBlob, RegistryError> {
         let t = self.transport();
         let host = name.api_host();
@@ -110,6 +124,8 @@ impl RegistryClient {
                 let mut file = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(io)?;
                 let mut hasher = sha2::Sha256::new();
                 let mut size = 0u64;
+                // Sized up front from the manifest (bounded by `limit`), so it never reallocates.
+                let mut kept = keep_bytes.then(|| Vec::with_capacity(expected_size.unwrap_or(0).min(limit) as usize));
                 let mut stream = resp.bytes_stream();
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| Attempt::Retry { detail: error_chain(&e), after: None })?;
@@ -123,6 +139,9 @@ impl RegistryClient {
                     }
                     hasher.update(&chunk);
                     file.write_all(&chunk).map_err(io)?;
+                    if let Some(k) = kept.as_mut() {
+                        k.extend_from_slice(&chunk);
+                    }
                 }
                 let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
                 if actual != digest {
@@ -135,7 +154,7 @@ impl RegistryClient {
                     });
                 }
                 file.as_file().sync_all().map_err(io)?;
-                Ok(PulledBlob { file, size })
+                Ok(PulledBlob { file, size, bytes: kept })
             }
         })
         .await

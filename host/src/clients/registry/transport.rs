@@ -375,6 +375,10 @@ impl Transport {
                     s.tokens.clear();
                 });
                 if can_help {
+                    // The 401's body is read, so its connection goes back to the pool, but from
+                    // the connection's own task: without a yield the replay often finds no idle
+                    // connection and opens (and pays the TLS handshake of) a second one.
+                    tokio::task::yield_now().await;
                     return Err(Attempt::Reauth);
                 }
             } else if cached {
