@@ -346,11 +346,14 @@ fn helm_stops_when_prpod_is_killed_alone() {
     let out = deploy_cmd(&p, &fake_sha("orphan-1")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     slow_down_next_revision(&p);
-    let child = deploy_cmd(&p, &fake_sha("orphan-2")).spawn().unwrap();
+    let mut child = deploy_cmd(&p, &fake_sha("orphan-2")).spawn().unwrap();
     let rt = rt();
     let target = KubeTarget { kubeconfig: Some(world().kubeconfig.clone()), context: None };
     let kube = rt.block_on(Kube::connect(&target)).unwrap();
-    wait_for("Helm to start the upgrade", Duration::from_secs(60), || {
+    wait_for("Helm to start the upgrade", Duration::from_secs(120), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            panic!("prpod ended before Helm's upgrade was seen: {:?}", revisions(&kube, &rt, &p.ns));
+        }
         revisions(&kube, &rt, &p.ns).iter().any(|(_, s)| s == "pending-upgrade").then_some(())
     });
     let helm: Vec<u32> = children(child.id())

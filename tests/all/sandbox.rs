@@ -107,7 +107,9 @@ async fn a_looping_plugin_does_not_starve_the_runtime() {
     let e = p.compute_tags(&ctx("loop"), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Limit { limit: LimitKind::Deadline(_), .. }), "{e}");
     let n = ticks.await.unwrap();
-    assert!(n >= 10, "a task on the same current-thread runtime ran only {n} times while the plugin looped");
+    // 20 ticks at most; a plugin that never yields lets through 1 at most (the runtime's one
+    // thread is its). 5 leaves room for a loaded CI machine, where sleeps overshoot.
+    assert!(n >= 5, "a task on the same current-thread runtime ran only {n} times while the plugin looped");
 }
 
 /// A component (text format) whose core module has two memories; `compute-tags` grows each by
