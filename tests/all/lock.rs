@@ -438,14 +438,16 @@ fn a_helm_that_ignores_sigterm_is_killed_only_after_the_rollback_grace() {
     // Helm behind a shell that ignores SIGTERM; its `upgrade` runs as the shell's child (with its
     // own output, so a kill of the shell closes prpod's pipes), its pid noted for the cleanup.
     let pids = p.dir.path().join("helm-pids");
+    let helm_log = p.dir.path().join("helm-upgrade.log");
     let wrapper = p.dir.path().join("stubborn-helm");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ntrap '' TERM\ncase \"$1\" in\n  upgrade) '{helm}' \"$@\" >/dev/null 2>&1 &\n    echo $! >> '{pids}'\n    \
+            "#!/bin/sh\ntrap '' TERM\ncase \"$1\" in\n  upgrade) '{helm}' \"$@\" >'{log}' 2>&1 &\n    echo $! >> '{pids}'\n    \
              wait $!\n    exit 1 ;;\n  *) exec '{helm}' \"$@\" ;;\nesac\n",
             helm = w.helm.display(),
-            pids = pids.display()
+            pids = pids.display(),
+            log = helm_log.display()
         ),
     )
     .unwrap();
@@ -475,7 +477,12 @@ fn a_helm_that_ignores_sigterm_is_killed_only_after_the_rollback_grace() {
     }
     println!("prpod exited {took:?} after SIGTERM");
     assert_eq!(out.status.code(), Some(143), "{}", explain(&out));
-    assert!(took >= Duration::from_secs(10), "Helm was killed after {took:?}, before its rollback's time");
+    assert!(
+        took >= Duration::from_secs(10),
+        "Helm was killed after {took:?}, before its rollback's time; prpod: {}\nHelm's own output: {}",
+        explain(&out),
+        std::fs::read_to_string(&helm_log).unwrap_or_default()
+    );
     let err = json(&out)["error"]["error"].as_str().unwrap().to_string();
     println!("{err}");
     assert!(err.contains("did not finish its rollback within 10s and was killed"), "{err}");
