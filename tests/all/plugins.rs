@@ -172,6 +172,7 @@ async fn trap_is_an_error_not_a_crash() {
     let e = p.compute_tags(&hostile_ctx("trap", &[]), "r/app").await.unwrap_err();
     assert!(matches!(e, PluginError::Trap { hook: "compute-tags", .. }), "{e}");
     assert!(e.to_string().contains("unreachable"), "{e}");
+    assert_eq!(e.to_string().matches("wasm trap").count(), 1, "said once: {e}");
     assert_healthy(&p).await;
 }
 

@@ -404,7 +404,8 @@ fn trap_message(e: &wasmtime::Error) -> String {
     let mut message = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         format!("the plugin called exit({}) instead of returning", exit.0)
     } else if let Some(trap) = e.downcast_ref::<Trap>() {
-        format!("wasm trap: {trap}")
+        // (its Display already starts with "wasm trap: ")
+        trap.to_string()
     } else {
         escape(&e.root_cause().to_string())
     };
